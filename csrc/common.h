@@ -1,0 +1,48 @@
+// Shared helpers for the torch-aware C++ (CPU kernels and the CUDA bindings). Never include from csrc/cuda/*.cu.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <string>
+
+// Checks that name the op and the argument. VALUE -> Python ValueError, TYPE -> Python TypeError.
+#define FASTAT_CHECK_VALUE(op, cond, arg, ...) \
+  TORCH_CHECK_VALUE(cond, "fastat.", op, ": argument '", #arg, "' ", __VA_ARGS__)
+#define FASTAT_CHECK_TYPE(op, cond, arg, ...) \
+  TORCH_CHECK_TYPE(cond, "fastat.", op, ": argument '", #arg, "' ", __VA_ARGS__)
+
+#define FASTAT_CHECK_FLOAT(op, t)                                                                                     \
+  FASTAT_CHECK_TYPE(op,                                                                                               \
+                    (t).scalar_type() == at::kFloat || (t).scalar_type() == at::kBFloat16 ||                          \
+                        (t).scalar_type() == at::kHalf,                                                               \
+                    t, "must have dtype float32, bfloat16 or float16, got ", (t).scalar_type())
+#define FASTAT_CHECK_DTYPE(op, t, dtype) \
+  FASTAT_CHECK_TYPE(op, (t).scalar_type() == (dtype), t, "must have dtype ", (dtype), ", got ", (t).scalar_type())
+#define FASTAT_CHECK_SAME_SHAPE(op, a, b) \
+  FASTAT_CHECK_VALUE(op, (a).sizes() == (b).sizes(), a, "has shape ", (a).sizes(), " but '", #b, "' has ", (b).sizes())
+#define FASTAT_CHECK_SAME_DEVICE(op, a, b) \
+  FASTAT_CHECK_VALUE(op, (a).device() == (b).device(), a, "is on ", (a).device(), " but '", #b, "' is on ", (b).device())
+#define FASTAT_CHECK_POSITIVE(op, v) \
+  FASTAT_CHECK_VALUE(op, (v) > 0 && std::isfinite(v), v, "must be a finite number > 0, got ", (v))
+#define FASTAT_CHECK_CONTIGUOUS(op, t) FASTAT_CHECK_VALUE(op, (t).is_contiguous(), t, "must be contiguous")
+
+// Dispatch over the three float dtypes fastat accepts (fp32, bf16, fp16), binding `scalar_t`.
+#define FASTAT_DISPATCH_FLOAT(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, name, __VA_ARGS__)
+
+namespace fastat {
+
+// Number of elements per sample (row) of a (B, ...) tensor; 0 when B == 0.
+inline int64_t row_numel(const at::Tensor& t) { return t.size(0) == 0 ? 0 : t.numel() / t.size(0); }
+
+// Memory format to process per-row tensors in: channels_last inputs stay channels_last (no copy); anything else is
+// made contiguous. Within a row the element order does not matter to the per-row ops, only that all operands agree.
+inline at::MemoryFormat row_format(const at::Tensor& t) {
+  if (t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous())
+    return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+}  // namespace fastat

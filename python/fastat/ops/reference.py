@@ -1,0 +1,167 @@
+"""Pure-PyTorch reference of every fastat op: the specification every other backend is tested against.
+
+Conventions shared by all ops (docs: ../shared/docs/methods.md §0, README "Op contracts"):
+
+* Rows are samples: dim 0 is the batch, everything after it (C·H·W) is one row.
+* Math is fp32 whatever the input dtypes (fp32, bf16, fp16); results are cast to the dtype of ``delta`` (or ``x``).
+  Python floats (ε, α, q, ...) are rounded to fp32 once, as torch does for a scalar operand.
+* ``box(d, x) = minimum(maximum(d, -x), 1 - x)`` keeps ``x + d`` in [0, 1]. It is written with min/max against
+  ``-x`` and ``1 - x`` rather than ``clamp(x + d, 0, 1) - x``, which rounds differently.
+* Π_ε (clip to [-ε, ε]) comes before the box (every method except N-FGSM, which does not call these ops with a clip).
+* ``sign(0) = 0``: a zero gradient gives no step. NaN follows torch: ``sign(NaN) = NaN`` and clamp/min/max propagate
+  it, so a NaN gradient entry yields NaN at that position of δ (pgd_step, atas_step). Masked ops (zerograd_step,
+  multigrad_step) select with ``where``, so masked-out entries contribute exactly 0 even if the gradient is NaN; a
+  ZeroGrad row containing a NaN has τ = NaN (torch.quantile propagates it), keeps nothing and only re-projects δ.
+
+None of these functions synchronizes with the host or has a data-dependent output shape. Memory traffic is noted per
+op (B×n elements, 4-byte fp32): the fused kernels must move about that much; these references move several times more.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgd_step", "uniform_init", "box"]
+
+
+def box(d: Tensor, x: Tensor) -> Tensor:
+    """Π_box(d; x) = min(max(d, -x), 1 - x), in fp32."""
+    return torch.minimum(torch.maximum(d, -x), 1 - x)
+
+
+def _row_view(t: Tensor, like: Tensor) -> Tensor:
+    """Shape a per-row (B,) tensor so it broadcasts against ``like`` (B, ...)."""
+    return t.view((t.shape[0],) + (1,) * (like.dim() - 1))
+
+
+def zerograd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: float, q: float) -> Tensor:
+    """ZeroGrad step: δ' = Π_box(Π_ε(δ + α·sign(g)·[|g| ≥ τ]); x), τ_i = torch.quantile(|g_i|, q) per sample.
+
+    τ is `torch.quantile` over the flattened row (linear interpolation, fp32); entries strictly below τ are zeroed and
+    ties with τ are kept (ZG `train_cifar.py:55-70`). For n = 3072, q = 0.35 exactly 1075 entries are zeroed when the
+    values are distinct. Mask and result are exact: every backend must match this bit for bit.
+
+    Traffic: reads δ, g, x and writes δ' (4 B·n·4 bytes); this reference also sorts each row.
+    """
+    g = grad.float()
+    a = g.abs()
+    tau = torch.quantile(a.reshape(a.shape[0], -1), q, dim=1)  # NaN in a row -> τ = NaN -> nothing kept
+    keep = a >= _row_view(tau, a)
+    step = torch.where(keep, alpha * torch.sign(g), 0.0)
+    d = torch.clamp(delta.float() + step, -eps, eps)
+    return box(d, x.float()).to(delta.dtype)
+
+
+def multigrad_step(grads: Tensor, x: Tensor, eps: float, alpha: float, threshold: int | None = None) -> Tensor:
+    """MultiGrad step: δ = Π_box(Π_ε(α·sign(G)·[|G| ≥ 2·th − S]); x), G = Σ_s sign(g_s), th = S by default.
+
+    ``grads`` is (S, B, ...): the input gradients at S random starts. The default th = S keeps only unanimous signs
+    (an exact zero in any start rejects the entry); δ starts from zero, so δ ∈ {−ε, 0, +ε} before the box
+    (ZG `train_cifar.py:72-103`). Exact.
+
+    Traffic: reads S gradients and x, writes δ ((S + 2)·B·n·4 bytes).
+    """
+    s_count = grads.shape[0]
+    th = s_count if threshold is None else threshold
+    votes = torch.sign(grads.float()).sum(0)  # small integers: exact in fp32
+    keep = votes.abs() >= (2 * th - s_count)
+    d = torch.clamp(torch.where(keep, alpha * torch.sign(votes), 0.0), -eps, eps)
+    return box(d, x.float()).to(x.dtype)
+
+
+def _window(delta_buf: Tensor, index: Tensor, offsets: Tensor, flips: Tensor, height: int, width: int):
+    """Advanced-indexing tuple addressing, for each sample, its flipped crop window of ``delta_buf``.
+
+    Output element (b, c, i, j) maps to delta_buf[index[b], c, a_b + i, b_b + j'] with j' = W-1-j if flips[b] else j,
+    so reading through it gives flip(crop(δ_buf[index])) and writing through it un-flips into the window.
+    """
+    dev = delta_buf.device
+    rows = offsets[:, 0:1] + torch.arange(height, device=dev)  # (B, H)
+    j = torch.arange(width, device=dev)
+    cols = offsets[:, 1:2] + torch.where(flips[:, None], width - 1 - j, j)  # (B, W)
+    chans = torch.arange(delta_buf.shape[1], device=dev)
+    return index[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]
+
+
+def atas_gather(delta_buf: Tensor, index: Tensor, offsets: Tensor, flips: Tensor, x: Tensor) -> Tensor:
+    """ATAS start point: x_adv0 = clip(x + flip(crop(δ_buf[index])), 0, 1).
+
+    ``delta_buf`` (N, C, H+2p, W+2p) holds each example's perturbation in the padded, un-augmented frame; ``offsets``
+    (B, 2) are the crop's top-left corners (row, column) in [0, 2p]; ``flips`` (B,) are horizontal flips
+    (ATAS `data_aug.py`, methods.md §6.2 step 1). Exact.
+
+    Traffic: reads the B windows and x, writes x_adv0 (3·B·n·4 bytes).
+    """
+    window = delta_buf[_window(delta_buf, index, offsets, flips, x.shape[2], x.shape[3])]
+    return torch.clamp(x.float() + window.float(), 0, 1).to(x.dtype)
+
+
+def atas_step(
+    delta_buf: Tensor,
+    v_buf: Tensor,
+    index: Tensor,
+    offsets: Tensor,
+    flips: Tensor,
+    grad: Tensor,
+    x_adv: Tensor,
+    x: Tensor,
+    *,
+    eps: float,
+    c: float,
+    beta: float,
+    gamma_over_c: float,
+    step_min: float,
+    step_max: float,
+    warmup: bool,
+) -> Tensor:
+    """ATAS step with per-example step size (methods.md §6.2 steps 3, 4 and 6).
+
+    v_i ← β·v_buf[index_i] + (1−β)·‖g_i‖²  (stored back; skipped when ``warmup``, which uses step ε instead),
+    α_i = clip(γ/c / (1 + √v_i / c), step_min, step_max),
+    x_adv' = clip(clip(x_adv + α_i·sign(g), x − ε, x + ε), 0, 1),
+    and x_adv' − x, un-flipped, is written into the crop window of δ_buf[index] (outside it the buffer keeps its values).
+    ‖g_i‖² is accumulated in fp64 and rounded to fp32, so it does not depend on summation order. ``index`` must not
+    repeat within a batch (which write lands is unspecified otherwise). Mutates ``delta_buf`` and ``v_buf``; returns
+    x_adv'. Exact apart from the sqrt/divide in α (a few ulp).
+
+    Traffic: reads g, x_adv, x and writes x_adv' and the windows (5·B·n·4 bytes).
+    """
+    g = grad.float()
+    xf = x.float()
+    if warmup:
+        step = torch.full((g.shape[0],), eps, dtype=torch.float32, device=g.device)
+    else:
+        sq_norm = g.double().square().sum(dim=(1, 2, 3)).float()
+        v = beta * v_buf[index] + (1 - beta) * sq_norm
+        v_buf[index] = v
+        step = torch.clamp(gamma_over_c / (1 + torch.sqrt(v) / c), step_min, step_max)
+    xa = x_adv.float() + _row_view(step, g) * torch.sign(g)
+    xa = torch.clamp(torch.minimum(torch.maximum(xa, xf - eps), xf + eps), 0, 1)
+    delta_buf[_window(delta_buf, index, offsets, flips, x.shape[2], x.shape[3])] = (xa - xf).to(delta_buf.dtype)
+    return xa.to(x_adv.dtype)
+
+
+def pgd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: float, active: Tensor | None = None) -> Tensor:
+    """PGD step: δ' = Π_box(Π_ε(δ + α·sign(g)); x) on rows where ``active`` (B,) is true; other rows are δ unchanged.
+
+    This is one iteration of WONG/NF/ZG's early-stopping PGD (methods.md §8), where ``active`` marks the samples still
+    classified correctly. Exact.
+
+    Traffic: reads δ, g, x and writes δ' (4·B·n·4 bytes).
+    """
+    d = torch.clamp(delta.float() + alpha * torch.sign(grad.float()), -eps, eps)
+    d = box(d, x.float())
+    if active is not None:
+        d = torch.where(_row_view(active, d), d, delta.float())
+    return d.to(delta.dtype)
+
+
+def uniform_init(x: Tensor, eps: float, *, generator: torch.Generator | None = None) -> Tensor:
+    """Random start: δ₀ = Π_box(U(−ε, ε); x), drawn in fp32 with ``generator`` (WONG `train_fgsm.py:101-110`).
+
+    Returned in x's dtype. Backends that use their own random stream (the CUDA Philox kernel) are reproducible for a
+    given generator state but not equal to this draw.
+    """
+    u = torch.empty(x.shape, dtype=torch.float32, device=x.device).uniform_(-eps, eps, generator=generator)
+    return box(u, x.float()).to(x.dtype)
