@@ -1,0 +1,157 @@
+"""Op benchmarks: every op x backend x shape against pure PyTorch and the copy floor, measured in one process.
+
+On CUDA, time = median of CUDA-event-timed launches after warm-up with an L2 flush between repetitions
+(`triton.testing.do_bench` when triton is importable); on CPU, the median of `torch.utils.benchmark` measurements.
+Backends are called through their implementation (`_dispatch.implementation`), so the numbers are kernel costs
+without the Python argument checks of the public wrappers. "copy floor" is a `clone()` of the gradient: a fused
+memory-bound kernel that reads g once and writes δ once costs about that; `pct_floor` compares each kernel with the
+copy time scaled to the bytes that op must move (OpSpec.bytes_moved).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .ops import _dispatch
+from .ops._schemas import HOT_PATHS
+from .ops._specs import SPECS
+
+CUDA_SHAPES = ((512, 3072), (128, 3072), (64, 150528))
+CPU_SHAPES = ((128, 784), (512, 3072))
+
+
+@dataclass
+class Row:
+    op: str
+    backend: str
+    rows: int
+    cols: int
+    grad_dtype: str
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    gbps: float
+    speedup_vs_torch: float
+    copy_floor_ms: float
+    floor_ratio: float  # time / (copy time scaled to the op's bytes): 1.0 = at the floor, 2.0 = twice it
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, reps: int = 100) -> tuple[float, float, float]:
+    """(median, p20, p80) in milliseconds."""
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+
+            q = do_bench(fn, rep=max(25, reps), quantiles=[0.5, 0.2, 0.8])
+            return float(q[0]), float(q[1]), float(q[2])
+        except ImportError:
+            return _cuda_events(fn, reps)
+    from torch.utils import benchmark
+
+    fn()  # warm-up
+    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2)
+    times = sorted(t * 1e3 for t in m.times)
+    return m.median * 1e3, _quantile(times, 0.2), _quantile(times, 0.8)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _cuda_events(fn, reps: int) -> tuple[float, float, float]:
+    for _ in range(10):
+        fn()
+    flush = torch.empty(64 * 2**20, dtype=torch.int8, device="cuda")
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8)
+
+
+def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dtypes=("fp32", "bf16"),
+              reps: int = 100, progress: bool = True) -> list[Row]:
+    """Time every (op, backend, shape, grad dtype) that can run here; the torch reference is always included."""
+    dev = torch.device(device)
+    shapes = shapes or (CUDA_SHAPES if dev.type == "cuda" else CPU_SHAPES)
+    ops = ops or HOT_PATHS
+    backends = backends or _dispatch.BACKENDS
+    cases = [(op, r, c, dt) for op in ops for (r, c) in shapes for dt in grad_dtypes]
+    rows: list[Row] = []
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc=f"bench ops ({device})", unit="case")
+    for op, r, c, dt in iterator:
+        spec = SPECS[op]
+        variant = "random" if dt == "fp32" else "grad_bf16"
+        sample = spec.make(r, c, variant, torch.Generator(dev).manual_seed(0), dev)
+        grad = next(a for a in sample.args if isinstance(a, torch.Tensor) and a.is_floating_point())
+        copy_ms = time_ms(lambda: grad.clone(), dev, reps)[0]
+        floor_ms = copy_ms * spec.bytes_moved(sample) / (2 * grad.numel() * grad.element_size())
+        timings = {}
+        for backend in ("torch",) + tuple(b for b in backends if b != "torch"):
+            if _dispatch.not_supported_reasons(backend, op, dev):
+                continue
+            impl = _dispatch.implementation(backend, op)
+            timings[backend] = time_ms(lambda: impl(*sample.args, **sample.kwargs), dev, reps)
+        nbytes = spec.bytes_moved(sample)
+        for backend, (med, p20, p80) in timings.items():
+            rows.append(Row(op, backend, r, c, dt, med, p20, p80, nbytes / med / 1e6, timings["torch"][0] / med,
+                            copy_ms, med / floor_ms))
+    return rows
+
+
+def markdown(rows: list[Row], env: dict[str, str]) -> str:
+    head = (f"Measured {env['date']} on {env['device']} (torch {env['torch']}, triton {env.get('triton', '-')}, "
+            f"fastat {env['git']}); median of CUDA-event/`torch.utils.benchmark` timings.\n\n")
+    lines = ["| op | backend | shape (B × n) | grad | median ms | GB/s | vs PyTorch | × copy floor |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.op} | {r.backend} | {r.rows} × {r.cols} | {r.grad_dtype} | {r.median_ms:.4f} | "
+                     f"{r.gbps:.1f} | {r.speedup_vs_torch:.1f}× | {r.floor_ratio:.2f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[Row], out_dir: str | Path, env: dict[str, str]) -> Path:
+    """Write CSV, JSON and a Markdown table under ``out_dir``/<date>-<device>; returns that folder."""
+    slug = env["device"].replace(" ", "_").replace("/", "_")
+    folder = Path(out_dir) / f"{env['date']}-{slug}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "ops.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + list(env)) if rows else None
+        if writer:
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({**asdict(r), **env})
+    (folder / "ops.json").write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=2))
+    (folder / "ops.md").write_text(markdown(rows, env))
+    return folder
+
+
+def run(device: str, out: str | None, **kwargs) -> list[Row]:
+    from .info import environment
+
+    env = environment()
+    env["date"] = _dt.date.today().isoformat()
+    env["device"] = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else env["device"]
+    rows = bench_ops(device, **kwargs)
+    print(markdown(rows, env))
+    if out:
+        print(f"results written to {write_results(rows, out, env)}")
+    return rows

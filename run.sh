@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# fastat's entry points on a fresh machine.
+#   ./run.sh setup   create .venv, install the dependencies and fastat (builds the C++/CUDA extension), fetch the data
+#   ./run.sh test    the test suite (CPU tests, then the Triton kernels under TRITON_INTERPRET=1 in their own process)
+#   ./run.sh bench   `fastat bench ops`: each op x backend against pure PyTorch on this machine
+# Environment: VENV (default .venv), PYTHON (default python3), TORCH_SPEC (default torch==2.13.0; on a CUDA machine
+# with torch already installed, set VENV to that environment or use `pip install --no-build-isolation .` directly).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+
+setup() {
+  if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || echo "run.sh: could not install dataset-fashion-mnist" >&2
+  fi
+  [ -x "$PY" ] || "${PYTHON:-python3}" -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip setuptools wheel
+  "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" "triton==3.6.0" numpy ninja tqdm matplotlib tabulate \
+    pytest pytest-benchmark hypothesis pyautoattack
+  MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation "${INSTALL_MODE:-.}"
+  "$PY" -c "import fastat; print('fastat backends:', fastat.ops.available_backends())"
+}
+
+run_tests() {
+  # -m "not triton": Triton tests need TRITON_INTERPRET=1 set before triton is imported, so they get their own process.
+  # Run from tests/' parent with the installed package (not the source tree) on the path.
+  "$PY" -m pytest -q -m "not triton" tests "$@"
+  TRITON_INTERPRET=1 FASTAT_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -m triton tests "$@" || {
+    rc=$?; [ "$rc" -eq 5 ] && echo "run.sh: no Triton tests collected" || exit "$rc"; }
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  test) shift; run_tests "$@" ;;
+  bench) shift; "$PY" -m fastat bench ops "$@" ;;
+  *) echo "usage: ./run.sh setup|test|bench [args]" >&2; exit 2 ;;
+esac

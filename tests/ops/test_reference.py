@@ -1,0 +1,120 @@
+"""The reference against facts stated independently in methods.md (not against itself)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastat.ops import reference as ref
+
+EPS = 8 / 255
+
+
+@pytest.mark.parametrize("q,zeroed", [(0.35, 1075), (0.45, 1382), (0.7, 2150)])
+def test_zerograd_zeroes_exactly_the_documented_count(q, zeroed):
+    # methods.md §2: for n = 3072 distinct |g|, q = 0.35 zeroes exactly 1075 coordinates (1382 for 0.45, 2150 for 0.7).
+    g = torch.randn(4, 3, 32, 32)
+    x = torch.full_like(g, 0.5)
+    out = ref.zerograd_step(torch.zeros_like(g), g, x, EPS, 2 * EPS, q)
+    assert ((out == 0).flatten(1).sum(1) == zeroed).all()
+
+
+def test_zerograd_survivors_end_at_eps_sign():
+    # α = 2ε and |δ₀| ≤ ε: every kept coordinate ends at exactly ε·sign(g); zeroed ones keep δ₀ (methods.md §2).
+    g, x = torch.randn(2, 784), torch.full((2, 784), 0.5)
+    d0 = (torch.rand(2, 784) * 2 - 1) * EPS
+    out = ref.zerograd_step(d0, g, x, EPS, 2 * EPS, 0.35)
+    tau = torch.quantile(g.abs(), 0.35, dim=1, keepdim=True)
+    keep = g.abs() >= tau
+    eps32 = torch.tensor(EPS, dtype=torch.float32)
+    assert torch.equal(out[keep], (eps32 * torch.sign(g))[keep])
+    assert torch.equal(out[~keep], d0[~keep])
+
+
+def test_zerograd_keeps_ties_with_tau():
+    g = torch.tensor([[1.0, 1.0, 1.0, 2.0]])  # τ(q=0.5) = 1.0: the ties are kept (strict < zeroes)
+    out = ref.zerograd_step(torch.zeros_like(g), g, torch.full_like(g, 0.5), 0.1, 0.2, 0.5)
+    assert torch.equal(out, torch.full_like(g, torch.tensor(0.1).item()))
+
+
+def test_zerograd_nan_row_does_not_move():
+    g = torch.randn(2, 10)
+    g[0, 3] = float("nan")
+    d0 = torch.full_like(g, 0.05)
+    out = ref.zerograd_step(d0, g, torch.full_like(g, 0.5), 0.1, 0.2, 0.35)
+    assert torch.equal(out[0], d0[0])  # τ = NaN: nothing kept, δ only re-projected
+    assert not torch.equal(out[1], d0[1])
+
+
+def test_multigrad_unanimous_and_zero_start():
+    g = torch.tensor([[[1.0, -2.0, 3.0, 1.0]], [[2.0, -1.0, 1.0, 0.0]], [[0.5, -0.1, -1.0, 1.0]]])  # (S=3, B=1, 4)
+    x = torch.full((1, 4), 0.5)
+    eps = torch.tensor(0.1).item()
+    out = ref.multigrad_step(g, x, 0.1, 0.2)
+    assert torch.equal(out, torch.tensor([[eps, -eps, 0.0, 0.0]]))  # disagreement and an exact zero are rejected
+    majority = ref.multigrad_step(g, x, 0.1, 0.2, threshold=2)
+    assert torch.equal(majority, torch.tensor([[eps, -eps, eps, eps]]))
+
+
+def test_box_keeps_x_plus_delta_in_unit_interval():
+    x = torch.rand(64, 100)
+    d = ref.pgd_step(torch.zeros_like(x), torch.randn_like(x), x, 0.3, 0.3)
+    assert ((x + d) >= 0).all() and ((x + d) <= 1).all() and (d.abs() <= 0.3).all()
+
+
+def test_pgd_step_inactive_rows_unchanged():
+    x, d0, g = torch.rand(4, 5), torch.full((4, 5), 7.0), torch.randn(4, 5)  # δ₀ outside every bound
+    out = ref.pgd_step(d0, g, x, 0.1, 0.05, active=torch.tensor([True, False, True, False]))
+    assert torch.equal(out[1], d0[1]) and torch.equal(out[3], d0[3])
+    assert (out[0].abs() <= 0.1).all()
+
+
+def _atas_case():
+    buf = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5) / 100  # N=2, C=1, H+2p=4, W+2p=5
+    x = torch.full((1, 1, 2, 3), 0.5)  # H=2, W=3, p=1
+    return buf, x
+
+
+def test_atas_gather_crop_and_flip():
+    buf, x = _atas_case()
+    index, offsets = torch.tensor([1]), torch.tensor([[1, 2]])
+    plain = ref.atas_gather(buf, index, offsets, torch.tensor([False]), x)
+    flipped = ref.atas_gather(buf, index, offsets, torch.tensor([True]), x)
+    window = buf[1, :, 1:3, 2:5]
+    assert torch.equal(plain[0], (0.5 + window).clamp(0, 1))
+    assert torch.equal(flipped[0], (0.5 + window.flip(-1)).clamp(0, 1))
+
+
+def test_atas_step_writes_unflipped_window_only_and_updates_v():
+    buf, x = _atas_case()
+    before = buf.clone()
+    v = torch.tensor([0.0, 0.25])
+    g = torch.tensor([[[[1.0, -1.0, 0.0], [2.0, 1.0, -3.0]]]])
+    kw = dict(eps=0.1, c=0.01, beta=0.5, gamma_over_c=16 / 255, step_min=4 / 255, step_max=14 / 255)
+    index, offsets, flips = torch.tensor([1]), torch.tensor([[1, 2]]), torch.tensor([True])
+    out = ref.atas_step(buf, v, index, offsets, flips, g, x.clone(), x, warmup=False, **kw)
+    expected_v = 0.5 * 0.25 + 0.5 * float((g**2).sum())
+    assert v[1].item() == pytest.approx(expected_v) and v[0].item() == 0.0
+    step = min(max((16 / 255) / (1 + expected_v**0.5 / 0.01), 4 / 255), 14 / 255)
+    assert torch.allclose(out, (0.5 + step * torch.sign(g)).clamp(0.4, 0.6))
+    assert torch.allclose(buf[1, :, 1:3, 2:5], (out - x)[0].flip(-1))  # written back un-flipped
+    mask = torch.ones_like(buf, dtype=torch.bool)
+    mask[1, :, 1:3, 2:5] = False
+    assert torch.equal(buf[mask], before[mask])  # outside the window nothing changes
+
+
+def test_atas_step_warmup_uses_eps_and_keeps_v():
+    buf, x = _atas_case()
+    v = torch.tensor([0.3, 0.25])
+    g = torch.ones(1, 1, 2, 3)
+    out = ref.atas_step(buf, v, torch.tensor([0]), torch.tensor([[0, 0]]), torch.tensor([False]), g, x.clone(), x,
+                        eps=0.1, c=0.01, beta=0.5, gamma_over_c=0.06, step_min=0.01, step_max=0.05, warmup=True)
+    assert torch.equal(v, torch.tensor([0.3, 0.25]))
+    assert torch.allclose(out, torch.full_like(x, 0.6))
+
+
+def test_uniform_init_in_ball_and_box_and_seeded():
+    x = torch.rand(8, 3, 4, 4)
+    a = ref.uniform_init(x, 0.2, generator=torch.Generator().manual_seed(3))
+    b = ref.uniform_init(x, 0.2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and (a.abs() <= 0.2).all() and ((x + a) >= 0).all() and ((x + a) <= 1).all()

@@ -1,0 +1,91 @@
+"""Bad arguments raise ValueError/TypeError naming the argument, on every backend, before any kernel runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastat
+from fastat import ops
+
+
+def _x(b=2, c=1, h=4, w=4):
+    return torch.rand(b, c, h, w)
+
+
+def _atas(**over):
+    x = _x()
+    args = dict(delta_buf=torch.zeros(5, 1, 8, 8), v_buf=torch.zeros(5), index=torch.tensor([0, 4]),
+                offsets=torch.tensor([[0, 4], [2, 2]]), flips=torch.tensor([True, False]), grad=torch.randn_like(x),
+                x_adv=x.clone(), x=x)
+    kw = dict(eps=0.1, c=0.01, beta=0.5, gamma_over_c=0.06, step_min=0.01, step_max=0.05, warmup=False)
+    for k, v in over.items():
+        (args if k in args else kw)[k] = v
+    return args, kw
+
+
+CASES = [
+    # (callable, exception, argument name in the message)
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), 0.1, 0.2, 1.5), ValueError, "q"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), 0.1, 0.2, -0.1), ValueError, "q"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), 0.0, 0.2, 0.3), ValueError, "eps"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), -1.0, 0.2, 0.3), ValueError, "eps"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), 0.1, 0.0, 0.3), ValueError, "alpha"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), float("nan"), 0.1, 0.3), ValueError, "eps"),
+    (lambda: ops.zerograd_step(_x(), _x(3), _x(), 0.1, 0.2, 0.3), ValueError, "grad"),
+    (lambda: ops.zerograd_step(_x(), _x().double(), _x(), 0.1, 0.2, 0.3), TypeError, "grad"),
+    (lambda: ops.zerograd_step(_x(), _x().long(), _x(), 0.1, 0.2, 0.3), TypeError, "grad"),
+    (lambda: ops.zerograd_step(_x(), [1.0], _x(), 0.1, 0.2, 0.3), TypeError, "grad"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x().half(), 0.1, 0.2, 0.3), TypeError, "x"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), "0.1", 0.2, 0.3), TypeError, "eps"),
+    (lambda: ops.pgd_step(_x(), _x(), _x(), 0.1, 0.2, active=torch.ones(3, dtype=torch.bool)), ValueError, "active"),
+    (lambda: ops.pgd_step(_x(), _x(), _x(), 0.1, 0.2, active=torch.ones(2)), TypeError, "active"),
+    (lambda: ops.pgd_step(_x(), _x(), _x(), 0.1, -0.2), ValueError, "alpha"),
+    (lambda: ops.multigrad_step(_x(), _x(), 0.1, 0.2), ValueError, "grads"),
+    (lambda: ops.multigrad_step(torch.randn(3, 2, 1, 4, 4), _x(), 0.1, 0.2, threshold=4), ValueError, "threshold"),
+    (lambda: ops.multigrad_step(torch.randn(3, 2, 1, 4, 4), _x(), 0.1, 0.2, threshold=0), ValueError, "threshold"),
+    (lambda: ops.multigrad_step(torch.randn(3, 3, 1, 4, 4), _x(), 0.1, 0.2), ValueError, "grads"),
+    (lambda: ops.uniform_init(_x(), 0.0), ValueError, "eps"),
+    (lambda: ops.uniform_init(_x().long(), 0.1), TypeError, "x"),
+    (lambda: ops.atas_step(**_atas(index=torch.tensor([0, 5]))[0], **_atas()[1]), ValueError, "index"),
+    (lambda: ops.atas_step(**_atas(index=torch.tensor([-1, 0]))[0], **_atas()[1]), ValueError, "index"),
+    (lambda: ops.atas_step(**_atas(offsets=torch.tensor([[0, 5], [0, 0]]))[0], **_atas()[1]), ValueError, "offsets"),
+    (lambda: ops.atas_step(**_atas(offsets=torch.tensor([[0, 4]]))[0], **_atas()[1]), ValueError, "offsets"),
+    (lambda: ops.atas_step(**_atas(index=torch.tensor([0, 1], dtype=torch.int32))[0], **_atas()[1]), TypeError, "index"),
+    (lambda: ops.atas_step(**_atas(flips=torch.tensor([1, 0]))[0], **_atas()[1]), TypeError, "flips"),
+    (lambda: ops.atas_step(**_atas(v_buf=torch.zeros(4))[0], **_atas()[1]), ValueError, "v_buf"),
+    (lambda: ops.atas_step(**_atas(delta_buf=torch.zeros(5, 1, 7, 8))[0], **_atas()[1]), ValueError, "delta_buf"),
+    (lambda: ops.atas_step(**_atas(delta_buf=torch.zeros(5, 2, 8, 8))[0], **_atas()[1]), ValueError, "delta_buf"),
+    (lambda: ops.atas_step(**_atas(delta_buf=torch.zeros(5, 1, 8, 8).transpose(2, 3))[0], **_atas()[1]), ValueError,
+     "delta_buf"),
+    (lambda: ops.atas_step(**_atas()[0], **_atas(beta=1.5)[1]), ValueError, "beta"),
+    (lambda: ops.atas_step(**_atas()[0], **_atas(step_min=0.1, step_max=0.05)[1]), ValueError, "step_min"),
+    (lambda: ops.atas_step(**_atas()[0], **_atas(c=0.0)[1]), ValueError, "c"),
+    (lambda: ops.atas_step(**_atas()[0], **_atas(eps=-0.1)[1]), ValueError, "eps"),
+    (lambda: ops.atas_gather(torch.zeros(5, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([[0, 0], [9, 0]]),
+                             torch.tensor([False, False]), _x()), ValueError, "offsets"),
+    (lambda: ops.atas_gather(torch.zeros(5, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([[0, 0], [0, 0]]),
+                             torch.tensor([False, False]), _x(3)), ValueError, "index"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_bad_arguments_are_named(case, backend):
+    fn, exc, name = CASES[case]
+    with fastat.ops.use_backend(backend), pytest.raises(exc, match=rf"argument[s]? '{name}'|'{name}'"):
+        fn()
+
+
+def test_value_checks_follow_fastat_debug_on_cuda_only(monkeypatch):
+    from fastat.ops import _validate
+
+    cpu = torch.zeros(1)
+    assert _validate.values_checked(cpu)
+    monkeypatch.setenv("FASTAT_DEBUG", "1")
+    assert _validate.values_checked(cpu)
+
+
+def test_empty_batch_is_fine():
+    x = torch.rand(0, 1, 4, 4)
+    assert ops.pgd_step(x, x, x, 0.1, 0.1).shape == x.shape
