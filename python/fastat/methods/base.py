@@ -1,0 +1,279 @@
+"""The `Method` interface every fast adversarial training method implements, and the helpers the attacks share.
+
+A method turns a clean batch into the adversarial batch the model is trained on (`perturb`), may add a regulariser
+to the training loss (`extra_loss`, GradAlign), may keep per-example state (ATAS δ/v, APART ω) and learnable scalars
+(APART), and reacts to epoch boundaries (`on_epoch_start`). The trainer does not know which method it runs.
+
+Conventions shared by every method (methods.md §0):
+
+* Pixel space: x ∈ [0, 1]; ε and α are absolute (8/255, not 8). Normalisation belongs inside the model.
+* The attack gradient is g = ∇ CE_mean(f(x_adv), y): batch-mean cross-entropy on fp32 logits, as the official codes
+  (ATAS's c is tuned for the 1/B factor this carries). Perturbations are computed in fp32 whatever autocast context
+  the trainer runs the method in, and x_adv is returned in x's dtype.
+* Attack passes compute input gradients only: parameters are temporarily marked ``requires_grad=False`` and the
+  gradient is taken with ``torch.autograd.grad`` (no ``.backward()``, no ``.grad`` written, no weight-gradient GEMMs).
+* `attack_bn_mode` ("train" | "eval" | "keep") is the mode the whole model is put in during the attack's forward
+  passes (BatchNorm statistics and dropout); the previous mode of every submodule is restored afterwards. Defaults
+  follow the official code (§0.2): train for WONG/ZG/GA/NF/APART, eval for ATAS.
+* Randomness comes only from torch: ``self.generator`` (a torch.Generator on x's device) or torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar, NoReturn
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..batch import BatchInfo
+
+__all__ = ["Method", "BN_MODES", "attack_mode", "frozen_parameters", "input_grad"]
+
+BN_MODES = ("train", "eval", "keep")
+
+
+# ------------------------------------------------------------------------------------------------- shared helpers
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Put ``model`` in train ("train") or eval ("eval") mode, or leave it ("keep"); restore every submodule after."""
+    if mode == "keep":
+        yield
+        return
+    saved = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Stop parameter gradients being built: clear ``requires_grad`` on the parameters that have it, restore after.
+
+    Autograd then neither saves what weight gradients need nor computes them, so an attack backward costs about
+    one input-gradient pass instead of a full backward.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def batch_mean_ce(logits: Tensor, y: Tensor) -> Tensor:
+    """CE_mean(logits, y) on fp32 logits (the attack loss of every official code)."""
+    return F.cross_entropy(logits.float(), y)
+
+
+def input_grad(model: nn.Module, x_in: Tensor, y: Tensor, *, create_graph: bool = False) -> Tensor:
+    """g = ∇_{x_in} CE_mean(model(x_in), y) for a leaf ``x_in`` that requires grad (nothing else is differentiated)."""
+    loss = batch_mean_ce(model(x_in), y)
+    (grad,) = torch.autograd.grad(loss, x_in, create_graph=create_graph)
+    return grad
+
+
+def leaf(t: Tensor) -> Tensor:
+    """A detached fp32 copy-free leaf of ``t`` that requires grad (the point an attack differentiates at)."""
+    return t.detach().float().requires_grad_(True)
+
+
+def to_unit_box(x: Tensor, delta: Tensor) -> Tensor:
+    """x_adv = clip(x + δ, 0, 1), detached (δ is already box-projected; the clip only removes rounding)."""
+    return torch.clamp(x + delta, 0, 1).detach()
+
+
+# -------------------------------------------------------------------------------------------- argument validation
+
+
+def fail(owner: str, exc: type[Exception], msg: str) -> NoReturn:
+    raise exc(f"fastat.methods.{owner}: {msg}")
+
+
+def check_positive(owner: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(owner, TypeError, f"argument '{name}' must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not (v > 0 and math.isfinite(v)):
+        fail(owner, ValueError, f"argument '{name}' must be a finite number > 0, got {value!r}")
+    return v
+
+
+def check_range(owner: str, name: str, value: object, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(owner, TypeError, f"argument '{name}' must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not lo <= v <= hi:
+        fail(owner, ValueError, f"argument '{name}' must be in [{lo}, {hi}], got {value!r}")
+    return v
+
+
+def check_int(owner: str, name: str, value: object, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(owner, TypeError, f"argument '{name}' must be an int, got {type(value).__name__}")
+    if value < lo:
+        fail(owner, ValueError, f"argument '{name}' must be >= {lo}, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------------ the class
+
+
+class Method:
+    """Base class: hyper-parameters, BN mode, hooks with no-op defaults, and (empty) state.
+
+    The trainer's view, per step::
+
+        x_adv = method.perturb(model, x, y, batch)       # attack passes only compute input gradients
+        loss = CE(model(x_adv), y)
+        reg = method.extra_loss(model, x, y, x_adv, batch)
+        loss = loss if reg is None else loss + reg       # GradAlign: a double-backprop regulariser
+        loss.backward(); optimizer.step()                # plus an optimiser over method.parameters() (APART)
+
+    and `on_epoch_start(epoch)` before each epoch (from 1), `state_dict()`/`load_state_dict()` in checkpoints,
+    `stats()` for logging, `to(device)` to place state and parameters eagerly (they otherwise follow x's device on
+    the first `perturb`).
+
+    * `perturb(model, x, y, batch) -> x_adv`: x's shape and dtype, in [0, 1] and in the method's ball around x,
+      detached — except APART, whose x_adv carries a graph to its learnable scalars (only) and must be trained on
+      as returned. ``batch`` (`BatchInfo`) may be None for methods without per-example state.
+    * Attributes: ``attack_bn_mode``; ``generator`` (None: torch's global RNG); ``freeze_parameters`` (True: clear
+      the parameters' requires_grad during attack passes; set False if something, e.g. a DDP wrapper, forbids it —
+      autograd.grad still computes no weight gradients then, but the forward saves what they would need).
+
+    Subclasses implement `perturb` and call ``super().__init__(eps=..., attack_bn_mode=..., **own_hparams)``; the
+    own hyper-parameters become attributes (mutable, e.g. a trainer raising ZeroGrad's q on a roll-back), are listed
+    live by `hparams` and travel in `state_dict` so a resumed run continues with them.
+    """
+
+    name: ClassVar[str] = "method"
+    default_attack_bn_mode: ClassVar[str] = "train"
+
+    def __init__(self, *, eps: float, attack_bn_mode: str | None = None, **hparams: Any) -> None:
+        self.eps = check_positive(type(self).__name__, "eps", eps)
+        mode = self.default_attack_bn_mode if attack_bn_mode is None else attack_bn_mode
+        if mode not in BN_MODES:
+            fail(type(self).__name__, ValueError, f"argument 'attack_bn_mode' must be one of {BN_MODES}, got {mode!r}")
+        self.attack_bn_mode = mode
+        self._hparam_names = tuple(hparams)
+        for key, value in hparams.items():
+            setattr(self, key, value)
+        self.generator: torch.Generator | None = None
+        self.freeze_parameters = True
+
+    # ---- description
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """Current hyper-parameters, for logging: method name, ε, BN mode, then the method's own."""
+        out: dict[str, Any] = {"method": self.name, "eps": self.eps, "attack_bn_mode": self.attack_bn_mode}
+        out.update({k: getattr(self, k) for k in self._hparam_names})
+        return out
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.hparams.items() if k != "method")
+        return f"{self.name}({args})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    # ---- the training-loop hooks
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def extra_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor,
+                   batch: BatchInfo | None = None) -> Tensor | None:
+        """A regulariser to add to the training loss (GradAlign); None for most methods."""
+        return None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (counted from 1)."""
+
+    # ---- state
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable method parameters the trainer should optimise (APART); empty by default."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own hyper-parameters as they are now (a trainer's roll-back may have changed q or α), plus
+        its per-example buffers and learnable scalars (tensors, or None before the first `perturb`)."""
+        return {"hparams": {k: getattr(self, k) for k in self._hparam_names}, **self._state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned: the saved hyper-parameters (ε and the BN mode are not touched) and
+        the buffers/scalars. Unknown or missing keys raise KeyError."""
+        owner = type(self).__name__
+        expected = {"hparams", *self._state()}
+        unknown, missing = set(state) - expected, expected - set(state) - {"hparams"}
+        if unknown or missing:
+            fail(owner, KeyError, f"state_dict keys do not match: unexpected {sorted(unknown)}, "
+                                  f"missing {sorted(missing)}")
+        hparams = state.get("hparams", {})
+        bad = set(hparams) - set(self._hparam_names)
+        if bad:
+            fail(owner, KeyError, f"state_dict has hyper-parameters this method does not take: {sorted(bad)}")
+        for key, value in hparams.items():
+            setattr(self, key, value)
+        self._load_state({k: v for k, v in state.items() if k != "hparams"})
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def stats(self) -> dict[str, Tensor]:
+        """Per-batch quantities worth logging (device tensors, so reading them is the caller's sync); {} by default."""
+        return {}
+
+    def to(self, device: torch.device | str) -> Method:
+        """Move per-example state and parameters (in place: parameter objects keep their identity)."""
+        return self
+
+    # ---- helpers for subclasses
+    @contextlib.contextmanager
+    def attacking(self, model: nn.Module) -> Iterator[None]:
+        """The attack context: BN mode applied, parameters frozen (if ``freeze_parameters``), grad enabled."""
+        with attack_mode(model, self.attack_bn_mode), torch.enable_grad():
+            if self.freeze_parameters:
+                with frozen_parameters(model):
+                    yield
+            else:
+                yield
+
+    def _check_inputs(self, x: Tensor, y: Tensor, *, image: bool = False) -> None:
+        owner = type(self).__name__
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            fail(owner, TypeError, f"argument 'x' must be a floating-point tensor, got "
+                                   f"{getattr(x, 'dtype', type(x).__name__)}")
+        if image and x.dim() != 4:
+            fail(owner, ValueError, f"argument 'x' must be (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.dim() < 1 or not isinstance(y, Tensor) or tuple(y.shape) != (x.shape[0],):
+            fail(owner, ValueError, f"argument 'y' must have shape (B,) = ({x.shape[0] if x.dim() else '?'},), "
+                                    f"got {tuple(getattr(y, 'shape', ()))}")
+
+    def _need_batch(self, batch: BatchInfo | None, x: Tensor) -> BatchInfo:
+        if batch is None:
+            fail(type(self).__name__, ValueError, "argument 'batch' (BatchInfo with dataset indices) is required: "
+                                                  "this method keeps per-example state")
+        if tuple(batch.index.shape) != (x.shape[0],):
+            fail(type(self).__name__, ValueError, f"argument 'batch.index' must have shape ({x.shape[0]},), got "
+                                                  f"{tuple(batch.index.shape)}")
+        return batch
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)) and len(v) > 4:
+        return f"[{len(v)} items]"
+    return repr(v)

@@ -1,0 +1,44 @@
+"""PGD-k adversarial training (Madry et al.; the multi-step baseline the fast methods are compared with)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .. import ops
+from ..batch import BatchInfo
+from .base import Method, check_int, check_positive, fail, input_grad, leaf, to_unit_box
+
+__all__ = ["PGD"]
+
+
+class PGD(Method):
+    """PGD-k AT: δ₀ = Π_box(U(−ε, ε); x) (or 0), then k times δ ← Π_box(Π_ε(δ + α·sign(∇_δ CE(f(x+δ), y))); x).
+
+    Defaults: k (``steps``) = 10, α = ε/4, random start, no early stop and no restarts (training-time PGD as in
+    WONG's `train_pgd.py` and torchattacks' PGD). BN: train mode during the attack, as the training scripts of
+    WONG/GA run it (torchattacks would use eval; pass ``attack_bn_mode="eval"`` for that).
+    """
+
+    name = "pgd"
+
+    def __init__(self, *, eps: float, alpha: float | None = None, steps: int = 10, random_start: bool = True,
+                 attack_bn_mode: str | None = None) -> None:
+        eps = check_positive("PGD", "eps", eps)
+        alpha = check_positive("PGD", "alpha", eps / 4 if alpha is None else alpha)
+        steps = check_int("PGD", "steps", steps, 1)
+        if not isinstance(random_start, bool):
+            fail("PGD", TypeError, f"argument 'random_start' must be a bool, got {type(random_start).__name__}")
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha, steps=steps, random_start=random_start)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
+        self._check_inputs(x, y)
+        xf = x.detach().float()
+        if self.random_start:
+            delta = ops.uniform_init(xf, self.eps, generator=self.generator)
+        else:
+            delta = xf.new_zeros(xf.shape)
+        with self.attacking(model):
+            for _ in range(self.steps):
+                grad = input_grad(model, leaf(xf + delta), y)
+                delta = ops.pgd_step(delta, grad, xf, self.eps, self.alpha)
+        return to_unit_box(xf, delta).to(x.dtype)

@@ -1,0 +1,122 @@
+"""ATAS: per-example δ/v buffers through crops and flips, warm-up, adaptive steps, resets (methods.md §6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastat.batch import BatchInfo
+from fastat.methods import ATAS
+
+from ._helpers import EPS, ROUND, batch_info, data, tiny_net
+
+N, PAD = 10, 2
+
+
+def window(buf, index, offsets, flips, h, w):
+    """flip(crop(buf[index])) written out sample by sample."""
+    out = []
+    for i, (a, c), f in zip(index.tolist(), offsets.tolist(), flips.tolist()):
+        win = buf[i, :, a:a + h, c:c + w]
+        out.append(win.flip(-1) if f else win)
+    return torch.stack(out)
+
+
+def eval_grad(model, x_in, y):
+    model.eval()
+    x_in = x_in.clone().requires_grad_(True)
+    g = torch.autograd.grad(F.cross_entropy(model(x_in), y), x_in)[0]
+    model.train()
+    return g
+
+
+def loaded_atas(**kw) -> ATAS:
+    method = ATAS(eps=EPS, **kw)
+    g = torch.Generator().manual_seed(7)
+    buf = (torch.rand(N, 1, 8 + 2 * PAD, 8 + 2 * PAD, generator=g) * 2 - 1) * EPS
+    method.load_state_dict({"delta_buf": buf, "v_buf": torch.rand(N, generator=g) * 1e-4})
+    return method
+
+
+@pytest.mark.parametrize("epoch", [1, 6])
+def test_start_point_step_and_window_write_back(epoch):
+    model, (x, y) = tiny_net(bn=True), data()
+    method = loaded_atas()
+    b = batch_info(n=N, pad=PAD, epoch=epoch)
+    assert b.flips.any() and not b.flips.all() and (b.offsets != PAD).any()
+    buf0, v0 = method.delta_buf.clone(), method.v_buf.clone()
+
+    x_adv = method.perturb(model, x, y, b)
+
+    x_adv0 = torch.clamp(x + window(buf0, b.index, b.offsets, b.flips, 8, 8), 0, 1)
+    g = eval_grad(model, x_adv0, y)
+    if epoch <= method.warmup_epochs:
+        step = torch.full((6,), EPS)
+        assert torch.equal(method.v_buf, v0)
+    else:
+        v = 0.5 * v0[b.index] + 0.5 * g.double().square().sum((1, 2, 3)).float()
+        torch.testing.assert_close(method.v_buf[b.index], v)
+        step = torch.clamp(16 / 255 / (1 + v.sqrt() / 0.01), 4 / 255, 14 / 255)
+        torch.testing.assert_close(method.step_sizes(), step)
+        others = torch.ones(N, dtype=torch.bool)
+        others[b.index] = False
+        assert torch.equal(method.v_buf[others], v0[others])
+    expected = x_adv0 + step.view(-1, 1, 1, 1) * torch.sign(g)
+    expected = torch.clamp(torch.minimum(torch.maximum(expected, x - EPS), x + EPS), 0, 1)
+    torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-7)
+
+    # write-back: the window holds x_adv − x un-flipped; everything else is untouched
+    assert torch.equal(window(method.delta_buf, b.index, b.offsets, b.flips, 8, 8), x_adv - x)
+    touched = torch.zeros_like(buf0, dtype=torch.bool)
+    for i, (a, c) in zip(b.index.tolist(), b.offsets.tolist()):
+        touched[i, :, a:a + 8, c:c + 8] = True
+    assert torch.equal(method.delta_buf[~touched], buf0[~touched])
+
+
+def test_missing_offsets_and_flips_mean_centre_crop():
+    model, (x, y) = tiny_net(), data()
+    method = loaded_atas()
+    b = BatchInfo(index=torch.arange(6), num_examples=N, pad=PAD, epoch=1)
+    x_adv = method.perturb(model, x, y, b)
+    assert torch.equal(method.delta_buf[:6, :, PAD:PAD + 8, PAD:PAD + 8], x_adv - x)
+
+
+def test_buffers_are_allocated_lazily_from_batch_info():
+    model, (x, y) = tiny_net(), data()
+    method = ATAS(eps=EPS)
+    torch.manual_seed(0)
+    method.perturb(model, x, y, batch_info(n=N, pad=PAD))
+    assert method.delta_buf.shape == (N, 1, 12, 12) and method.delta_buf.dtype == torch.float32
+    assert method.v_buf.shape == (N,) and not method.v_buf.any()  # warm-up: v untouched
+    assert method.delta_buf.abs().max() <= EPS + ROUND  # written-back windows hold x_adv − x (fp32 rounding)
+    no_pad = ATAS(eps=EPS)
+    no_pad.perturb(model, x, y, batch_info(n=N, pad=0, crop=False))
+    assert no_pad.delta_buf.shape == (N, 1, 8, 8)
+    with pytest.raises(ValueError, match="needs"):
+        method.perturb(model, x, y, batch_info(n=N + 1, pad=PAD))
+
+
+def test_reset_every_ten_epochs_except_the_last_and_v_kept():
+    model, (x, y) = tiny_net(), data()
+    method = ATAS(eps=EPS, epochs=20)
+    method.on_epoch_start(1)  # nothing allocated yet: a no-op
+    method.perturb(model, x, y, batch_info(n=N, pad=PAD, epoch=6))
+    buf, v = method.delta_buf.clone(), method.v_buf.clone()
+    assert v.any()
+    for epoch in (9, 11):
+        method.on_epoch_start(epoch)
+        assert torch.equal(method.delta_buf, buf)
+    method.on_epoch_start(10)
+    assert not torch.equal(method.delta_buf, buf)
+    assert method.delta_buf.abs().max() <= EPS and method.delta_buf.min() < 0  # fresh U(−ε, ε), not box-clipped
+    assert torch.equal(method.v_buf, v)
+    reset = method.delta_buf.clone()
+    method.on_epoch_start(20)  # the last epoch (epochs=20): no reset
+    assert torch.equal(method.delta_buf, reset)
+
+
+def test_attack_runs_in_eval_mode_by_default():
+    model, (x, y) = tiny_net(bn=True), data()
+    ATAS(eps=EPS).perturb(model, x, y, batch_info(n=N, pad=PAD))
+    assert model[0].seen == [False] and model.training
