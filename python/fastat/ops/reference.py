@@ -8,10 +8,12 @@ Conventions shared by all ops (docs: ../shared/docs/methods.md §0, README "Op c
 * ``box(d, x) = minimum(maximum(d, -x), 1 - x)`` keeps ``x + d`` in [0, 1]. It is written with min/max against
   ``-x`` and ``1 - x`` rather than ``clamp(x + d, 0, 1) - x``, which rounds differently.
 * Π_ε (clip to [-ε, ε]) comes before the box (every method except N-FGSM, which does not call these ops with a clip).
-* ``sign(0) = 0``: a zero gradient gives no step. NaN follows torch: ``sign(NaN) = NaN`` and clamp/min/max propagate
-  it, so a NaN gradient entry yields NaN at that position of δ (pgd_step, atas_step). Masked ops (zerograd_step,
-  multigrad_step) select with ``where``, so masked-out entries contribute exactly 0 even if the gradient is NaN; a
-  ZeroGrad row containing a NaN has τ = NaN (torch.quantile propagates it), keeps nothing and only re-projects δ.
+* ``sign`` is torch.sign: ``sign(0) = 0`` and, in current torch, ``sign(NaN) = 0`` too, so a zero or NaN gradient
+  entry gives no step at that position (pgd_step, atas_step in warm-up) and counts as a zero vote in MultiGrad.
+  Masked ops select with ``where``. A ZeroGrad row containing a NaN has τ = NaN (torch.quantile propagates it), keeps
+  nothing and only re-projects δ. A NaN gradient entry outside warm-up makes that row's ‖g‖² NaN in atas_step, so
+  its v, x_adv' row and buffer window become NaN (garbage in, visible garbage out). NaN in δ or x propagates through
+  clamp/min/max.
 
 None of these functions synchronizes with the host or has a data-dependent output shape. Memory traffic is noted per
 op (B×n elements, 4-byte fp32): the fused kernels must move about that much; these references move several times more.

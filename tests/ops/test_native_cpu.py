@@ -1,0 +1,347 @@
+"""Tests specific to the C++ CPU kernels (`torch.ops.fastat.<op>` on CPU tensors, csrc/cpu/*.cpp).
+
+Registration (opcheck), the C++ argument checks when the ops are called directly (bypassing fastat.ops' Python
+validation), index/offset range checks, determinism, independence from the thread count, and exact-parity spot checks
+against fastat.ops.reference on the cases that are easy to get wrong. The generic parity sweep is test_parity.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from fastat.ops import _native, reference
+from fastat.ops._schemas import SCHEMAS
+
+if _native.load_error() is not None:
+    pytest.skip(f"fastat._C is unavailable: {_native.load_error()}", allow_module_level=True)
+
+F = torch.ops.fastat
+EPS, ALPHA = 8 / 255, 10 / 255
+ATAS_KW = dict(eps=EPS, c=0.01, beta=0.5, gamma_over_c=16 / 255, step_min=4 / 255, step_max=14 / 255)
+
+
+def assert_exact(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def make(shape: tuple[int, ...], layout: str = "contiguous", dtype: torch.dtype = torch.float32, *,
+         kind: str = "unit", gen: torch.Generator | None = None) -> torch.Tensor:
+    """A random tensor of ``shape`` in ``layout`` (contiguous | channels_last | strided): values in [0, 1) ("unit"),
+    centred ("delta") or normal ("grad")."""
+    full = (*shape[:-1], 2 * shape[-1]) if layout == "strided" else shape
+    t = {"unit": torch.rand, "delta": torch.rand, "grad": torch.randn}[kind](full, generator=gen)
+    if kind == "delta":
+        t = (t - 0.5) * (4 * EPS)
+    t = t.to(dtype)
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        t = t[..., ::2]
+    return t
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def atas_args(batch=4, n=6, chans=3, size=5, pad=2, buf_dtype=torch.float32, dtype=torch.float32, grad_dtype=None,
+              layout="contiguous"):
+    """(delta_buf, v_buf, index, offsets, flips, grad, x_adv, x) for the ATAS ops; index has no repeats."""
+    g = torch.Generator().manual_seed(batch * 1000 + n)
+    shape = (batch, chans, size, size)
+    delta_buf = make((n, chans, size + 2 * pad, size + 2 * pad), kind="delta", dtype=buf_dtype, gen=g)
+    v_buf = torch.rand(n, generator=g) * 3
+    index = torch.randperm(n, generator=g)[:batch]
+    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=g)
+    offsets[0] = torch.tensor([0, 2 * pad])  # the extreme corners
+    flips = torch.rand(batch, generator=g) < 0.5
+    grad = make(shape, layout, grad_dtype or dtype, kind="grad", gen=g)
+    x = make(shape, layout, dtype, gen=g)
+    x_adv = (x.float() + make(shape, layout, kind="delta", gen=g)).clamp(0, 1).to(dtype)
+    return delta_buf, v_buf, index, offsets, flips, grad, x_adv, x
+
+
+def samples() -> list[tuple[str, tuple, dict]]:
+    shape = (4, 3, 5, 5)
+    d, g, x = make(shape, kind="delta"), make(shape, kind="grad"), make(shape)
+    dc, gc, xc = (t.contiguous(memory_format=torch.channels_last) for t in (d, g, x))
+    atas = atas_args()
+    return [
+        ("zerograd_step", (d, g, x, EPS, ALPHA, 0.35), {}),
+        ("zerograd_step", (dc, gc.bfloat16(), xc, EPS, ALPHA, 1.0), {}),
+        ("multigrad_step", (make((3, *shape), kind="grad"), x, EPS, ALPHA, None), {}),
+        ("multigrad_step", (make((2, *shape), kind="grad"), xc, EPS, ALPHA, 1), {}),
+        ("pgd_step", (d, g, x, EPS, ALPHA, None), {}),
+        ("pgd_step", (dc, gc, xc, EPS, ALPHA, torch.tensor([True, False, True, True])), {}),
+        ("atas_gather", (atas[0], atas[2], atas[3], atas[4], atas[7]), {}),
+        ("atas_step", atas, dict(ATAS_KW, warmup=False)),
+        ("atas_step", atas, dict(ATAS_KW, warmup=True)),
+        ("uniform_init", (xc, EPS), dict(generator=torch.Generator().manual_seed(0))),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- registration
+
+
+@pytest.mark.parametrize("op", sorted(SCHEMAS))
+def test_cpu_kernel_registered(op):
+    assert getattr(F, op).default.has_kernel_for_dispatch_key("CPU")
+    assert _native.has_kernel(op, "cpu")
+
+
+@pytest.mark.parametrize("name,args,kwargs", samples(), ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck(name, args, kwargs):
+    # uniform_init is random: the AOT test compares two calls that draw different numbers, so it is left out there.
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if name != "uniform_init":
+        utils += ("test_aot_dispatch_dynamic",)
+    torch.library.opcheck(getattr(F, name), args, kwargs, test_utils=utils)
+
+
+# ----------------------------------------------------------------------------------------- C++ argument checks
+
+_S = (4, 3, 5, 5)
+_T = make(_S)
+_BAD_METADATA = [
+    ("zerograd_step", (_T, make((4, 3, 5, 4)), _T, EPS, ALPHA, 0.5), ValueError, "'grad'"),
+    ("zerograd_step", (_T, _T, _T.half(), EPS, ALPHA, 0.5), TypeError, "'x'"),
+    ("zerograd_step", (_T, _T.double(), _T, EPS, ALPHA, 0.5), TypeError, "'grad'"),
+    ("zerograd_step", (_T, _T, _T, EPS, ALPHA, 1.5), ValueError, "'q'"),
+    ("zerograd_step", (_T, _T, _T, EPS, ALPHA, float("nan")), ValueError, "'q'"),
+    ("zerograd_step", (_T, _T, _T, 0.0, ALPHA, 0.5), ValueError, "'eps'"),
+    ("zerograd_step", (torch.zeros(4, 0),) * 3 + (EPS, ALPHA, 0.5), ValueError, "'delta'"),  # empty samples
+    ("zerograd_step", (torch.zeros(()),) * 3 + (EPS, ALPHA, 0.5), ValueError, "'delta'"),  # 0-D
+    ("pgd_step", (_T, _T, _T, EPS, float("inf"), None), ValueError, "'alpha'"),
+    ("pgd_step", (_T, _T, _T, EPS, ALPHA, torch.ones(3, dtype=torch.bool)), ValueError, "'active'"),
+    ("pgd_step", (_T, _T, _T, EPS, ALPHA, torch.ones(4)), TypeError, "'active'"),
+    ("multigrad_step", (make((2, 4, 3, 5, 4)), _T, EPS, ALPHA, None), ValueError, "'grads'"),
+    ("multigrad_step", (make((4,)), make((4,)), EPS, ALPHA, None), ValueError, "'grads'"),
+    ("multigrad_step", (make((2, *_S)), _T, EPS, ALPHA, 0), ValueError, "'threshold'"),
+    ("multigrad_step", (make((2, *_S)), _T, EPS, ALPHA, 3), ValueError, "'threshold'"),
+    ("multigrad_step", (make((2, *_S)).int(), _T, EPS, ALPHA, None), TypeError, "'grads'"),
+    ("uniform_init", (_T, -1.0), ValueError, "'eps'"),
+    ("uniform_init", (_T.int(), EPS), TypeError, "'x'"),
+]
+
+
+def _atas_bad():
+    buf, v, idx, off, flp, g, xa, x = atas_args()
+    base = dict(delta_buf=buf, v_buf=v, index=idx, offsets=off, flips=flp, grad=g, x_adv=xa, x=x)
+
+    def gather(**kw):
+        a = {**base, **kw}
+        return "atas_gather", (a["delta_buf"], a["index"], a["offsets"], a["flips"], a["x"]), {}
+
+    def step(scalars=None, **kw):
+        return "atas_step", tuple({**base, **kw}.values()), dict(ATAS_KW, warmup=False, **(scalars or {}))
+
+    return [
+        (*gather(index=idx.int()), TypeError, "'index'"),
+        (*gather(index=idx[:3]), ValueError, "'index'"),
+        (*gather(offsets=torch.zeros(4, 3, dtype=torch.long)), ValueError, "'offsets'"),
+        (*gather(flips=flp.float()), TypeError, "'flips'"),
+        (*gather(delta_buf=buf.transpose(2, 3)), ValueError, "'delta_buf'"),  # not contiguous
+        (*gather(delta_buf=buf[:, :, :8, :8].contiguous()), ValueError, "'delta_buf'"),  # odd padding
+        (*gather(delta_buf=buf[:, :2].contiguous()), ValueError, "'delta_buf'"),  # channels
+        (*gather(x=x[0]), ValueError, "'x'"),
+        (*step(v_buf=v.double()), TypeError, "'v_buf'"),
+        (*step(v_buf=v[:5]), ValueError, "'v_buf'"),
+        (*step(grad=g[:, :, :4]), ValueError, "'grad'"),
+        (*step(x_adv=xa.half()), TypeError, "'x_adv'"),
+        (*step(dict(beta=1.5)), ValueError, "'beta'"),
+        (*step(dict(step_min=0.5)), ValueError, "'step_min'"),
+        (*step(dict(c=float("nan"))), ValueError, "'c'"),
+    ]
+
+
+@pytest.mark.parametrize("name,args,kwargs,exc,arg",
+                         [(n, a, {}, e, m) for n, a, e, m in _BAD_METADATA] + _atas_bad(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_direct_call_bad_metadata_raises(name, args, kwargs, exc, arg):
+    with pytest.raises(exc, match=f"^fastat.{name}: .*{arg}"):
+        getattr(F, name)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("op", ["atas_gather", "atas_step"])
+@pytest.mark.parametrize("bad", ["index=N", "index=-1", "offsets=2p+1", "offsets=-1"])
+def test_out_of_range_index_and_offsets_raise(op, bad):
+    buf, v, idx, off, flp, g, xa, x = atas_args()
+    arg, value = bad.split("=")
+    if arg == "index":
+        idx = idx.clone()
+        idx[2] = buf.shape[0] if value == "N" else -1
+    else:
+        off = off.clone()
+        off[3, 1] = buf.shape[2] - x.shape[2] + 1 if value == "2p+1" else -1
+    buf_before, v_before = buf.clone(), v.clone()
+    with pytest.raises(ValueError, match=f"'{arg}'"):
+        if op == "atas_gather":
+            F.atas_gather(buf, idx, off, flp, x)
+        else:
+            F.atas_step(buf, v, idx, off, flp, g, xa, x, **ATAS_KW, warmup=False)
+    assert torch.equal(buf, buf_before) and torch.equal(v, v_before)  # nothing was written before the check
+
+
+# -------------------------------------------------------------------------------- determinism and thread count
+
+
+def _call(name, args, kwargs):
+    """Run the op on fresh copies of its tensor arguments (atas_step mutates two); return every output tensor."""
+    args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = dict(kwargs)
+    if "generator" in kwargs:
+        kwargs["generator"] = torch.Generator().manual_seed(1234)
+    out = getattr(F, name)(*args, **kwargs)
+    return (out, args[0], args[1]) if name == "atas_step" else (out,)
+
+
+def _big_samples():
+    """Inputs large enough that at::parallel_for splits them across two threads."""
+    shape = (160, 3, 16, 16)
+    d, g, x = make(shape, kind="delta"), make(shape, kind="grad"), make(shape)
+    atas = atas_args(batch=96, n=128, size=16, pad=4)
+    return [
+        ("zerograd_step", (d, g, x, EPS, ALPHA, 0.35), {}),
+        ("multigrad_step", (make((3, *shape), kind="grad"), x, EPS, ALPHA, 2), {}),
+        ("pgd_step", (d, g, x, EPS, ALPHA, torch.rand(160) < 0.5), {}),
+        ("atas_gather", (atas[0], atas[2], atas[3], atas[4], atas[7]), {}),
+        ("atas_step", atas, dict(ATAS_KW, warmup=False)),
+        ("uniform_init", (x, EPS), dict(generator=None)),
+    ]
+
+
+@pytest.mark.parametrize("name,args,kwargs", _big_samples(), ids=lambda v: v if isinstance(v, str) else "")
+def test_deterministic_and_thread_count_independent(name, args, kwargs):
+    with num_threads(1):
+        one = _call(name, args, kwargs)
+    with num_threads(2):
+        two = _call(name, args, kwargs)
+        again = _call(name, args, kwargs)
+    for a, b, c in zip(one, two, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+# ---------------------------------------------------------------------------------- exact parity spot checks
+
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def _zerograd_grad(shape, dtype, layout):
+    """Gradients with ties, an all-zero row, a row with a NaN and a row with an infinity."""
+    g = torch.randint(-3, 4, shape).float() * 0.25
+    g[1] = torch.randn(shape[1:])
+    g[2] = 0.0
+    if shape[0] > 4:
+        g[3].view(-1)[5] = float("nan")
+        g[4].view(-1)[:3] = float("inf")
+    g = g.to(dtype)
+    if layout == "channels_last":
+        return g.contiguous(memory_format=torch.channels_last)
+    return torch.cat([g, g], dim=-1)[..., ::2] if layout == "strided" else g
+
+
+@pytest.mark.parametrize("q", [0.0, 0.35, 0.7, 1.0])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype,grad_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                              (torch.bfloat16, torch.float16), (torch.float16, torch.float32)])
+def test_zerograd_matches_reference(q, layout, dtype, grad_dtype):
+    shape = (7, 3, 4, 5)
+    d, x = make(shape, layout, dtype, kind="delta"), make(shape, layout, dtype)
+    g = _zerograd_grad(shape, grad_dtype, layout)
+    out = F.zerograd_step(d, g, x, EPS, ALPHA, q)
+    assert_exact(out, reference.zerograd_step(d, g, x, EPS, ALPHA, q))
+    assert out.stride() == torch.empty_like(d).stride()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 784, 3072])
+def test_zerograd_row_lengths_and_random_quantiles(n):
+    gen = torch.Generator().manual_seed(n)
+    g = torch.randn(9, n, generator=gen) * torch.rand(9, 1, generator=gen) * 10
+    d, x = make((9, n), kind="delta", gen=gen), make((9, n), gen=gen)
+    for q in [0.0, 1.0, *torch.rand(4, generator=gen).tolist()]:
+        assert_exact(F.zerograd_step(d, g, x, EPS, ALPHA, q), reference.zerograd_step(d, g, x, EPS, ALPHA, q))
+
+
+@pytest.mark.parametrize("threshold", [None, 1, 2])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype,grad_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float16)])
+def test_multigrad_matches_reference(threshold, layout, dtype, grad_dtype):
+    shape = (5, 3, 4, 4)
+    grads = torch.randint(-1, 2, (3, *shape)).float() * torch.rand(3, *shape)  # many exact zeros
+    grads[0, 0, 0, 0, :2] = float("nan")
+    grads = grads.to(grad_dtype)
+    if layout == "channels_last":
+        grads = torch.stack([gs.contiguous(memory_format=torch.channels_last) for gs in grads])
+    elif layout == "strided":
+        grads = grads.transpose(-1, -2)
+    x = make(shape, layout, dtype)
+    if layout == "strided":
+        x = x.transpose(-1, -2)
+    out = F.multigrad_step(grads, x, EPS, ALPHA, threshold)
+    assert_exact(out, reference.multigrad_step(grads, x, EPS, ALPHA, threshold))
+    assert out.stride() == torch.empty_like(x).stride()
+
+
+@pytest.mark.parametrize("with_active", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype,grad_dtype", [(torch.float32, torch.float32), (torch.float16, torch.bfloat16)])
+def test_pgd_matches_reference(with_active, layout, dtype, grad_dtype):
+    shape = (6, 3, 4, 5)
+    d, x = make(shape, layout, dtype, kind="delta"), make(shape, layout, dtype)
+    g = make(shape, layout, grad_dtype, kind="grad")
+    g[1, :, 0, 1] = 0.0
+    g[0, 0, 0, :2] = float("nan")
+    d[1, 0, 0, 0] = float("nan")
+    x[2, 1, 1, 1] = float("nan")
+    active = torch.tensor([True, False, True, True, False, True]) if with_active else None
+    assert_exact(F.pgd_step(d, g, x, EPS, ALPHA, active), reference.pgd_step(d, g, x, EPS, ALPHA, active))
+
+
+@pytest.mark.parametrize("buf_dtype,dtype,grad_dtype", [(torch.float32, torch.float32, torch.float32),
+                                                        (torch.bfloat16, torch.float32, torch.float16),
+                                                        (torch.float16, torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_atas_gather_matches_reference(buf_dtype, dtype, grad_dtype, layout):
+    buf, _, idx, off, flp, _, _, x = atas_args(batch=5, n=7, size=6, buf_dtype=buf_dtype, dtype=dtype, layout=layout)
+    assert_exact(F.atas_gather(buf, idx, off, flp, x), reference.atas_gather(buf, idx, off, flp, x))
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+@pytest.mark.parametrize("buf_dtype,dtype,grad_dtype", [(torch.float32, torch.float32, torch.float32),
+                                                        (torch.bfloat16, torch.float32, torch.float16),
+                                                        (torch.float16, torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_atas_step_matches_reference(warmup, buf_dtype, dtype, grad_dtype, layout):
+    args = atas_args(batch=5, n=7, size=6, buf_dtype=buf_dtype, dtype=dtype, grad_dtype=grad_dtype, layout=layout)
+    args[5][1, 0, 0, :3] = 0.0  # sign(0) = 0: no move there
+    ours = [a.clone() for a in args]
+    ref = [a.clone() for a in args]
+    out = F.atas_step(*ours, **ATAS_KW, warmup=warmup)
+    expected = reference.atas_step(*ref, **ATAS_KW, warmup=warmup)
+    assert_exact(out, expected)
+    assert_exact(ours[0], ref[0])  # delta_buf windows, and nothing outside them
+    assert_exact(ours[1], ref[1])  # v_buf
+    assert out.stride() == torch.empty_like(args[6]).stride()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_uniform_init_matches_reference_draw(layout, dtype):
+    x = make((3, 3, 4, 5), layout, dtype)
+    x[0, 0, 0, :2] = 0.0
+    ours = F.uniform_init(x, EPS, generator=torch.Generator().manual_seed(7))
+    assert_exact(ours, reference.uniform_init(x, EPS, generator=torch.Generator().manual_seed(7)))
+    torch.manual_seed(3)
+    ours = F.uniform_init(x[0], EPS)  # the global generator
+    torch.manual_seed(3)
+    assert_exact(ours, reference.uniform_init(x[0], EPS))
