@@ -1,21 +1,28 @@
 """Triton kernels for fastat's hot paths, registered as `torch.ops.fastat_triton.<op>` custom ops.
 
-Importing this package never imports triton: op modules are imported lazily by `get`. Each op module defines its
-`@triton.jit` kernel(s), a launcher and `torch.library.custom_op("fastat_triton::<op>", schema=SCHEMAS[op])` with the
-fake shared with `fastat::<op>` (python/fastat/ops/_library.py). `fastat.ops` calls `not_supported_reasons` and `get`;
-nothing else here is public.
+Importing this package never imports triton: op modules are imported on the first `get` (see `_registry`). Each op
+module defines its `@triton.jit` kernel(s), a launcher and `torch.library.custom_op("fastat_triton::<op>",
+schema=SCHEMAS[op])` with the fake shared with `fastat::<op>` (python/fastat/ops/_library.py), through
+`_common.register`. Kernels are launched directly (no wrap_triton/triton_op: those fail under the interpreter).
+`fastat.ops` calls `not_supported_reasons` and `get`; nothing else here is public.
+
+`python -m fastat_kernels._compile_check` compiles every kernel for an H100 without a GPU and checks the PTX.
 """
 
 from __future__ import annotations
-
-import importlib
 
 import torch
 
 from . import _triton
 
 # op name -> module in this package that registers `fastat_triton::<op>`. Add an op here when its kernel lands.
-KERNEL_MODULES: dict[str, str] = {}
+KERNEL_MODULES: dict[str, str] = {
+    "zerograd_step": "zerograd_step",
+    "multigrad_step": "multigrad_step",
+    "atas_gather": "atas",
+    "atas_step": "atas",
+    "pgd_step": "pgd_step",
+}
 
 
 def not_supported_reasons(op: str, device_type: str, dtypes: tuple[torch.dtype, ...] = ()) -> list[str]:
@@ -36,6 +43,7 @@ def not_supported_reasons(op: str, device_type: str, dtypes: tuple[torch.dtype, 
 
 
 def get(op: str):
-    """The `torch.ops.fastat_triton.<op>` overload, importing (and so registering) its module on first use."""
-    importlib.import_module(f"{__name__}.{KERNEL_MODULES[op]}")
+    """The `torch.ops.fastat_triton.<op>` overload; the first call imports (and so registers) every op module."""
+    from . import _registry  # noqa: F401  (an import statement, which torch.compile can trace; see _registry)
+
     return getattr(torch.ops.fastat_triton, op).default

@@ -1,4 +1,6 @@
-"""The only module that imports triton. Everything else asks here whether Triton can run and why not.
+"""Whether Triton can run, and how: the package's `__init__` asks here and never imports triton itself.
+
+Triton is imported only when `import_error` is called (the op modules and `_common` import it directly).
 
 `TRITON_INTERPRET=1` must be set before triton is first imported; then kernels run on CPU tensors (slowly, in numpy),
 which is how CI tests them on machines without a GPU.
@@ -6,19 +8,22 @@ which is how CI tests them on machines without a GPU.
 
 from __future__ import annotations
 
-import functools
 import os
 
+_IMPORT_ERROR: dict[str, str | None] = {}  # a plain dict, not functools.cache: torch.compile traces this call
 
-@functools.cache
+
 def import_error() -> str | None:
     """None when triton imports, else the reason it does not."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return f"triton is not importable ({type(exc).__name__}: {exc})"
-    return None
+    if "triton" not in _IMPORT_ERROR:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _IMPORT_ERROR["triton"] = None
+        except Exception as exc:  # ImportError, or a broken install
+            _IMPORT_ERROR["triton"] = f"triton is not importable ({type(exc).__name__}: {exc})"
+    return _IMPORT_ERROR["triton"]
 
 
 def interpret() -> bool:
