@@ -1,0 +1,210 @@
+"""`fastat eval CHECKPOINT`: PGD-k-r (and optionally AutoAttack) on a dataset's test split; a table and eval.json.
+
+Defaults come from the checkpoint (dataset, ε); α defaults to ε/4 (GA's evaluation; WONG/NF/ZG fix 2/255 for ε=8/255,
+pass --alpha 2/255 for that). The first --n test images are used (as GA; not a random subset). Bad input (missing or
+foreign checkpoint, a dataset that does not fit the model, ε ≤ 0) prints one error line and returns 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._common import PRECISIONS
+from .pgd import IMPLS
+
+
+class EvalInputError(Exception):
+    """Bad input to `fastat eval`; reported as one line."""
+
+
+def number(text: str) -> float:
+    """A float from "0.03", "1e-3" or a fraction "8/255" (argparse type)."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("checkpoint", help="a fastat checkpoint (runs/NAME/checkpoint.pt)")
+    p.add_argument("--dataset", default=None, help="dataset to evaluate on (default: the checkpoint's)")
+    p.add_argument("--data-root", default=None, help="data folder (Fashion-MNIST defaults to the embedded copy)")
+    p.add_argument("--eps", default=None, help="ε in [0,1] units, e.g. 0.1 or 8/255 (default: the checkpoint's)")
+    p.add_argument("--alpha", default=None, help="PGD step, e.g. 2/255 (default: ε/4)")
+    p.add_argument("--pgd-steps", type=int, default=50, help="PGD iterations (default 50)")
+    p.add_argument("--restarts", type=int, default=10, help="PGD random restarts (default 10)")
+    p.add_argument("--no-early-stop", action="store_true", help="run every PGD step on every sample (GA)")
+    p.add_argument("--autoattack", action="store_true", help="also run standard AutoAttack (pyautoattack)")
+    p.add_argument("--n", type=int, default=10000, help="evaluate the first N test images (default 10000)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: sized from memory)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward precision (default fp32)")
+    p.add_argument("--impl", choices=IMPLS, default="batched", help="PGD engine (default batched)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
+    p.add_argument("--out", default=None, help="where to write eval.json (default: next to the checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``eval`` subcommand to the ``fastat`` command's subparsers."""
+    p = subparsers.add_parser("eval", help="robust accuracy of a checkpoint (PGD-50-10, AutoAttack)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return configure_parser(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastat.eval CHECKPOINT [options]``."""
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m fastat.eval", description=__doc__,
+                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation described by ``args``; returns the exit status (0, or 2 on bad input)."""
+    try:
+        report, out_path = _evaluate(args)
+    except EvalInputError as exc:
+        print(f"fastat eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    print(f"wrote {out_path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    from ..checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from ..data import SPECS, canonical_name, load_dataset
+    from .pgd import pgd_robustness
+
+    for name, value, low in (("--pgd-steps", args.pgd_steps, 0), ("--restarts", args.restarts, 1), ("--n", args.n, 1)):
+        if value < low:
+            raise EvalInputError(f"{name} must be >= {low}, got {value}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise EvalInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = _device(args.device)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
+        model = model_from_checkpoint(ckpt)
+    except (CheckpointError, ValueError) as exc:
+        raise EvalInputError(str(exc)) from None
+    eps = _number("--eps", args.eps) if args.eps is not None else ckpt["eps"]
+    if not eps > 0:
+        raise EvalInputError(f"--eps must be > 0, got {eps}")
+    alpha = _number("--alpha", args.alpha) if args.alpha is not None else eps / 4
+    if not alpha > 0:
+        raise EvalInputError(f"--alpha must be > 0, got {alpha}")
+    try:
+        dataset = canonical_name(args.dataset or ckpt["dataset"])
+        if dataset in SPECS:  # catch a mismatch before touching the data
+            spec = SPECS[dataset]
+            _check_fit(ckpt["model_config"], dataset, spec.in_channels, spec.num_classes, spec.input_size)
+        ds = load_dataset(dataset, root=args.data_root, split="test")
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise EvalInputError(str(exc)) from None
+    _check_fit(ckpt["model_config"], dataset, ds.in_channels, ds.num_classes, ds.input_size)
+    n = min(args.n, len(ds))
+    x = ds.images[:n].float().div_(255.0)
+    y = ds.labels[:n]
+    model.to(device)
+    res = pgd_robustness(model, x, y, eps, alpha, steps=args.pgd_steps, restarts=args.restarts,
+                         early_stop=not args.no_early_stop, precision=args.precision, batch_size=args.batch_size,
+                         seed=args.seed, impl=args.impl, device=device, progress=not args.no_progress)
+    report: dict[str, Any] = {
+        "checkpoint": str(Path(args.checkpoint).resolve()), "model": ckpt["model_config"].get("name"),
+        "epoch": ckpt["epoch"], "dataset": dataset, "split": "test", "n": n, "eps": eps, "alpha": alpha,
+        "device": str(device), "precision": args.precision, "seed": args.seed, "clean_acc": res.clean_acc,
+        "pgd": res.to_dict(), "autoattack": None,
+        "versions": {"fastat": _fastat_version(), "torch": torch.__version__},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if args.autoattack:
+        from .autoattack import run_autoattack
+
+        try:
+            aa = run_autoattack(model, x, y, eps, version="standard", device=device,
+                                batch_size=args.batch_size or 500, seed=args.seed)
+        except ImportError as exc:
+            raise EvalInputError(str(exc)) from None
+        report["autoattack"] = aa.to_dict()
+    out_path = _out_path(args.out, args.checkpoint)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report, out_path
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise EvalInputError(f"--device must be like cpu, cuda or cuda:1, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvalInputError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        return number(text)
+    except argparse.ArgumentTypeError as exc:
+        raise EvalInputError(f"{flag}: {exc}") from None
+
+
+def _check_fit(config: dict[str, Any], dataset: str, channels: int, classes: int, size: tuple[int, int]) -> None:
+    """The dataset's channels, classes and (for size-dependent models) image size must match the model's."""
+    checks = [("input channels", config.get("in_channels"), channels), ("classes", config.get("num_classes"), classes)]
+    if config.get("name") == "small-cnn":
+        want = config.get("input_size")
+        want = (want, want) if isinstance(want, int) else tuple(want) if want is not None else None
+        checks.append(("image size", want, tuple(size)))
+    for what, want, got in checks:
+        if want is not None and want != got:
+            raise EvalInputError(f"model {config.get('name')!r} expects {what} {want}, dataset {dataset!r} has {got}")
+
+
+def _out_path(out: str | None, checkpoint: str) -> Path:
+    if out is None:
+        return Path(checkpoint).resolve().parent / "eval.json"
+    p = Path(out)
+    return p if p.suffix == ".json" else p / "eval.json"
+
+
+def _fastat_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain-text table of the report's accuracies and times."""
+    pgd = report["pgd"]
+    tag = f"PGD-{pgd['steps']}-{pgd['restarts']}"
+    rows = [("model / epoch", f"{report['model']} / {report['epoch']}"),
+            ("dataset (test, first n)", f"{report['dataset']} ({report['n']})"),
+            ("eps / alpha", f"{report['eps']:.5g} / {report['alpha']:.5g}"),
+            ("clean accuracy", f"{100 * report['clean_acc']:.2f} %"),
+            (f"{tag} robust (max-loss, official)", f"{100 * pgd['robust_acc_max_loss']:.2f} %"),
+            (f"{tag} robust (any restart)", f"{100 * pgd['robust_acc_any']:.2f} %"),
+            (f"{tag} time", f"{pgd['seconds']:.1f} s ({pgd['impl']}, {pgd['precision']}, {report['device']})")]
+    aa = report.get("autoattack")
+    if aa:
+        rows.append(("AutoAttack (standard) robust", f"{100 * aa['robust_acc']:.2f} %"))
+        rows.append(("AutoAttack time", f"{aa['seconds']:.1f} s"))
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 3 + max(len(v) for _, v in rows))
+    return "\n".join([line] + [f"{k.ljust(width)} | {v}" for k, v in rows] + [line])
