@@ -45,4 +45,17 @@ inline at::MemoryFormat row_format(const at::Tensor& t) {
   return at::MemoryFormat::Contiguous;
 }
 
+// The result `out` = at::empty_like(ref) (what the fake returns) and `work`, a buffer of the same shape contiguous in
+// `fmt` into which a kernel writes raw rows: `out` itself unless ref has an unusual (dense but permuted) layout, in
+// which case finish() copies work into out. Shared by the CPU kernels and the CUDA binding.
+struct RowOutput {
+  at::Tensor out, work;
+  RowOutput(const at::Tensor& ref, at::MemoryFormat fmt)
+      : out(at::empty_like(ref)), work(out.is_contiguous(fmt) ? out : at::empty_like(ref, fmt)) {}
+  at::Tensor finish() {
+    if (!work.is_same(out)) out.copy_(work);
+    return out;
+  }
+};
+
 }  // namespace fastat

@@ -38,7 +38,7 @@ at::Tensor atas_gather_cpu(const at::Tensor& delta_buf, const at::Tensor& index,
   check_atas_gather(delta_buf, index, offsets, flips, x);
   const at::Tensor idx = index.contiguous(), off = offsets.contiguous(), flp = flips.contiguous(), xc = x.contiguous();
   cpu::check_atas_values("atas_gather", idx, off, delta_buf.size(0), delta_buf.size(2) - x.size(2));
-  cpu::RowOutput res(x, at::MemoryFormat::Contiguous);
+  RowOutput res(x, at::MemoryFormat::Contiguous);
   FASTAT_DISPATCH_FLOAT(delta_buf.scalar_type(), "atas_gather_cpu", [&] {
     using buf_t = scalar_t;
     FASTAT_DISPATCH_FLOAT(xc.scalar_type(), "atas_gather_cpu", [&] {

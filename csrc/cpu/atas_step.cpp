@@ -72,7 +72,7 @@ at::Tensor atas_step_cpu(at::Tensor& delta_buf, at::Tensor& v_buf, const at::Ten
     v_buf.index_copy_(0, idx, v);
     step = at::sqrt(v).div(c).add(1).reciprocal().mul(gamma_over_c).clamp(step_min, step_max);
   }
-  cpu::RowOutput res(x_adv, at::MemoryFormat::Contiguous);
+  RowOutput res(x_adv, at::MemoryFormat::Contiguous);
   FASTAT_DISPATCH_FLOAT(delta_buf.scalar_type(), "atas_step_cpu", [&] {
     using buf_t = scalar_t;
     FASTAT_DISPATCH_FLOAT(xc.scalar_type(), "atas_step_cpu", [&] {

@@ -27,18 +27,6 @@ inline float box(float d, float x) { return minimum(maximum(d, -x), 1.0f - x); }
 // Rows per at::parallel_for task: about 64k elements per task, at least one row.
 inline int64_t row_grain(int64_t n) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n, 1)); }
 
-// The result tensor `out` = at::empty_like(ref) (what the fake returns) and `work`, a buffer of the same shape that is
-// contiguous in `fmt`, into which the kernel writes raw rows; `out` itself when its layout already is `fmt`.
-struct RowOutput {
-  at::Tensor out, work;
-  RowOutput(const at::Tensor& ref, at::MemoryFormat fmt)
-      : out(at::empty_like(ref)), work(out.is_contiguous(fmt) ? out : at::empty_like(ref, fmt)) {}
-  at::Tensor finish() {
-    if (!work.is_same(out)) out.copy_(work);
-    return out;
-  }
-};
-
 // CPU can afford value checks: index in [0, N) and offsets in [0, 2p], else ValueError naming the argument.
 inline void check_atas_values(const char* op, const at::Tensor& index, const at::Tensor& offsets, int64_t n,
                               int64_t pad2) {

@@ -44,7 +44,7 @@ at::Tensor multigrad_step_cpu(const at::Tensor& grads, const at::Tensor& x, doub
   // Each start grads[s] must have x's element order: for channels_last x, order grads as (S, B, H, W, C).
   const at::Tensor g =
       fmt == at::MemoryFormat::ChannelsLast ? grads.permute({0, 1, 3, 4, 2}).contiguous() : grads.contiguous();
-  cpu::RowOutput res(x, fmt);
+  RowOutput res(x, fmt);
   const int64_t starts = grads.size(0), rows = x.size(0), n = row_numel(x);
   const int64_t min_votes = 2 * threshold.value_or(starts) - starts;
   FASTAT_DISPATCH_FLOAT(xc.scalar_type(), "multigrad_step_cpu", [&] {

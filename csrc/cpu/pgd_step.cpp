@@ -39,7 +39,7 @@ at::Tensor pgd_step_cpu(const at::Tensor& delta, const at::Tensor& grad, const a
   const at::Tensor d = delta.contiguous(fmt), g = grad.contiguous(fmt), xc = x.contiguous(fmt);
   const bool has_active = active.has_value() && active->defined();
   const at::Tensor act = has_active ? active->contiguous() : at::Tensor();
-  cpu::RowOutput res(delta, fmt);
+  RowOutput res(delta, fmt);
   const int64_t rows = delta.size(0), n = row_numel(delta);
   FASTAT_DISPATCH_FLOAT(d.scalar_type(), "pgd_step_cpu", [&] {
     using delta_t = scalar_t;

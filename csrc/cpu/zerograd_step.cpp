@@ -58,7 +58,7 @@ at::Tensor zerograd_step_cpu(const at::Tensor& delta, const at::Tensor& grad, co
   check_zerograd_step(delta, grad, x, eps, alpha, q);
   const auto fmt = row_format(delta);
   const at::Tensor d = delta.contiguous(fmt), g = grad.contiguous(fmt), xc = x.contiguous(fmt);
-  cpu::RowOutput res(delta, fmt);
+  RowOutput res(delta, fmt);
   const int64_t rows = delta.size(0), n = row_numel(delta);
   FASTAT_DISPATCH_FLOAT(d.scalar_type(), "zerograd_step_cpu", [&] {
     using delta_t = scalar_t;

@@ -52,18 +52,6 @@ void check_launch(const char* op, cudaError_t err) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-// `out` = at::empty_like(ref), what the fake returns; `work` = a buffer contiguous in `fmt` that the kernel writes:
-// `out` itself unless ref has an unusual (dense but permuted) layout, in which case finish() copies it over.
-struct RowOutput {
-  at::Tensor out, work;
-  RowOutput(const at::Tensor& ref, at::MemoryFormat fmt)
-      : out(at::empty_like(ref)), work(out.is_contiguous(fmt) ? out : at::empty_like(ref, fmt)) {}
-  at::Tensor finish() {
-    if (!work.is_same(out)) out.copy_(work);
-    return out;
-  }
-};
-
 cuda::AtasShape atas_shape(const at::Tensor& x, const at::Tensor& delta_buf) {
   cuda::AtasShape s;
   s.batch = x.size(0);
