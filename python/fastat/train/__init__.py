@@ -1,0 +1,9 @@
+"""fastat.train: adversarial training with any fastat method (`fit`, `Trainer`, `TrainConfig`; CLI `fastat train`)."""
+
+from .config import ConfigError, TrainConfig, parse_number
+from .monitor import CO_ACTIONS, COMonitor
+from .schedules import SCHEDULES, lr_factor, make_scheduler
+from .trainer import Trainer, fit
+
+__all__ = ["CO_ACTIONS", "COMonitor", "ConfigError", "SCHEDULES", "TrainConfig", "Trainer", "fit", "lr_factor",
+           "make_scheduler", "parse_number"]

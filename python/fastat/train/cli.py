@@ -1,0 +1,106 @@
+"""``fastat train``: adversarial training from the command line (see `fastat.train.TrainConfig` for the options)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .config import ConfigError, TrainConfig, parse_number
+
+__all__ = ["add_parser", "run", "config_from_args"]
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    for conv in (int, lambda s: parse_number(s, k)):
+        try:
+            return k.strip(), conv(v)
+        except (ValueError, ConfigError):
+            pass
+    low = v.strip().lower()
+    if low in ("true", "false", "none"):
+        return k.strip(), {"true": True, "false": False, "none": None}[low]
+    return k.strip(), v
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="adversarial training (FGSM-RS, N-FGSM, ZeroGrad, ATAS, PGD-AT, ...)")
+    p.add_argument("--method", required=True, help="fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, "
+                                                   "apart, pgd")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--eps", default="0.2", help="ε in pixel units: 0.2 or 8/255")
+    p.add_argument("--alpha", default=None, help="step size (number or fraction; default: the method's)")
+    p.add_argument("--q", default=None, help="ZeroGrad quantile in [0, 1]")
+    p.add_argument("--hp", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="any other method hyper-parameter, repeatable (e.g. --hp steps=10)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--model", default=None, help="preact18, wrn28-10, wrn34-10, small-cnn (default: preact18 on "
+                                                 "CUDA, small-cnn on CPU)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--subset", type=int, default=None, help="train on the first N training images")
+    p.add_argument("--lr-schedule", default="cyclic", choices=["cyclic", "piecewise", "multistep", "constant"])
+    p.add_argument("--lr-max", type=float, default=0.2)
+    p.add_argument("--lr-peak", type=float, default=0.4, help="cyclic: fraction of the run at the peak")
+    p.add_argument("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
+    p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default=None, choices=["cuda", "cpu"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (metrics, curves.png, checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999)")
+    p.add_argument("--eval-n", type=int, default=2000, help="test images for the per-epoch PGD evaluation")
+    p.add_argument("--eval-steps", type=int, default=20)
+    p.add_argument("--co-batch", type=int, default=256)
+    p.add_argument("--co-steps", type=int, default=10)
+    p.add_argument("--co-drop", type=float, default=0.2)
+    p.add_argument("--on-co", default="log", choices=["log", "stop", "rollback"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    mkw = dict(args.hp)
+    if args.alpha is not None:
+        mkw["alpha"] = parse_number(args.alpha, "alpha")
+    if args.q is not None:
+        mkw["q"] = parse_number(args.q, "q")
+    import torch
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = args.precision or ("bf16" if dev == "cuda" else "fp32")
+    try:
+        milestones = tuple(float(m) for m in args.milestones.split(","))
+    except ValueError:
+        raise ConfigError(f"argument 'milestones' must be comma-separated fractions, got {args.milestones!r}") from None
+    return TrainConfig(method=args.method, dataset=args.dataset, data_root=args.data_root,
+                       eps=parse_number(args.eps, "eps"), epochs=args.epochs, model=args.model,
+                       batch_size=args.batch_size, subset=args.subset, lr_schedule=args.lr_schedule,
+                       lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,
+                       device=dev, seed=args.seed, out=args.out, method_kwargs=mkw,
+                       label_smoothing=args.label_smoothing, ema=args.ema, eval_n=args.eval_n,
+                       eval_steps=args.eval_steps, co_batch=args.co_batch, co_steps=args.co_steps,
+                       co_drop=args.co_drop, on_co=args.on_co, progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .trainer import Trainer
+
+    try:
+        cfg = config_from_args(args)
+        trainer = Trainer(cfg)
+    except ConfigError as exc:
+        print(f"fastat train: error: {exc}", file=sys.stderr)
+        return 2
+    if args.resume and not trainer.resume():
+        print(f"fastat train: no checkpoint in {args.out!r}, starting from scratch", file=sys.stderr)
+    print(f"fastat train: {trainer.method.describe()} on {cfg.dataset} ({trainer.loader.num_examples} images), "
+          f"model {trainer.model_name}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.precision}, "
+          f"{trainer.device}", flush=True)
+    trainer.fit()
+    return 0

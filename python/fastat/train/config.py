@@ -1,0 +1,127 @@
+"""`TrainConfig`: everything a run needs, validated before any training starts (errors are one clear line)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from .monitor import CO_ACTIONS
+from .schedules import SCHEDULES
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+__all__ = ["ConfigError", "TrainConfig", "parse_number", "PRECISIONS"]
+
+
+class ConfigError(ValueError):
+    """Bad training input; the message is one line naming the argument."""
+
+
+def parse_number(text: Any, name: str = "value") -> float:
+    """A float from a number or a string like "0.2", "8/255"."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    try:
+        s = str(text).strip()
+        if "/" in s:
+            num, den = s.split("/")
+            return float(Fraction(num.strip()) / Fraction(den.strip())) if "." not in s else float(num) / float(den)
+        return float(s)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"argument '{name}' must be a number or a fraction like 8/255, got {text!r}") from None
+
+
+@dataclass
+class TrainConfig:
+    method: str = "fgsm_rs"
+    dataset: str = "fashion-mnist"
+    eps: float = 0.2
+    epochs: int = 10
+    model: str | None = None             # None: preact18 on CUDA, small-cnn on the CPU
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 512
+    subset: int | None = None
+    data_root: str | None = None
+    lr_schedule: str = "cyclic"
+    lr_max: float = 0.2
+    lr_peak: float = 0.4
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    precision: str = "fp32"
+    device: str | None = None
+    seed: int = 0
+    out: str | None = None
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    label_smoothing: float = 0.0
+    ema: float | None = None             # EMA decay (e.g. 0.999); None: off
+    eval_n: int = 2000
+    eval_steps: int = 20
+    eval_restarts: int = 1
+    co_batch: int = 256
+    co_steps: int = 10
+    co_drop: float = 0.2
+    on_co: str = "log"
+    max_rollbacks: int = 5
+    q_step: float = 0.1
+    alpha_factor: float = 0.8
+    progress: bool = True
+    checkpoint: bool = True
+    plot: bool = True                    # rewrite curves.png after every epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def validate(self) -> None:
+        """Raise ConfigError for anything wrong that can be seen without loading data."""
+        from ..data import canonical_name
+        from ..methods import METHODS, _canonical
+        from ..models import MODELS
+
+        if _canonical(self.method) not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        try:
+            self.dataset = canonical_name(self.dataset)
+        except ValueError as exc:
+            raise ConfigError(f"unknown dataset {self.dataset!r}: {exc}") from None
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 < self.eps <= 1):
+            raise ConfigError(f"argument 'eps' must be in (0, 1] (pixel units, e.g. 8/255), got {self.eps!r}")
+        for name in ("epochs", "batch_size", "eval_n", "co_batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"argument '{name}' must be a positive int, got {v!r}")
+        if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
+            raise ConfigError(f"argument 'subset' must be a positive int, got {self.subset!r}")
+        if self.model is not None and self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"argument 'lr_schedule' must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if not self.lr_max > 0:
+            raise ConfigError(f"argument 'lr_max' must be > 0, got {self.lr_max!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"argument 'precision' must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.on_co not in CO_ACTIONS:
+            raise ConfigError(f"argument 'on_co' must be one of {', '.join(CO_ACTIONS)}, got {self.on_co!r}")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"argument 'device' must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device is not None and self.device.startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError("argument 'device' is 'cuda' but no CUDA device is available")
+        if self.data_root is not None and not Path(self.data_root).expanduser().exists():
+            raise ConfigError(f"data root {self.data_root!r} does not exist")
+        q = self.method_kwargs.get("q")
+        if q is not None and not (0.0 <= float(q) <= 1.0):
+            raise ConfigError(f"argument 'q' must be in [0, 1], got {q!r}")
+        a = self.method_kwargs.get("alpha")
+        if a is not None and not float(a) > 0:
+            raise ConfigError(f"argument 'alpha' must be > 0, got {a!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"argument 'label_smoothing' must be in [0, 1), got {self.label_smoothing!r}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ConfigError(f"argument 'ema' must be a decay in (0, 1), got {self.ema!r}")

@@ -1,0 +1,67 @@
+"""Catastrophic-overfitting monitor: a cheap PGD check on one fixed batch after every epoch.
+
+CO shows as PGD accuracy collapsing while clean accuracy keeps rising. The monitor flags an epoch when the batch's
+PGD accuracy falls more than ``drop`` (absolute) below the best seen so far, or below ``floor`` once it was above it.
+Actions (`--on-co`): "log" (record only), "stop" (end training), "rollback" (the ZeroGrad paper's §6.2 procedure:
+restore the last good checkpoint, make the attack stronger — q + q_step for ZeroGrad, α × alpha_factor for
+FGSM-style methods — and continue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from torch import Tensor, nn
+
+CO_ACTIONS = ("log", "stop", "rollback")
+
+__all__ = ["CO_ACTIONS", "COMonitor", "strengthen"]
+
+
+@dataclass
+class COMonitor:
+    x: Tensor
+    y: Tensor
+    eps: float
+    steps: int = 10
+    drop: float = 0.2
+    floor: float = 0.05
+    best: float = -1.0
+    history: list[float] = field(default_factory=list)
+
+    def check(self, model: nn.Module, precision: str = "fp32") -> tuple[float, bool]:
+        """(PGD accuracy on the fixed batch, whether it signals catastrophic overfitting)."""
+        from ..eval import pgd_robustness
+
+        res = pgd_robustness(model, self.x, self.y, self.eps, self.eps / 4, steps=self.steps, restarts=1,
+                             precision="bf16" if precision == "bf16" else "fp32", seed=1)
+        acc = float(res.robust_acc)
+        co = self.best >= 0 and (acc < self.best - self.drop or (acc < self.floor <= self.best))
+        self.history.append(acc)
+        if not co:
+            self.best = max(self.best, acc)
+        return acc, co
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.history = float(state["best"]), list(state["history"])
+
+
+def strengthen(method: Any, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
+    """Make ``method`` less prone to CO after a roll-back; returns what changed (for the log)."""
+    hp = method.hparams
+    if "q" in hp:
+        old = float(method.q)
+        method.q = min(1.0, round(old + q_step, 6))
+        return f"q {old:g} -> {method.q:g}"
+    if "alpha" in hp and hp["alpha"] is not None:
+        old = float(method.alpha)
+        method.alpha = old * alpha_factor
+        return f"alpha {old:.5g} -> {method.alpha:.5g}"
+    return "no hyper-parameter to change"
+
+

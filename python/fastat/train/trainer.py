@@ -1,0 +1,319 @@
+"""`Trainer`: SGD adversarial training with any `fastat.methods` method, per-epoch evaluation, checkpoints, resume
+and the catastrophic-overfitting monitor. `fit(**config)` is the one-call API.
+
+Per step: x_adv = method.perturb(model, x, y, batch) (under autocast when bf16/fp16; the methods keep the attack in
+fp32), loss = CE(model(x_adv).float(), y) (+ method.extra_loss), SGD (momentum 0.9, wd 5e-4) with a per-batch lr
+schedule; fp16 uses a GradScaler. After each epoch: clean + PGD accuracy on the first ``eval_n`` test images
+(PGD-20, α = ε/4, 1 restart), the CO check, metrics files and a checkpoint (model, optimiser, scheduler, method
+state, RNG states of torch / CUDA / the loader, EMA, metrics, config).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig
+from .monitor import COMonitor, strengthen
+from .records import MetricsWriter
+from .schedules import make_scheduler
+
+__all__ = ["Trainer", "fit"]
+
+CKPT = "checkpoint.pt"
+_DATASETS: dict[tuple, Any] = {}
+
+
+def _cached_dataset(load, name: str, root: str | None, split: str):
+    """Datasets are read-only uint8 tensors: decode each (name, root, split) once per process (gz decoding costs
+    seconds for Fashion-MNIST; tests and sweeps build many trainers)."""
+    key = (name, root, split)
+    if key not in _DATASETS:
+        _DATASETS[key] = load(name, root, split)
+    return _DATASETS[key]
+
+
+GOOD = "last_good.pt"
+
+
+class Trainer:
+    """Build everything from a `TrainConfig` (validated; bad input raises `ConfigError` before training)."""
+
+    def __init__(self, config: TrainConfig | None = None, *, model: nn.Module | None = None, **kw: Any) -> None:
+        from ..data import load_dataset, make_loader
+        from ..methods import build_method
+        from ..models import build_model
+
+        if isinstance(model, str):  # a model name, as in TrainConfig(model=...)
+            kw["model"], model = model, None
+        cfg = config if config is not None else TrainConfig(**kw)
+        cfg.validate()
+        self.cfg = cfg
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            train = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "train")
+            test = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "test")
+        except (FileNotFoundError, OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load dataset {cfg.dataset!r}: {str(exc).splitlines()[0]}") from None
+        n_train = min(cfg.subset, len(train)) if cfg.subset else len(train)
+        if cfg.batch_size > n_train:
+            raise ConfigError(f"argument 'batch_size' ({cfg.batch_size}) is larger than the training set ({n_train})")
+        torch.manual_seed(cfg.seed)
+        self.loader = make_loader(train, batch_size=cfg.batch_size, device=self.device, train=True, seed=cfg.seed,
+                                  subset=cfg.subset)
+        # method
+        mkw = dict(cfg.method_kwargs)
+        from ..methods import METHODS, _canonical
+        cls = METHODS[_canonical(cfg.method)]
+        if "epochs" in inspect.signature(cls.__init__).parameters:
+            mkw.setdefault("epochs", cfg.epochs)
+        try:
+            self.method = build_method(cfg.method, eps=cfg.eps, **mkw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+        # model
+        self.model_name = cfg.model or ("preact18" if self.device.type == "cuda" else "small-cnn")
+        self.model_config: dict[str, Any] | None = None
+        if model is None:
+            self.model_config = {"name": self.model_name, "in_channels": train.in_channels,
+                                 "num_classes": train.num_classes, "input_size": list(train.input_size),
+                                 "mean": None if train.mean is None else list(train.mean),
+                                 "std": None if train.std is None else list(train.std), **cfg.model_kwargs}
+            kwargs = dict(self.model_config)
+            model = build_model(kwargs.pop("name"), **kwargs)
+        self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.method.to(self.device)
+        steps = cfg.epochs * len(self.loader)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, steps, peak=cfg.lr_peak,
+                                        milestones=cfg.milestones)
+        self.param_optimizer = self.param_scheduler = None
+        if self.method.parameters():
+            po = dict(getattr(self.method, "param_optimizer", {}) or {})
+            self.param_optimizer = torch.optim.SGD(self.method.parameters(), lr=po.get("lr_max", 5e-8),
+                                                   momentum=po.get("momentum", 0.9),
+                                                   weight_decay=po.get("weight_decay", 0.0))
+            self.param_scheduler = make_scheduler(self.param_optimizer, po.get("lr_schedule", "cyclic"), steps,
+                                                  peak=0.5)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.ema = copy.deepcopy(self.model).eval() if cfg.ema else None
+        if self.ema is not None:
+            for p in self.ema.parameters():
+                p.requires_grad_(False)
+        n_eval = min(cfg.eval_n, len(test))
+        self.x_eval = test.images[:n_eval].float().div(255).to(self.device)
+        self.y_eval = test.labels[:n_eval].long().to(self.device)
+        n_co = min(cfg.co_batch, n_eval)
+        self.monitor = COMonitor(self.x_eval[:n_co], self.y_eval[:n_co], cfg.eps, steps=cfg.co_steps,
+                                 drop=cfg.co_drop)
+        self.out = Path(cfg.out) if cfg.out else None
+        self.writer = MetricsWriter(self.out, plot=cfg.plot) if self.out else None
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.rollbacks = 0
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def _autocast(self):
+        p = self.cfg.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        cfg, model = self.cfg, self.model
+        self.method.on_epoch_start(epoch)
+        model.train()
+        zero = lambda: torch.zeros((), device=self.device)  # noqa: E731  (device sums: no per-batch sync)
+        tot_loss, tot_acc, tot_pert, tot_n = zero(), zero(), zero(), 0
+        stats: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+        for x, y, info in bar:
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                x_adv = self.method.perturb(model, x, y, info)
+                logits = model(x_adv)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                reg = self.method.extra_loss(model, x, y, x_adv, info)
+                total = loss if reg is None else loss + reg.float()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.param_optimizer is not None:
+                self.param_optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            if self.param_optimizer is not None:
+                self.scaler.step(self.param_optimizer)
+                self.param_scheduler.step()
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self._update_ema()
+            b = y.shape[0]
+            tot_loss += loss.detach() * b
+            tot_acc += (logits.detach().argmax(1) == y).sum()
+            tot_pert += (x_adv.detach().float() - x.float()).abs().mean() * b
+            tot_n += b
+            for k, v in self.method.stats().items():
+                stats[k] = stats.get(k, zero()) + torch.as_tensor(v, device=self.device).float().mean() * b
+            if cfg.progress and bar.n % 10 == 0:
+                bar.set_postfix(loss=f"{float(tot_loss) / tot_n:.3f}", acc=f"{float(tot_acc) / tot_n:.3f}")
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        row = {"train_loss": float(tot_loss) / tot_n, "train_adv_acc": float(tot_acc) / tot_n,
+               "pert_abs_mean_over_eps": float(tot_pert) / tot_n / cfg.eps,
+               "train_seconds": time.perf_counter() - t0, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({f"method_{k}": float(v) / tot_n for k, v in stats.items()})
+        return row
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = float(self.cfg.ema)
+        for pe, p in zip(self.ema.parameters(), self.model.parameters()):
+            pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        for be, b in zip(self.ema.buffers(), self.model.buffers()):
+            be.copy_(b)
+
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Clean and PGD-``eval_steps`` (α = ε/4) accuracy on the fixed evaluation slice."""
+        from ..eval import pgd_robustness
+
+        cfg = self.cfg
+        res = pgd_robustness(model or self.model, self.x_eval, self.y_eval, cfg.eps, cfg.eps / 4,
+                             steps=cfg.eval_steps, restarts=cfg.eval_restarts,
+                             precision="bf16" if cfg.precision == "bf16" else "fp32", seed=0)
+        return {"clean_acc": res.clean_acc, "pgd_acc": res.robust_acc, "eval_seconds": res.seconds}
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _extras(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        extra = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "method": self.method.state_dict(), "method_name": self.method.name, "rng": rng,
+                 "loader": self.loader.state_dict(), "config": self.cfg.to_dict(), "history": self.history,
+                 "monitor": self.monitor.state_dict(), "rollbacks": self.rollbacks,
+                 "scaler": self.scaler.state_dict()}
+        if self.param_optimizer is not None:
+            extra["param_optimizer"] = self.param_optimizer.state_dict()
+            extra["param_scheduler"] = self.param_scheduler.state_dict()
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
+        return extra
+
+    def save(self, path: str | Path) -> Path:
+        return save_checkpoint(path, model=self.model, model_config=self.model_config, dataset=self.cfg.dataset,
+                               eps=self.cfg.eps, epoch=self.epoch, **self._extras())
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by `save` (everything needed to continue bit-identically on the CPU)."""
+        ck = load_checkpoint(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.method.load_state_dict(ck["method"])
+        self.method.to(self.device)
+        self.loader.load_state_dict(ck["loader"])
+        self.monitor.load_state_dict(ck["monitor"])
+        self.scaler.load_state_dict(ck["scaler"])
+        if self.param_optimizer is not None and "param_optimizer" in ck:
+            self.param_optimizer.load_state_dict(ck["param_optimizer"])
+            self.param_scheduler.load_state_dict(ck["param_scheduler"])
+        if self.ema is not None and "ema" in ck:
+            self.ema.load_state_dict(ck["ema"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+        self.history = list(ck["history"])
+        if self.writer is not None:
+            self.writer.rows = list(self.history)
+        self.rollbacks = int(ck.get("rollbacks", 0))
+        self.epoch = int(ck["epoch"])
+
+    def resume(self) -> bool:
+        """Load ``out/checkpoint.pt`` if there is one; returns whether it did."""
+        if self.out is None or not (self.out / CKPT).exists():
+            return False
+        self.load(self.out / CKPT)
+        if self.writer is not None:
+            self.writer.flush()
+        return True
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def _log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        if self.writer is not None:
+            self.writer.write(row)
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train until ``epochs``; returns the metrics rows (epochs and CO events)."""
+        cfg = self.cfg
+        while self.epoch < cfg.epochs:
+            epoch = self.epoch + 1
+            row: dict[str, Any] = {"event": "epoch", "epoch": epoch, **self.train_epoch(epoch)}
+            row.update(self.evaluate())
+            if self.ema is not None:
+                row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema).items() if k != "eval_seconds"})
+            co_acc, co = self.monitor.check(self.model, cfg.precision)
+            row.update({"co_pgd_acc": co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
+                                                           if isinstance(v, (int, float, str)) and k != "method"}})
+            self.epoch = epoch
+            self._print(row)
+            if co and cfg.on_co == "rollback" and self.out is not None and (self.out / GOOD).exists() \
+                    and self.rollbacks < cfg.max_rollbacks:
+                hparams = dict(self.method.state_dict()["hparams"])  # keep earlier roll-backs' changes
+                self.load(self.out / GOOD)
+                for k, v in hparams.items():
+                    setattr(self.method, k, v)
+                self.rollbacks += 1
+                change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
+                ev = {"event": "rollback", "at_epoch": epoch, "to_epoch": self.epoch, "change": change,
+                      "co_pgd_acc": co_acc}
+                print(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): rolled back to epoch {self.epoch}, "
+                      f"{change}", flush=True)
+                self._log(ev)
+                if self.out is not None:
+                    self.save(self.out / CKPT)
+                continue
+            self._log(row)
+            if self.out is not None and cfg.checkpoint:
+                path = self.save(self.out / CKPT)
+                if not co:
+                    import shutil
+                    shutil.copyfile(path, self.out / GOOD)
+            if co and cfg.on_co == "stop":
+                print(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): stopping", flush=True)
+                self._log({"event": "stop", "at_epoch": epoch})
+                break
+        return self.history
+
+    def _print(self, r: dict[str, Any]) -> None:
+        ema = f" ema clean {r['ema_clean_acc']:.3f} pgd {r['ema_pgd_acc']:.3f}" if "ema_pgd_acc" in r else ""
+        print(f"epoch {r['epoch']:3d} loss {r['train_loss']:.4f} clean {r['clean_acc']:.3f} "
+              f"pgd {r['pgd_acc']:.3f}{ema} co-check {r['co_pgd_acc']:.3f}{' CO!' if r['co'] else ''} "
+              f"train {r['train_seconds']:.1f}s eval {r['eval_seconds']:.1f}s", flush=True)
+
+
+def fit(config: TrainConfig | None = None, *, model: nn.Module | None = None, resume: bool = False,
+        **kw: Any) -> Trainer:
+    """Train with ``TrainConfig(**kw)`` (or ``config``); returns the `Trainer` (``.history``, ``.model``)."""
+    trainer = Trainer(config, model=model, **kw)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    return trainer

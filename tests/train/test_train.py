@@ -1,0 +1,114 @@
+"""Trainer tests on tiny CPU runs (small-cnn, a few hundred Fashion-MNIST images)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastat.cli import main
+from fastat.train import ConfigError, TrainConfig, Trainer, fit, lr_factor, parse_number
+
+TINY = dict(dataset="fashion-mnist", eps=0.2, subset=128, batch_size=64, device="cpu", model="small-cnn",
+            model_kwargs={"width": 8, "hidden": 32}, eval_n=32, eval_steps=2, co_batch=16, co_steps=1,
+            progress=False, plot=False, lr_max=0.05)
+
+
+def test_parse_number():
+    assert parse_number("8/255") == pytest.approx(8 / 255)
+    assert parse_number("0.2") == 0.2
+    with pytest.raises(ConfigError, match="eps"):
+        parse_number("abc", "eps")
+
+
+@pytest.mark.parametrize("schedule", ["cyclic", "piecewise", "multistep", "constant"])
+def test_schedules(schedule):
+    f = lr_factor(schedule, 100, peak=0.4)
+    vals = [f(s) for s in range(100)]
+    assert max(vals) == pytest.approx(1.0)
+    if schedule == "cyclic":
+        assert vals.index(max(vals)) == 39 and vals[-1] == pytest.approx(0.0)
+    if schedule in ("piecewise", "multistep"):
+        assert vals[0] == 1 and vals[60] == pytest.approx(0.1) and vals[99] == pytest.approx(0.01)
+
+
+def test_fit_writes_metrics(tmp_path):
+    t = fit(method="fgsm_rs", epochs=1, out=str(tmp_path), ema=0.9, label_smoothing=0.1, **{**TINY, "plot": True})
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and {"clean_acc", "pgd_acc", "ema_pgd_acc", "train_loss", "co_pgd_acc"} <= set(rows[0])
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "curves.png").exists()
+    assert (tmp_path / "checkpoint.pt").exists()
+    assert t.epoch == 1
+
+
+def _weights(t: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in t.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["atas"])  # per-example state + global RNG
+def test_resume_bit_identical(tmp_path, method):
+    straight = fit(method=method, epochs=2, out=str(tmp_path / "a"), **TINY)
+    # a run killed after epoch 1 (its checkpoint is all that is left), then a fresh Trainer resumes it to 2
+    first = Trainer(TrainConfig(method=method, epochs=2, out=str(tmp_path / "b"), **TINY))
+    first.cfg.epochs = 1
+    first.fit()
+    first.cfg.epochs = 2
+    resumed = Trainer(TrainConfig(method=method, epochs=2, out=str(tmp_path / "b"), **TINY))
+    assert resumed.resume() and resumed.epoch == 1
+    resumed.fit()
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_rollback_raises_q(tmp_path, monkeypatch):
+    from fastat.train import monitor
+
+    calls = iter([(0.5, False), (0.1, True), (0.5, False)])
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32": next(calls))
+    t = fit(method="zerograd", epochs=2, out=str(tmp_path), on_co="rollback", method_kwargs={"q": 0.35}, **TINY)
+    events = [r for r in t.history if r.get("event") == "rollback"]
+    assert len(events) == 1 and "q 0.35 -> 0.45" in events[0]["change"]
+    assert t.method.q == pytest.approx(0.45) and t.epoch == 2
+
+
+def test_on_co_stop(tmp_path, monkeypatch):
+    from fastat.train import monitor
+
+    calls = iter([(0.5, False), (0.0, True)])
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32": next(calls))
+    t = fit(method="fgsm", epochs=3, out=str(tmp_path), on_co="stop", **TINY)
+    assert t.epoch == 2 and t.history[-1]["event"] == "stop"
+
+
+BASE = ["train", "--epochs", "1", "--subset", "128", "--co-batch", "16", "--co-steps", "1", "--batch-size", "64", "--device", "cpu", "--no-progress",
+        "--eval-n", "32", "--eval-steps", "2"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--method", "nope"], "unknown method"),
+    (["--method", "fgsm", "--dataset", "imagenet42"], "unknown dataset"),
+    (["--method", "fgsm", "--eps", "0"], "eps"),
+    (["--method", "fgsm", "--eps=-8/255"], "eps"),
+    (["--method", "fgsm", "--data-root", "/nonexistent/dir"], "does not exist"),
+    (["--method", "zerograd", "--q", "1.5"], "'q'"),
+    (["--method", "fgsm", "--batch-size", "100000", "--subset", "200"], "batch_size"),
+    (["--method", "fgsm", "--hp", "bogus=1"], "bogus"),
+])
+def test_cli_bad_input(capsys, extra, needle):
+    assert main(BASE + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and err[0].startswith("fastat train: error:")
+
+
+def test_cli_train_and_plot(tmp_path, capsys):
+    for m in ("fgsm_rs", "n_fgsm"):
+        assert main(BASE + ["--method", m, "--eps", "51/255", "--model", "small-cnn",
+                            "--out", str(tmp_path / m)]) == 0
+    png = tmp_path / "both.png"
+    assert main(["plot", str(tmp_path / "fgsm_rs"), str(tmp_path / "n_fgsm"), "-o", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.exists() and "fgsm_rs" in out and "n_fgsm" in out
+    assert main(["plot", str(tmp_path / "missing")]) == 2
