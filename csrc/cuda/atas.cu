@@ -5,15 +5,32 @@
 // offsets[b, 1] clamped into [0, Wp-W]: whatever the values, no access leaves delta_buf (validated inputs are in range
 // and unchanged by the clamp).
 //
-// atas_step = two launches on the stream: (1) per (row, 16384-element chunk) an fp64 partial of Σg², and the old
-// v_buf[idx_b] copied to scratch; (2) per (plane, tile) the update: every block sums its row's partials in a fixed
-// order (so all blocks agree and repeated calls are bit-identical), forms v and the step, and the first block of the
-// row stores v into v_buf (kernel 2 never reads v_buf, so there is no read/write race). Warmup skips launch (1).
+// atas_step is one launch (the fused path) wherever it can be:
+//  * fused: each row is split into `blocks` contiguous slices, one 256-thread block each; the blocks of a row form a
+//    thread-block cluster (sm_90+; a single block needs no cluster). Every block reads v_buf[idx_b] and sums g² over
+//    its slice in fp64; the cluster exchanges the partials through distributed shared memory and every block adds them
+//    in rank order (so all blocks of the row agree, and repeated calls are bit-identical); block 0 stores v after a
+//    cluster barrier that orders it after every block's read of the old v. The update then re-reads the slice of g
+//    (from L2: the block has just streamed it) with x_adv and x and writes out and the buffer window. Warmup skips
+//    the reduction.
+//  * split (GPUs without clusters, rows of 2^32 elements or more, or a refused cluster launch): two launches:
+//    (1) per (row, 16384-element chunk) an fp64 partial of Σg² and the old v_buf[idx_b] copied to scratch; (2) per
+//    (plane, tile) the update: every block sums its row's partials in a fixed order, forms v and the step, and the
+//    first block of the row stores v (kernel 2 never reads v_buf, so there is no read/write race).
+// FASTAT_CUDA_ATAS_PATH=fused|split forces a path (tests use it; "fused" still falls back where it cannot run).
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
 #include "kernel_utils.cuh"
 
 namespace fastat {
 namespace cuda {
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int64_t kPlaneTile = 1024;  // elements of one (b, c) plane per block
@@ -128,6 +145,101 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The fused path: grid = batch × blocks, the `blocks` blocks of a row being one cluster (kCluster) or a single block.
+// Block `rank` of row b owns elements [rank·chunk, min(n, (rank+1)·chunk)) of the row (possibly none); every block
+// takes part in every barrier whatever its share.
+template <typename G, typename D, typename B, bool kCluster>
+__global__ void __launch_bounds__(kThreads)
+    atas_step_fused_kernel(B* __restrict__ delta_buf,  // (N, C, Hp, Wp), window written
+                           float* v_buf,               // (N,), read then written (not warmup)
+                           const int64_t* __restrict__ index, const int64_t* __restrict__ offsets,
+                           const bool* __restrict__ flips,
+                           const G* __restrict__ grad,   // (B, C, H, W)
+                           const D* __restrict__ x_adv,  // (B, C, H, W)
+                           const D* __restrict__ x,      // (B, C, H, W)
+                           D* __restrict__ out,          // (B, C, H, W)
+                           AtasShape s, AtasStepParams prm, uint32_t n, uint32_t chunk) {
+  __shared__ double scratch[32];
+  uint32_t rank = 0, blocks = 1;
+  if constexpr (kCluster) {
+#if defined(_CG_HAS_CLUSTER_GROUP)
+    rank = cg::this_cluster().block_rank();
+    blocks = cg::this_cluster().num_blocks();
+#else
+    __trap();
+#endif
+  }
+  const int64_t row = blockIdx.x / blocks;
+  const uint32_t begin = rank * chunk < n ? rank * chunk : n;
+  const uint32_t end = n - begin < chunk ? n : begin + chunk;
+  const int64_t row_offset = row * static_cast<int64_t>(n);
+  const int64_t example = clamp_index(index[row], s.num_examples - 1);
+  const G* g = grad + row_offset;
+
+  float step = prm.eps;
+  if (!prm.warmup) {
+    const float v_old = v_buf[example];  // every thread reads it before the barriers below; block 0 writes after
+    double acc = 0.0;
+#pragma unroll 8
+    for (uint32_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const double v = to_float(g[i]);
+      acc += v * v;  // exact product of two fp32 values
+    }
+    double sum = block_sum<kThreads>(acc, scratch);  // ends with __syncthreads
+    if constexpr (kCluster) {
+#if defined(_CG_HAS_CLUSTER_GROUP)
+      __shared__ double block_partial;  // read by the other blocks of the cluster
+      cg::cluster_group cluster = cg::this_cluster();
+      if (threadIdx.x == 0) block_partial = sum;
+      cluster.sync();  // partials visible; every block's read of v_old is done
+      sum = 0.0;
+      for (uint32_t r = 0; r < blocks; ++r) sum += *cluster.map_shared_rank(&block_partial, r);
+      cluster.sync();  // peers' reads of block_partial done before any block exits
+#endif
+    }
+    const float sq_norm = static_cast<float>(sum);
+    const float v = __fadd_rn(__fmul_rn(prm.beta, v_old), __fmul_rn(prm.one_minus_beta, sq_norm));
+    if (rank == 0 && threadIdx.x == 0) v_buf[example] = v;
+    const float denom = __fadd_rn(1.f, __fdiv_rn(__fsqrt_rn(v), prm.c));
+    step = clamp_nan(__fdiv_rn(prm.gamma_over_c, denom), prm.step_min, prm.step_max);
+  }
+
+  const uint32_t width = static_cast<uint32_t>(s.width);
+  const uint32_t plane_numel = static_cast<uint32_t>(s.height * s.width);
+  const int64_t r0 = clamp_index(offsets[2 * row], s.buf_height - s.height);
+  const int64_t c0 = clamp_index(offsets[2 * row + 1], s.buf_width - s.width);
+  const bool flip = flips[row];
+  B* window = delta_buf + (example * s.channels * s.buf_height + r0) * s.buf_width + c0;  // (example, 0, r0, c0)
+  const int64_t buf_plane = s.buf_height * s.buf_width;
+  constexpr int kUnroll = 4;
+  for (uint32_t base = begin; base < end; base += kThreads * kUnroll) {
+    float gv[kUnroll], xa[kUnroll], xv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = base + u * kThreads + threadIdx.x;
+      gv[u] = xa[u] = xv[u] = 0.f;
+      if (e < end) {
+        gv[u] = to_float(g[e]);
+        xa[u] = to_float(x_adv[row_offset + e]);
+        xv[u] = to_float(x[row_offset + e]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = base + u * kThreads + threadIdx.x;
+      if (e < end) {
+        const uint32_t c = e / plane_numel, p = e - c * plane_numel;
+        const uint32_t i = p / width, j = p - i * width;
+        float r = __fadd_rn(xa[u], __fmul_rn(step, sign_of(gv[u])));
+        r = clamp_nan(min_nan(max_nan(r, __fsub_rn(xv[u], prm.eps)), __fadd_rn(xv[u], prm.eps)), 0.f, 1.f);
+        out[row_offset + e] = from_float<D>(r);
+        window[c * buf_plane + static_cast<int64_t>(i) * s.buf_width + (flip ? width - 1 - j : j)] =
+            from_float<B>(__fsub_rn(r, xv[u]));
+      }
+    }
+  }
+}
+
 int64_t norm_chunks(int64_t n) { return (n + kNormChunk - 1) / kNormChunk; }
 
 bool shape_ok(const AtasShape& s) {
@@ -160,6 +272,74 @@ cudaError_t launch_atas_gather(const void* delta_buf, DType buf_dtype, const int
   return cudaErrorInvalidValue;
 }
 
+namespace {
+
+enum class AtasPath { kAuto, kFused, kSplit };
+
+AtasPath requested_path() {
+  const char* env = std::getenv("FASTAT_CUDA_ATAS_PATH");
+  if (env == nullptr) return AtasPath::kAuto;
+  if (std::strcmp(env, "fused") == 0) return AtasPath::kFused;
+  if (std::strcmp(env, "split") == 0) return AtasPath::kSplit;
+  return AtasPath::kAuto;
+}
+
+bool cluster_launch_supported() {
+  int dev = 0, supported = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, dev) != cudaSuccess) return false;
+  return supported != 0;
+}
+
+constexpr int kMaxCluster = 8;            // portable cluster size
+constexpr int64_t kMinSliceNumel = 1024;  // a row is split into slices of at least this many elements
+
+// Blocks per row of the fused path: enough blocks in all to give each SM ~8 (2048 threads), at most kMaxCluster per
+// row, and no slice under kMinSliceNumel elements. 1 (no cluster) without cluster support.
+int fused_blocks_per_row(int64_t batch, int64_t n, bool clusters) {
+  if (!clusters) return 1;
+  const int64_t want = (8 * static_cast<int64_t>(current_sm_count()) + batch - 1) / batch;
+  const int64_t most = std::max<int64_t>(1, n / kMinSliceNumel);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, kMaxCluster})));
+}
+
+// Launches the fused kernel; returns false (having launched nothing and cleared the error) if the launch was refused.
+template <typename G, typename D, typename B>
+bool launch_fused(B* delta_buf, float* v_buf, const int64_t* index, const int64_t* offsets, const bool* flips,
+                  const G* grad, const D* x_adv, const D* x, D* out, const AtasShape& s, const AtasStepParams& prm,
+                  int64_t n, int blocks, cudaStream_t stream, cudaError_t* status) {
+  const uint32_t chunk = static_cast<uint32_t>((n + blocks - 1) / blocks);
+  const uint32_t n32 = static_cast<uint32_t>(n);
+  if (blocks == 1) {
+    atas_step_fused_kernel<G, D, B, false><<<static_cast<unsigned>(s.batch), kThreads, 0, stream>>>(
+        delta_buf, v_buf, index, offsets, flips, grad, x_adv, x, out, s, prm, n32, chunk);
+    *status = cudaGetLastError();
+    return true;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(blocks);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(s.batch * blocks));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelEx(&config, atas_step_fused_kernel<G, D, B, true>, delta_buf, v_buf, index,
+                                             offsets, flips, grad, x_adv, x, out, s, prm, n32, chunk);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // refused: the caller falls back to the split path
+    return false;
+  }
+  *status = cudaGetLastError();
+  return true;
+}
+
+}  // namespace
+
 cudaError_t launch_atas_step(void* delta_buf, DType buf_dtype, float* v_buf, const int64_t* index,
                              const int64_t* offsets, const bool* flips, const void* grad, DType grad_dtype,
                              const void* x_adv, const void* x, void* out, DType dtype, AtasShape s,
@@ -167,6 +347,21 @@ cudaError_t launch_atas_step(void* delta_buf, DType buf_dtype, float* v_buf, con
   if (s.batch <= 0) return cudaSuccess;
   if (!shape_ok(s)) return cudaErrorInvalidValue;
   const int64_t n = s.channels * s.height * s.width;
+  const AtasPath path = requested_path();
+  if (path != AtasPath::kSplit && n < (int64_t{1} << 32)) {
+    const int blocks = fused_blocks_per_row(s.batch, n, cluster_launch_supported());
+    if (s.batch * blocks <= kMaxGridX) {
+      cudaError_t status = cudaSuccess;
+      FASTAT_CUDA_DISPATCH(grad_dtype, G, FASTAT_CUDA_DISPATCH(dtype, D, FASTAT_CUDA_DISPATCH(buf_dtype, B, {
+        if (launch_fused<G, D, B>(static_cast<B*>(delta_buf), v_buf, index, offsets, flips,
+                                  static_cast<const G*>(grad), static_cast<const D*>(x_adv),
+                                  static_cast<const D*>(x), static_cast<D*>(out), s, params, n, blocks, stream,
+                                  &status))
+          return status;
+      })))
+    }
+  }
+  // The split path.
   const int64_t chunks = norm_chunks(n);
   const int64_t tiles = (s.height * s.width + kPlaneTile - 1) / kPlaneTile;
   if (s.batch * s.channels * tiles > kMaxGridX || s.batch * chunks > kMaxGridX) return cudaErrorInvalidValue;

@@ -39,7 +39,9 @@ ZG_SHAPES = _pick([(1, 1), (3, 3), (7, 784), (128, 3072), (512, 3072),  # one bl
                   [(3, 3), (4, 3072), (2, 16385), (1, 327681)])
 ELEM_SHAPES = _pick([(1, 1), (7, 784), (5, 1001), (512, 3072), (64, 150528)],  # n % 4 != 0: scalar path
                     [(7, 784), (5, 1001)])
-ATAS_SHAPES = _pick([(1, 3), (7, 784), (512, 3072), (64, 150528)], [(1, 3), (4, 3072)])
+ATAS_SHAPES = _pick([(1, 3), (7, 784), (2, 4900), (512, 3072), (64, 150528)],  # fused: 1 block, then 4-, 3- and
+                    [(1, 3), (4, 3072)])                                       # 8-block clusters per row (H100)
+ATAS_PATHS = ("auto", "fused", "split")
 ZG_VARIANTS = _pick(VARIANTS, ("random", "nan", "grad_bf16", "channels_last"))
 ELEM_VARIANTS = _pick(VARIANTS, ("random", "all_bf16"))
 Q_VALUES = _pick((0.0, 0.35, 0.7, 1.0), (0.35, 1.0))
@@ -69,6 +71,16 @@ def assert_close_atas(got: torch.Tensor, want: torch.Tensor, what: str = "") -> 
     """ATAS outputs: the step's sqrt/divide may differ by a few ulp from torch's (a * (1/c) on CUDA)."""
     atol = 2.5e-7 if got.dtype == torch.float32 else torch.finfo(got.dtype).eps
     torch.testing.assert_close(got, want, rtol=0, atol=atol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture(params=ATAS_PATHS)
+def atas_path(request, monkeypatch):
+    """atas_step's launch path (csrc/cuda/atas.cu): auto, the one-launch fused kernel, or the two-launch split one."""
+    if request.param == "auto":
+        monkeypatch.delenv("FASTAT_CUDA_ATAS_PATH", raising=False)
+    else:
+        monkeypatch.setenv("FASTAT_CUDA_ATAS_PATH", request.param)
+    return request.param
 
 
 def _run_atas_step(args, kwargs, fn):
@@ -164,11 +176,11 @@ def test_atas_gather_matches_reference(rows, cols, variant, poisoned_allocations
 @pytest.mark.parametrize("warmup", [False, True])
 @pytest.mark.parametrize("variant", ELEM_VARIANTS)
 @pytest.mark.parametrize("rows,cols", ATAS_SHAPES)
-def test_atas_step_matches_reference(rows, cols, variant, warmup, poisoned_allocations):
+def test_atas_step_matches_reference(rows, cols, variant, warmup, atas_path, poisoned_allocations):
     s = sample_atas_step(rows, cols, variant, _gen(rows, cols), DEV, warmup=warmup)
     got = _run_atas_step(s.args, s.kwargs, F.atas_step)
     want = _run_atas_step(s.args, s.kwargs, reference.atas_step)
-    what = f"rows={rows} cols={cols} {variant} warmup={warmup}"
+    what = f"rows={rows} cols={cols} {variant} warmup={warmup} path={atas_path}"
     assert_exact(got[2], want[2], what + " v_buf")  # fp64-accumulated norms: exact
     check = assert_exact if warmup else assert_close_atas  # warmup: step = eps, no sqrt/divide
     check(got[0], want[0], what + " x_adv'")
@@ -177,7 +189,7 @@ def test_atas_step_matches_reference(rows, cols, variant, warmup, poisoned_alloc
 
 
 @pytest.mark.parametrize("rows,cols", ATAS_SHAPES)
-def test_atas_step_is_exact_when_the_step_saturates(rows, cols):
+def test_atas_step_is_exact_when_the_step_saturates(rows, cols, atas_path):
     """With γ/c huge the step is clamped to step_max exactly, so every output must match bit for bit."""
     s = sample_atas_step(rows, cols, "random", _gen(rows, cols), DEV)
     kwargs = dict(s.kwargs, gamma_over_c=1e3)
@@ -187,7 +199,7 @@ def test_atas_step_is_exact_when_the_step_saturates(rows, cols):
         assert_exact(a, b, f"output {k}")
 
 
-def test_out_of_range_index_and_offsets_are_clamped_never_crash():
+def test_out_of_range_index_and_offsets_are_clamped_never_crash(atas_path):
     """Kernels clamp index into [0, N-1] and offsets into [0, 2p] (no host-side value checks on CUDA)."""
     rows, cols = 6, 784
     s = sample_atas_step(rows, cols, "random", _gen(rows, cols), DEV)
