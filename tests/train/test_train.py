@@ -51,9 +51,16 @@ def test_resume_bit_identical(tmp_path, method):
     straight = fit(method=method, epochs=2, out=str(tmp_path / "a"), **TINY)
     # a run killed after epoch 1 (its checkpoint is all that is left), then a fresh Trainer resumes it to 2
     first = Trainer(TrainConfig(method=method, epochs=2, out=str(tmp_path / "b"), **TINY))
-    first.cfg.epochs = 1
-    first.fit()
-    first.cfg.epochs = 2
+    real_epoch = first.train_epoch
+
+    def killed_in_epoch_2(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(epoch)
+
+    first.train_epoch = killed_in_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
     resumed = Trainer(TrainConfig(method=method, epochs=2, out=str(tmp_path / "b"), **TINY))
     assert resumed.resume() and resumed.epoch == 1
     resumed.fit()
@@ -61,6 +68,22 @@ def test_resume_bit_identical(tmp_path, method):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_different_config(tmp_path, capsys):
+    fit(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY)
+    t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), **{**TINY, "eps": 0.3}))
+    with pytest.raises(ConfigError, match=r"cannot resume .*eps=0\.2.*now eps=0\.3"):
+        t.resume()
+    assert t.epoch == 0  # nothing restored
+    # output/evaluation settings may change
+    t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), **{**TINY, "eval_n": 16}))
+    assert t.resume() and t.epoch == 1
+    args = ["train", "--method", "fgsm_rs", "--eps", "0.25", "--subset", "128", "--batch-size", "64", "--epochs", "1",
+            "--device", "cpu", "--model", "small-cnn", "--out", str(tmp_path), "--resume", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and len(err.strip().splitlines()) == 1
 
 
 def test_rollback_raises_q(tmp_path, monkeypatch):

@@ -97,8 +97,12 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fastat train: error: {exc}", file=sys.stderr)
         return 2
-    if args.resume and not trainer.resume():
-        print(f"fastat train: no checkpoint in {args.out!r}, starting from scratch", file=sys.stderr)
+    try:
+        if args.resume and not trainer.resume():
+            print(f"fastat train: no checkpoint in {args.out!r}, starting from scratch", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"fastat train: error: {exc}", file=sys.stderr)
+        return 2
     print(f"fastat train: {trainer.method.describe()} on {cfg.dataset} ({trainer.loader.num_examples} images), "
           f"model {trainer.model_name}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.precision}, "
           f"{trainer.device}", flush=True)

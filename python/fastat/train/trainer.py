@@ -43,6 +43,9 @@ def _cached_dataset(load, name: str, root: str | None, split: str):
 
 
 GOOD = "last_good.pt"
+# Config keys a resumed run may change: they do not alter the training trajectory (output, progress, evaluation).
+RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eval_steps", "eval_restarts", "on_co",
+                         "max_rollbacks"})
 
 
 class Trainer:
@@ -222,7 +225,9 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by `save` (everything needed to continue bit-identically on the CPU)."""
-        ck = load_checkpoint(path, map_location=self.device, weights_only=False)
+        self._restore(load_checkpoint(path, map_location=self.device, weights_only=False))
+
+    def _restore(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
@@ -245,11 +250,33 @@ class Trainer:
         self.rollbacks = int(ck.get("rollbacks", 0))
         self.epoch = int(ck["epoch"])
 
+    def _resolved_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """A config dict with the values that depend on the machine filled in (device type, model name)."""
+        d = dict(cfg)
+        d["device"] = str(d.get("device") or self.device.type).split(":")[0]
+        d["model"] = d.get("model") or ("preact18" if d["device"] == "cuda" else "small-cnn")
+        d["milestones"] = [float(m) for m in d.get("milestones", ())]
+        return d
+
+    def check_resumable(self, saved: dict[str, Any]) -> None:
+        """Raise ConfigError if the checkpoint's config differs from this run's in anything that changes training."""
+        old, new = self._resolved_config(saved), self._resolved_config(self.cfg.to_dict())
+        diff = [k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE and old.get(k) != new.get(k)]
+        if diff:
+            was = ", ".join(f"{k}={old.get(k)!r}" for k in diff)
+            now = ", ".join(f"{k}={new.get(k)!r}" for k in diff)
+            raise ConfigError(f"cannot resume {self.out}: its checkpoint was written with {was} (now {now}); "
+                              "pass the same arguments, or another --out to start a new run")
+
     def resume(self) -> bool:
-        """Load ``out/checkpoint.pt`` if there is one; returns whether it did."""
+        """Load ``out/checkpoint.pt`` if there is one; returns whether it did. Raises ConfigError (before touching
+        any state) if the checkpoint was written with a config that differs in anything but `RESUME_FREE` keys."""
         if self.out is None or not (self.out / CKPT).exists():
             return False
-        self.load(self.out / CKPT)
+        ck = load_checkpoint(self.out / CKPT, map_location=self.device, weights_only=False)
+        if ck.get("config") is not None:
+            self.check_resumable(ck["config"])
+        self._restore(ck)
         if self.writer is not None:
             self.writer.flush()
         return True
