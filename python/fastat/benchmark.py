@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -128,6 +129,24 @@ def markdown(rows: list[Row], env: dict[str, str]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def auto_choice(rows: list[Row]) -> dict[str, dict]:
+    """Per op, the fused backend ("native" or "triton") with the lower geometric-mean median time over the cases both
+    ran (every shape and grad dtype); ops measured on one fused backend only are left out. {op: {"backend": b,
+    "geomean_ms": {backend: ms}, "cases": n}}."""
+    by_case: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r.backend in ("native", "triton"):
+            by_case.setdefault((r.op, r.rows, r.cols, r.grad_dtype), {})[r.backend] = r.median_ms
+    result: dict[str, dict] = {}
+    for op in sorted({k[0] for k in by_case}):
+        pairs = [v for k, v in by_case.items() if k[0] == op and len(v) == 2]
+        if not pairs:
+            continue
+        geo = {b: math.exp(sum(math.log(max(v[b], 1e-9)) for v in pairs) / len(pairs)) for b in ("native", "triton")}
+        result[op] = {"backend": min(geo, key=geo.get), "geomean_ms": geo, "cases": len(pairs)}
+    return result
+
+
 def write_results(rows: list[Row], out_dir: str | Path, env: dict[str, str]) -> Path:
     """Write CSV, JSON and a Markdown table under ``out_dir``/<date>-<device>; returns that folder."""
     slug = env["device"].replace(" ", "_").replace("/", "_")
@@ -141,6 +160,11 @@ def write_results(rows: list[Row], out_dir: str | Path, env: dict[str, str]) -> 
                 writer.writerow({**asdict(r), **env})
     (folder / "ops.json").write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=2))
     (folder / "ops.md").write_text(markdown(rows, env))
+    choice = auto_choice(rows)
+    if choice:  # "auto"'s per-op preference, for bench/make_table.py to install (ops/auto_cuda.json)
+        (folder / "auto.json").write_text(json.dumps(
+            {"device": env["device"], "date": env["date"], "torch": env.get("torch"), "triton": env.get("triton"),
+             "choice": {op: c["backend"] for op, c in choice.items()}, "evidence": choice}, indent=2))
     return folder
 
 

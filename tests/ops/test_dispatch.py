@@ -82,3 +82,56 @@ def test_compiled_call_follows_the_backend_choice():
     if not fastat.ops.not_supported_reasons("native", "pgd_step", "cpu"):
         with fastat.ops.use_backend("native"):
             assert torch.equal(compiled(torch.zeros_like(x)), step(torch.zeros_like(x)))
+
+
+def test_auto_order_follows_the_measured_preference(monkeypatch):
+    assert _dispatch.auto_order("zerograd_step", "cpu") == ("native", "torch")
+    monkeypatch.setitem(_dispatch.AUTO_PREFERENCE, "cuda", {"zerograd_step": "triton"})
+    assert _dispatch.auto_order("zerograd_step", "cuda") == ("triton", "native", "torch")
+    assert _dispatch.auto_order("pgd_step", "cuda") == ("native", "triton", "torch")
+    monkeypatch.setitem(_dispatch.AUTO_PREFERENCE, "cpu", {"zerograd_step": "triton"})  # not an option on CPU
+    assert _dispatch.auto_order("zerograd_step", "cpu") == ("native", "torch")
+
+
+def test_auto_preference_file(tmp_path):
+    good = tmp_path / "auto.json"
+    good.write_text('{"choice": {"zerograd_step": "triton", "pgd_step": "native", "atas_step": "cudnn"}}')
+    assert _dispatch._load_auto_preference(str(good)) == {"zerograd_step": "triton", "pgd_step": "native"}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert _dispatch._load_auto_preference(str(bad)) == {}
+    assert _dispatch._load_auto_preference(str(tmp_path / "missing.json")) == {}
+
+
+def test_bench_results_choose_and_install_auto(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    from fastat.benchmark import Row, auto_choice, write_results
+
+    def row(op, backend, ms, cols=3072):
+        return Row(op, backend, 512, cols, "fp32", ms, ms, ms, 1.0, 1.0, 0.01, 1.0)
+
+    rows = [row("zerograd_step", "torch", 1.0), row("zerograd_step", "native", 0.02),
+            row("zerograd_step", "triton", 0.01), row("zerograd_step", "native", 0.2, 150528),
+            row("zerograd_step", "triton", 0.5, 150528), row("pgd_step", "native", 0.01),
+            row("pgd_step", "triton", 0.02), row("multigrad_step", "native", 0.01)]
+    choice = auto_choice(rows)
+    assert choice["zerograd_step"]["backend"] == "native"  # geomean: native 0.063 ms, triton 0.071 ms
+    assert choice["pgd_step"]["backend"] == "native" and "multigrad_step" not in choice
+    env = {"date": "2026-11-23", "device": "NVIDIA H100", "torch": "2.11", "triton": "3.6", "git": "abc"}
+    folder = write_results(rows, tmp_path, env)
+    assert json.loads((folder / "auto.json").read_text())["choice"] == {"zerograd_step": "native",
+                                                                        "pgd_step": "native"}
+    spec = importlib.util.spec_from_file_location("make_table", os.path.join(os.path.dirname(__file__), "..", "..",
+                                                                             "bench", "make_table.py"))
+    make_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_table)
+    target = tmp_path / "auto_cuda.json"
+    monkeypatch.setattr(make_table, "AUTO_TARGET", target)
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- bench:ops:start -->\nold\n<!-- bench:ops:end -->\ny\n")
+    assert make_table.main(str(folder), str(readme)) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| zerograd_step | native |" in text and "NVIDIA H100" in text
+    assert _dispatch._load_auto_preference(str(target)) == {"zerograd_step": "native", "pgd_step": "native"}

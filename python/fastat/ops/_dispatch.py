@@ -2,8 +2,9 @@
 
 Backends: "native" (the compiled extension `torch.ops.fastat.*`: C++ on CPU tensors, CUDA C++ on CUDA tensors),
 "triton" (`torch.ops.fastat_triton.*` from the fastat_kernels package) and "torch" (`fastat.ops.reference`, pure
-PyTorch). "auto" walks native -> triton -> torch on CUDA tensors and native -> torch on CPU tensors and takes the first
-backend with no reasons against it. An explicitly requested backend that cannot run raises NotImplementedError with its
+PyTorch). "auto" walks native -> triton -> torch on CUDA tensors (per op, the faster fused backend as measured on a
+GPU goes first: `auto_order`, auto_cuda.json) and native -> torch on CPU tensors, and takes the first backend with no
+reasons against it. An explicitly requested backend that cannot run raises NotImplementedError with its
 reasons; it never falls back silently.
 
 Reasons look only at metadata (device, dtype), never at values. The choice is a plain module-global dict, which Dynamo
@@ -13,6 +14,7 @@ FASTAT_BACKEND.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +26,31 @@ from . import _native, reference
 BACKENDS = ("native", "triton", "torch")
 CHOICES = BACKENDS + ("auto",)
 _AUTO_ORDER = {"cuda": ("native", "triton", "torch"), "cpu": ("native", "torch")}
+# Per-op CUDA preference between the two fused backends, as measured by `fastat bench ops --device cuda` and written
+# by `python bench/make_table.py <results>` into auto_cuda.json beside this file ({"choice": {op: backend}}). Ops
+# it does not name keep _AUTO_ORDER. The other fused backend stays the fallback, then torch.
+_AUTO_FILE = os.path.join(os.path.dirname(__file__), "auto_cuda.json")
+
+
+def _load_auto_preference(path: str = _AUTO_FILE) -> dict[str, str]:
+    try:
+        with open(path) as f:
+            choice = json.load(f).get("choice", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {op: b for op, b in choice.items() if b in ("native", "triton")} if isinstance(choice, dict) else {}
+
+
+AUTO_PREFERENCE: dict[str, dict[str, str]] = {"cuda": _load_auto_preference()}
+
+
+def auto_order(op: str, device_type: str) -> tuple[str, ...]:
+    """The backends "auto" tries for ``op`` on ``device_type``, in order (the first that supports the inputs runs)."""
+    order = _AUTO_ORDER.get(device_type, ("native", "torch"))
+    first = AUTO_PREFERENCE.get(device_type, {}).get(op)
+    if first is None or first not in order:
+        return order
+    return (first,) + tuple(b for b in order if b != first)
 
 
 def _checked(name: str) -> str:
@@ -119,7 +146,7 @@ def resolve(op: str, *tensors: torch.Tensor | None) -> Callable[..., Any]:
                 f"fastat.{op}: backend {choice!r} cannot run on {device.type} inputs [{shapes}]: " + "; ".join(reasons)
             )
         return implementation(choice, op)
-    for backend in _AUTO_ORDER.get(device.type, ("native", "torch")):
+    for backend in auto_order(op, device.type):
         if not not_supported_reasons(backend, op, device, dtypes):
             return implementation(backend, op)
     return implementation("torch", op)
