@@ -96,7 +96,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages("python") + find_packages(".", include=["fastat_kernels", "fastat_kernels.*"]),
     package_dir={"fastat": "python/fastat", "fastat_kernels": "fastat_kernels"},
-    package_data={"fastat": ["py.typed"]},
+    package_data={"fastat": ["py.typed", "ops/auto_cuda.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=["torch>=2.4", "numpy", "tqdm", "matplotlib"],
