@@ -122,8 +122,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 
+// Opts the kernel in to `bytes` of dynamic shared memory. The default limit is 48 KB minus the kernel's static shared
+// memory (8 KB / 16 KB of SelectShared here), not 48 KB, so ask the runtime unless `bytes` is clearly below it; only
+// ever raise the limit, so that a concurrent launch needing more is never undone by one needing less.
 cudaError_t set_smem(const void* kernel, int64_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
+  if (bytes + static_cast<int64_t>(sizeof(SelectShared<true>)) <= 40 * 1024) return cudaSuccess;
+  cudaFuncAttributes attr;
+  cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+  if (err != cudaSuccess) return err;
+  if (bytes <= attr.maxDynamicSharedSizeBytes) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 

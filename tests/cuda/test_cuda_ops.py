@@ -34,6 +34,7 @@ def _pick(full, small):
 
 # (rows, cols) per op; the comments name the launch path a shape exercises. The sanitizer sets keep one case per path.
 ZG_SHAPES = _pick([(1, 1), (3, 3), (7, 784), (128, 3072), (512, 3072),  # one block per row, row in shared memory
+                   (2, 12288),  # 48 KB + static shared memory: needs the dynamic-smem opt-in
                    (2, 16384), (2, 16385), (3, 40000), (64, 150528),  # boundary, then 2-, 3- and 8-block clusters
                    (2, 327680), (2, 327681)],  # largest cluster slice (160 KB), then the streaming block
                   [(3, 3), (4, 3072), (2, 16385), (1, 327681)])
