@@ -86,6 +86,30 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
     assert "cannot resume" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cuda_graph_needs_cuda_and_not_fp16():
+    with pytest.raises(ConfigError, match="cuda_graph.*CUDA device"):
+        Trainer(TrainConfig(method="fgsm_rs", epochs=1, cuda_graph=True, **TINY))
+    with pytest.raises(ConfigError, match="cuda_graph.*bf16 or fp32"):
+        TrainConfig(method="fgsm_rs", cuda_graph=True, precision="fp16").validate()
+
+
+def test_step_schedule_updates_tensor_lr_in_place():
+    from fastat.train import StepSchedule, lr_factor
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=torch.tensor(0.2))
+    lr = opt.param_groups[0]["lr"]
+    sched = StepSchedule(opt, lr_factor("cyclic", 10, peak=0.5))
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.2 * 1 / 5)
+    for _ in range(4):
+        sched.step()
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.2)
+    state = sched.state_dict()
+    sched.step()
+    sched.load_state_dict(state)
+    assert float(lr) == pytest.approx(0.2) and sched.get_last_lr() == [pytest.approx(0.2)]
+
+
 def test_rollback_raises_q(tmp_path, monkeypatch):
     from fastat.train import monitor
 

@@ -2,8 +2,8 @@
 
 from .config import ConfigError, TrainConfig, parse_number
 from .monitor import CO_ACTIONS, COMonitor
-from .schedules import SCHEDULES, lr_factor, make_scheduler
+from .schedules import SCHEDULES, StepSchedule, lr_factor, make_scheduler
 from .trainer import Trainer, fit
 
-__all__ = ["CO_ACTIONS", "COMonitor", "ConfigError", "SCHEDULES", "TrainConfig", "Trainer", "fit", "lr_factor",
-           "make_scheduler", "parse_number"]
+__all__ = ["CO_ACTIONS", "COMonitor", "ConfigError", "SCHEDULES", "StepSchedule", "TrainConfig", "Trainer", "fit",
+           "lr_factor", "make_scheduler", "parse_number"]

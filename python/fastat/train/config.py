@@ -58,6 +58,7 @@ class TrainConfig:
     method_kwargs: dict[str, Any] = field(default_factory=dict)
     label_smoothing: float = 0.0
     ema: float | None = None             # EMA decay (e.g. 0.999); None: off
+    cuda_graph: bool = False             # capture each epoch's training step in a CUDA graph and replay it
     eval_n: int = 2000
     eval_steps: int = 20
     eval_restarts: int = 1
@@ -123,5 +124,10 @@ class TrainConfig:
             raise ConfigError(f"argument 'alpha' must be > 0, got {a!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"argument 'label_smoothing' must be in [0, 1), got {self.label_smoothing!r}")
+        if self.cuda_graph and self.precision == "fp16":
+            raise ConfigError("argument 'cuda_graph' needs precision bf16 or fp32 (fp16's grad scaler reads the "
+                              "device on the host every step)")
+        if self.cuda_graph and self.device is not None and not self.device.startswith("cuda"):
+            raise ConfigError(f"argument 'cuda_graph' needs a CUDA device (got device {self.device!r})")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ConfigError(f"argument 'ema' must be a decay in (0, 1), got {self.ema!r}")

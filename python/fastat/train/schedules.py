@@ -5,6 +5,8 @@
 * piecewise: 1 until 50 % of the run, 0.1 until 75 %, 0.01 after (Rice et al.).
 * multistep: multiplied by ``gamma`` at each fraction in ``milestones``.
 * constant: 1.
+
+`StepSchedule` applies a factor per batch to float or tensor learning rates (the latter for CUDA-graph training).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 SCHEDULES = ("cyclic", "piecewise", "multistep", "constant")
 
-__all__ = ["SCHEDULES", "lr_factor", "make_scheduler"]
+__all__ = ["SCHEDULES", "StepSchedule", "lr_factor", "make_scheduler"]
 
 
 def lr_factor(schedule: str, total_steps: int, *, peak: float = 0.4, milestones: Sequence[float] = (0.5, 0.75),
@@ -42,7 +44,45 @@ def lr_factor(schedule: str, total_steps: int, *, peak: float = 0.4, milestones:
     return lambda step: gamma ** bisect.bisect_right(bounds, step)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int,
-                   **kw) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` over ``optimizer`` (whose lr is lr_max) following `lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, total_steps, **kw))
+class StepSchedule:
+    """lr of every param group = its initial lr × ``factor(step)``, stepped once per batch (what `LambdaLR` does).
+
+    A tensor lr (CUDA-graph training: the captured optimizer step reads it) is updated in place with ``fill_`` from a
+    host float, so stepping never syncs and the captured graph sees each new value; a float lr is replaced.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> None:
+        self.optimizer = optimizer
+        self.factor = factor
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.last_epoch = 0  # steps taken (LambdaLR's name, kept for familiarity)
+        self._apply()
+
+    def _apply(self) -> None:
+        f = self.factor(self.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(base * f)
+            else:
+                group["lr"] = base * f
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        f = self.factor(self.last_epoch)
+        return [base * f for base in self.base_lrs]
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self.base_lrs = [float(b) for b in state["base_lrs"]]
+        self._apply()
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, **kw) -> StepSchedule:
+    """A per-batch `StepSchedule` over ``optimizer`` (whose lr is lr_max) following `lr_factor`."""
+    return StepSchedule(optimizer, lr_factor(schedule, total_steps, **kw))

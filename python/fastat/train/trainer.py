@@ -6,7 +6,12 @@ fp32), loss = CE(model(x_adv).float(), y) (+ method.extra_loss), SGD (momentum 0
 schedule; fp16 uses a GradScaler. After each epoch: clean + PGD accuracy on the first ``eval_n`` test images
 (PGD-20, α = ε/4, 1 restart), the CO check, metrics files and a checkpoint (model, optimiser, scheduler, method
 state, RNG states of torch / CUDA / the loader, EMA, metrics, config).
-"""
+
+``cuda_graph=True`` (CUDA, bf16/fp32): after 3 eager warm-up steps the whole step (attack, loss, backward, SGD with a
+device-tensor lr, EMA, epoch sums) is captured in a CUDA graph and replayed for every full batch; it is re-captured at
+each epoch start and after any checkpoint load (per-epoch method settings are baked into a capture), the last smaller
+batch runs eagerly, and a failed capture warns once and trains on eagerly (`graph_mode_failed` says why).
+
 
 from __future__ import annotations
 
@@ -98,16 +103,20 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method.to(self.device)
         steps = cfg.epochs * len(self.loader)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.graph_mode = bool(cfg.cuda_graph)
+        if self.graph_mode and self.device.type != "cuda":
+            raise ConfigError("argument 'cuda_graph' needs a CUDA device (got device "
+                              f"{self.device.type!r})")
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self._lr(cfg.lr_max), momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, **self._sgd_kw())
         self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, steps, peak=cfg.lr_peak,
                                         milestones=cfg.milestones)
         self.param_optimizer = self.param_scheduler = None
         if self.method.parameters():
             po = dict(getattr(self.method, "param_optimizer", {}) or {})
-            self.param_optimizer = torch.optim.SGD(self.method.parameters(), lr=po.get("lr_max", 5e-8),
+            self.param_optimizer = torch.optim.SGD(self.method.parameters(), lr=self._lr(po.get("lr_max", 5e-8)),
                                                    momentum=po.get("momentum", 0.9),
-                                                   weight_decay=po.get("weight_decay", 0.0))
+                                                   weight_decay=po.get("weight_decay", 0.0), **self._sgd_kw())
             self.param_scheduler = make_scheduler(self.param_optimizer, po.get("lr_schedule", "cyclic"), steps,
                                                   peak=0.5)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -126,13 +135,129 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.rollbacks = 0
+        self._acc: dict[str, torch.Tensor] = {}  # per-epoch device sums (persistent: a captured step adds into them)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_epoch = 0
+        self._graph_static: tuple | None = None
+        self._graph_pool = None
+        self._capturing = False
+        self.eager_steps = 0   # steps run eagerly / replayed from the captured graph (graph mode reports both)
+        self.graph_replays = 0
+        self.graph_mode_failed: str | None = None  # why a capture failed (graph mode then trains eagerly)
+
+    def _lr(self, value: float) -> float | torch.Tensor:
+        """CUDA-graph mode keeps each lr in a device tensor that the captured optimizer step reads."""
+        return torch.tensor(float(value), device=self.device) if self.graph_mode else value
+
+    def _sgd_kw(self) -> dict[str, Any]:
+        # the fused SGD kernel takes a tensor lr on the device; the default foreach path would read it on the host
+        return {"fused": True} if self.graph_mode else {}
 
     # ------------------------------------------------------------------------------------------------ steps
     def _autocast(self):
         p = self.cfg.precision
         if p == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+        # a CUDA-graph capture must not use autocast's weight-cast cache (the cached casts would be stale on replay)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16,
+                              cache_enabled=not self.graph_mode)
+
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        acc = self._acc.get(key)
+        if acc is None:
+            if self._capturing:  # a sum first seen inside a capture would be re-zeroed by every replay: skip it
+                return
+            acc = self._acc[key] = torch.zeros((), device=self.device)
+        acc.add_(value.detach().float())
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, info: Any) -> None:
+        """One training step: attack, loss, backward, optimizer step(s), EMA and the epoch sums. Never syncs with the
+        host, so in CUDA-graph mode the whole of it is captured once per epoch and replayed."""
+        cfg, model = self.cfg, self.model
+        with self._autocast():
+            x_adv = self.method.perturb(model, x, y, info)
+            logits = model(x_adv)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            reg = self.method.extra_loss(model, x, y, x_adv, info)
+            total = loss if reg is None else loss + reg.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.param_optimizer is not None:
+            self.param_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        if self.param_optimizer is not None:
+            self.scaler.step(self.param_optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self._update_ema()
+        b = y.shape[0]
+        self._add("loss", loss.detach() * b)
+        self._add("acc", (logits.detach().argmax(1) == y).sum())
+        self._add("pert", (x_adv.detach().float() - x.float()).abs().mean() * b)
+        for k, v in self.method.stats().items():
+            self._add(f"method_{k}", torch.as_tensor(v, device=self.device).float().mean() * b)
+
+    # ------------------------------------------------------------------------------------------------ CUDA graphs
+    def _run_on_side_stream(self, x, y, info) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step(x, y, info)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
+    def _capture(self, x, y, info, epoch: int) -> None:
+        """Capture `_step` on static copies of this batch. Re-done at every epoch start: per-epoch method settings
+        (warm-up, q after a roll-back) and tensors replaced by a checkpoint load are baked into a capture."""
+        import dataclasses
+
+        self._graph = self._graph_static = None  # the previous capture's memory returns to the pool
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        static = (x.clone(), y.clone(), dataclasses.replace(info, index=clone(info.index),
+                                                            offsets=clone(info.offsets), flips=clone(info.flips)))
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.param_optimizer is not None:
+            self.param_optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        self._capturing = True
+        try:
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                self._step(*static)
+        finally:
+            self._capturing = False
+        self._graph, self._graph_static, self._graph_epoch = graph, static, epoch
+
+    def _graphed_step(self, x, y, info, epoch: int) -> None:
+        if self.eager_steps < 3:  # warm-up (lazy state, cuDNN autotuning) before the first capture, on a side stream
+            self._run_on_side_stream(x, y, info)
+            self.eager_steps += 1
+            return
+        if self._graph is None or self._graph_epoch != epoch:
+            try:
+                self._capture(x, y, info, epoch)
+            except Exception as exc:  # noqa: BLE001  (any capture failure: report once, train on eagerly)
+                import warnings
+
+                self._graph = self._graph_static = None
+                self.graph_mode_failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                warnings.warn(f"fastat: CUDA-graph capture failed ({self.graph_mode_failed}); training eagerly",
+                              RuntimeWarning, stacklevel=2)
+                torch.cuda.synchronize(self.device)
+                self._step(x, y, info)
+                self.eager_steps += 1
+                return
+        else:
+            sx, sy, sinfo = self._graph_static
+            sx.copy_(x)
+            sy.copy_(y)
+            for name in ("index", "offsets", "flips"):
+                src = getattr(info, name)
+                if src is not None:
+                    getattr(sinfo, name).copy_(src)
+        self._graph.replay()
+        self.graph_replays += 1
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -140,48 +265,36 @@ class Trainer:
         cfg, model = self.cfg, self.model
         self.method.on_epoch_start(epoch)
         model.train()
-        zero = lambda: torch.zeros((), device=self.device)  # noqa: E731  (device sums: no per-batch sync)
-        tot_loss, tot_acc, tot_pert, tot_n = zero(), zero(), zero(), 0
-        stats: dict[str, torch.Tensor] = {}
+        for acc in self._acc.values():
+            acc.zero_()
+        tot_n = 0
         t0 = time.perf_counter()
         bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
         for x, y, info in bar:
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                x_adv = self.method.perturb(model, x, y, info)
-                logits = model(x_adv)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                reg = self.method.extra_loss(model, x, y, x_adv, info)
-                total = loss if reg is None else loss + reg.float()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.param_optimizer is not None:
-                self.param_optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            if self.param_optimizer is not None:
-                self.scaler.step(self.param_optimizer)
+            if self.graph_mode and self.graph_mode_failed is None and y.shape[0] == cfg.batch_size:
+                self._graphed_step(x, y, info, epoch)
+            else:  # eager (also graph mode's last, smaller batch)
+                self._step(x, y, info)
+                self.eager_steps += 1
+            if self.param_scheduler is not None:
                 self.param_scheduler.step()
-            self.scaler.update()
             self.scheduler.step()
-            if self.ema is not None:
-                self._update_ema()
-            b = y.shape[0]
-            tot_loss += loss.detach() * b
-            tot_acc += (logits.detach().argmax(1) == y).sum()
-            tot_pert += (x_adv.detach().float() - x.float()).abs().mean() * b
-            tot_n += b
-            for k, v in self.method.stats().items():
-                stats[k] = stats.get(k, zero()) + torch.as_tensor(v, device=self.device).float().mean() * b
+            tot_n += y.shape[0]
             if cfg.progress and bar.n % 10 == 0:
-                bar.set_postfix(loss=f"{float(tot_loss) / tot_n:.3f}", acc=f"{float(tot_acc) / tot_n:.3f}")
+                bar.set_postfix(loss=f"{float(self._acc['loss']) / tot_n:.3f}",
+                                acc=f"{float(self._acc['acc']) / tot_n:.3f}")
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        row = {"train_loss": float(tot_loss) / tot_n, "train_adv_acc": float(tot_acc) / tot_n,
-               "pert_abs_mean_over_eps": float(tot_pert) / tot_n / cfg.eps,
-               "train_seconds": time.perf_counter() - t0, "lr": self.optimizer.param_groups[0]["lr"]}
-        row.update({f"method_{k}": float(v) / tot_n for k, v in stats.items()})
+        sums = {k: float(v) for k, v in self._acc.items()}
+        row = {"train_loss": sums["loss"] / tot_n, "train_adv_acc": sums["acc"] / tot_n,
+               "pert_abs_mean_over_eps": sums["pert"] / tot_n / cfg.eps,
+               "train_seconds": time.perf_counter() - t0, "lr": float(self.optimizer.param_groups[0]["lr"])}
+        row.update({k: v / tot_n for k, v in sums.items() if k.startswith("method_")})
+        if self.graph_mode:
+            row["graph_replays"] = self.graph_replays
         return row
 
     @torch.no_grad()
@@ -228,6 +341,7 @@ class Trainer:
         self._restore(load_checkpoint(path, map_location=self.device, weights_only=False))
 
     def _restore(self, ck: dict[str, Any]) -> None:
+        self._graph = self._graph_static = None  # a capture holds the tensors a load replaces (method, optimizer)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
