@@ -11,6 +11,7 @@ state, RNG states of torch / CUDA / the loader, EMA, metrics, config).
 device-tensor lr, EMA, epoch sums) is captured in a CUDA graph and replayed for every full batch; it is re-captured at
 each epoch start and after any checkpoint load (per-epoch method settings are baked into a capture), the last smaller
 batch runs eagerly, and a failed capture warns once and trains on eagerly (`graph_mode_failed` says why).
+"""
 
 
 from __future__ import annotations
