@@ -86,6 +86,19 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
     assert "cannot resume" in err and len(err.strip().splitlines()) == 1
 
 
+def test_repeated_rollbacks_stop_at_max_rollbacks(tmp_path, monkeypatch):
+    from fastat.train import monitor
+
+    calls = iter([(0.5, False)] + [(0.1, True)] * 20)  # epoch 1 good, then collapse every time
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32": next(calls))
+    t = fit(method="zerograd", epochs=2, out=str(tmp_path), on_co="rollback", max_rollbacks=3,
+            method_kwargs={"q": 0.35}, **TINY)
+    events = [r for r in t.history if r.get("event") == "rollback"]
+    assert t.rollbacks == 3 and len(events) == 3
+    assert [e["change"] for e in events] == ["q 0.35 -> 0.45", "q 0.45 -> 0.55", "q 0.55 -> 0.65"]
+    assert t.epoch == 2 and t.history[-1]["co"]  # the 4th collapse is logged and training ends
+
+
 def test_cuda_graph_needs_cuda_and_not_fp16():
     with pytest.raises(ConfigError, match="cuda_graph.*CUDA device"):
         Trainer(TrainConfig(method="fgsm_rs", epochs=1, cuda_graph=True, **TINY))

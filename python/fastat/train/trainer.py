@@ -419,10 +419,15 @@ class Trainer:
             if co and cfg.on_co == "rollback" and self.out is not None and (self.out / GOOD).exists() \
                     and self.rollbacks < cfg.max_rollbacks:
                 hparams = dict(self.method.state_dict()["hparams"])  # keep earlier roll-backs' changes
+                rollbacks, history = self.rollbacks, list(self.history)
                 self.load(self.out / GOOD)
                 for k, v in hparams.items():
                     setattr(self.method, k, v)
-                self.rollbacks += 1
+                # the count and the events of roll-backs since the good checkpoint survive the load
+                self.history += [r for r in history[len(self.history):] if r.get("event") == "rollback"]
+                if self.writer is not None:
+                    self.writer.rows = list(self.history)
+                self.rollbacks = rollbacks + 1
                 change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
                 ev = {"event": "rollback", "at_epoch": epoch, "to_epoch": self.epoch, "change": change,
                       "co_pgd_acc": co_acc}
