@@ -5,7 +5,8 @@ Backends: "native" (the compiled extension `torch.ops.fastat.*`: C++ on CPU tens
 PyTorch). "auto" walks native -> triton -> torch on CUDA tensors (per op, the faster fused backend as measured on a
 GPU goes first: `auto_order`, auto_cuda.json) and native -> torch on CPU tensors, and takes the first backend with no
 reasons against it. An explicitly requested backend that cannot run raises NotImplementedError with its
-reasons; it never falls back silently.
+reasons; it never falls back silently. The one exception is by design: an op a backend has no kernel for at all
+(uniform_init under "triton": a torch RNG draw plus a projection) follows the auto order.
 
 Reasons look only at metadata (device, dtype), never at values. The choice is a plain module-global dict, which Dynamo
 guards (a ContextVar would break `torch.compile(fullgraph=True)`); nothing is chosen at import time beyond reading
@@ -138,7 +139,7 @@ def resolve(op: str, *tensors: torch.Tensor | None) -> Callable[..., Any]:
     device = present[0].device
     dtypes = tuple(t.dtype for t in present)
     choice = get_backend()
-    if choice != "auto":
+    if choice != "auto" and _applies(choice, op):
         reasons = not_supported_reasons(choice, op, device, dtypes)
         if reasons:
             shapes = ", ".join(f"{tuple(t.shape)}:{t.dtype}" for t in present)
