@@ -7,6 +7,10 @@
 #   memcheck   compute-sanitizer --tool memcheck  over pytest -x tests/cuda (FASTAT_CUDA_TEST_SHAPES=sanitizer)
 #   racecheck  compute-sanitizer --tool racecheck over the shared-memory kernels' tests (same reduced shapes)
 #   bench      python bench/bench_ops.py --device cuda --out $OUT
+# and, when named in GPU_CHECK_STAGES (not by default: they do not fit in one 600 s call with the above),
+#   triton     pytest -m triton tests/ops (the Triton kernels compiled for the GPU, no interpreter)
+#   evalbench  python bench/bench_eval_pgd.py --device cuda --out $OUT/eval_pgd.json (PGD-50-10, batched vs plain)
+#   steps      python bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph --out $OUT
 #
 # and prints a summary table last. Everything it writes goes under $OUT (default: bench/results/gpu_check): summary.md,
 # gpu_check.log (every stage's output) and the benchmark's <date>-<gpu>/ops.{csv,json,md}: 5 files, 2 folders deep.
@@ -31,7 +35,8 @@ START=$(date +%s)
 DEADLINE=$((START + BUDGET))
 export PYTHONUNBUFFERED=1
 
-declare -A CAP=([build]=200 [info]=30 [tests_cuda]=150 [tests_rest]=120 [memcheck]=120 [racecheck]=90 [bench]=120)
+declare -A CAP=([build]=200 [info]=30 [tests_cuda]=150 [tests_rest]=120 [memcheck]=120 [racecheck]=90 [bench]=120
+                [triton]=200 [evalbench]=240 [steps]=240)
 BUILD_OK=1
 
 wanted() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -73,7 +78,7 @@ stage_note() {
   local section
   section="$(awk -v s="=== $1 (cap" 'index($0, s) {buf=""} {buf = buf $0 "\n"} END {printf "%s", buf}' "$LOG")"
   case "$1" in
-    tests_*) grep -E "(passed|failed|error|skipped|no tests ran)" <<<"$section" | grep -E " in [0-9.]+s" | tail -n 1 ;;
+    tests_* | triton) grep -E "(passed|failed|error|skipped|no tests ran)" <<<"$section" | grep -E " in [0-9.]+s" | tail -n 1 ;;
     memcheck | racecheck)
       { grep -E "ERROR SUMMARY|RACECHECK SUMMARY" <<<"$section" | tail -n 2 | tr '\n' ' '
         grep -E " in [0-9.]+s" <<<"$section" | tail -n 1; } | tr -s ' ' ;;
@@ -125,6 +130,10 @@ if ((BUILD_OK)); then
   wanted racecheck && run_stage racecheck sanitize racecheck \
     -k "(zerograd or atas_step) and not opcheck and not deterministic and not graph"
   wanted bench && run_stage bench "$PY" bench/bench_ops.py --device cuda --out "$OUT"
+  wanted triton && run_stage triton "$PY" -m pytest -m triton -q -p no:cacheprovider -rfE tests/ops
+  wanted evalbench && run_stage evalbench "$PY" bench/bench_eval_pgd.py --device cuda --out "$OUT/eval_pgd.json"
+  wanted steps && run_stage steps "$PY" bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph \
+    --budget 200 --out "$OUT"
 else
   echo "build|not run|0|the build failed: see gpu_check.log" >>"$STATUS"
 fi
