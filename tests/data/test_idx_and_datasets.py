@@ -120,3 +120,19 @@ def test_embedded_fashion_mnist():
     assert torch.bincount(test.labels).tolist() == [1000] * 10
     with gzip.open(Path(FASHION_MNIST_ROOT, "train-labels-idx1-ubyte.gz"), "rb") as f:
         assert f.read(4) == b"\x00\x00\x08\x01"
+
+
+def test_default_fashion_mnist_root_order(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from fastat.data import datasets
+
+    monkeypatch.setenv("FASTAT_FASHION_MNIST_ROOT", str(tmp_path))
+    assert datasets.default_fashion_mnist_root() == tmp_path
+    monkeypatch.delenv("FASTAT_FASHION_MNIST_ROOT")
+    monkeypatch.setattr(datasets, "FASHION_MNIST_ROOT", str(tmp_path / "absent"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "fashion-mnist").mkdir(parents=True)
+    assert datasets.default_fashion_mnist_root() == Path("data/fashion-mnist")
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        datasets.load_dataset("fashion-mnist")

@@ -21,6 +21,20 @@ from torch import Tensor
 from .idx import read_idx
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+LOCAL_FASHION_MNIST_ROOT = "data/fashion-mnist"  # relative to the working directory (a copy on a machine without apt)
+
+
+def default_fashion_mnist_root() -> Path:
+    """Where Fashion-MNIST is looked for when no root is given: $FASTAT_FASHION_MNIST_ROOT if set, else the Debian
+    package's folder (FASHION_MNIST_ROOT) if it exists, else ./data/fashion-mnist if it exists, else the Debian folder
+    (whose absence the reader then reports, with the apt command)."""
+    env = os.environ.get("FASTAT_FASHION_MNIST_ROOT")
+    if env:
+        return Path(env).expanduser()
+    for candidate in (Path(FASHION_MNIST_ROOT), Path(LOCAL_FASHION_MNIST_ROOT)):
+        if candidate.is_dir():
+            return candidate
+    return Path(FASHION_MNIST_ROOT)
 SPLITS = ("train", "test")
 
 
@@ -104,7 +118,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
 
     Args:
         name: "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn" or "imagefolder".
-        root: the data folder. Fashion-MNIST defaults to the embedded copy (FASHION_MNIST_ROOT) and accepts any folder
+        root: the data folder. Fashion-MNIST defaults to the embedded copy (`default_fashion_mnist_root`: the
+            Debian package's folder, or ./data/fashion-mnist, or $FASTAT_FASHION_MNIST_ROOT) and accepts any folder
             with the four ``*-ubyte.gz`` files (or torchvision's FashionMNIST/raw layout); MNIST/CIFAR/SVHN use
             torchvision's layouts (MNIST/raw, cifar-10-batches-py, cifar-100-python, SVHN .mat files); an image
             folder is ``root/<split>/<class>/*`` (``root/val`` also serves ``split="test"``) or ``root/<class>/*``.
@@ -118,7 +133,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     if root is None:
         if key != "fashion-mnist":
             raise ValueError(f"load_dataset: dataset {key!r} needs a data root (argument 'root' / --data-root)")
-        root = FASHION_MNIST_ROOT
+        root = default_fashion_mnist_root()
     root = Path(root).expanduser()
     if key == "imagefolder":
         return _load_image_folder(root, split, download=download, **kw)
@@ -178,7 +193,9 @@ def _load_fashion_mnist(root: Path, split: str, download: bool):
         _torchvision("Fashion-MNIST download").FashionMNIST(str(root), train=split == "train", download=True)
         got = _read_idx_pair(root, split, subdirs, "Fashion-MNIST")
     if got is None:
-        raise _missing("Fashion-MNIST", root, "train/t10k-{images-idx3,labels-idx1}-ubyte.gz")
+        raise _missing("Fashion-MNIST", root, "train/t10k-{images-idx3,labels-idx1}-ubyte.gz; the embedded copy is "
+                       "Debian's dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), or put the files in "
+                       "./data/fashion-mnist")
     classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     return got[0], got[1], classes
 
