@@ -1,0 +1,115 @@
+"""Smoke tests of the GPU scripts bench/acceptance.py and bench/bench_steps.py in their tiny CPU mode (main() called
+in-process, so the dataset is decoded once and torch is imported once)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TINY_MODEL = ["--device", "cpu", "--model", "small-cnn", "--model-kwarg", "width=4", "--model-kwarg", "hidden=16"]
+TINY_RUN = [*TINY_MODEL, "--subset", "128", "--batch-size", "64", "--epochs", "1", "--eval-n", "32",
+            "--eval-steps", "1"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny CPU models run fastest single-threaded (and do not fight other processes for the cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_acceptance_smoke_reuse_and_merge(tmp_path, capsys):
+    acc = _load("acceptance")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    methods = ["--methods", "fgsm_rs,zerograd,atas,gradalign,apart"]
+    assert acc.main([*TINY_RUN, *methods, "--out", str(out), "--runs", str(runs)]) == 0
+    for ext in ("json", "csv", "md", "png"):
+        assert (out / f"acceptance.{ext}").stat().st_size > 0
+    doc = json.loads((out / "acceptance.json").read_text())
+    by_label = {m["label"]: m for m in doc["methods"]}
+    assert [m["status"] for m in doc["methods"]] == ["done"] * 5
+    assert by_label["zerograd"]["hparams"]["q"] == pytest.approx(0.7)
+    assert by_label["gradalign"]["hparams"]["lam"] == 2.0
+    assert by_label["atas"]["hparams"]["c"] == pytest.approx(0.02)  # 0.01 * 128 / B with B = 64
+    assert by_label["fgsm_rs"]["spec"]["cuda_graph"] is False  # part of the settings a reused run must match
+    assert capsys.readouterr().out.rstrip().endswith("|")  # the Markdown table is printed last
+
+    # a second call reuses the finished runs; a changed setting re-runs only that method
+    assert acc.main([*TINY_RUN, *methods, "--hp", "fgsm_rs.alpha=0.2", "--out", str(out), "--runs", str(runs)]) == 0
+    status = {m["label"]: m["status"] for m in json.loads((out / "acceptance.json").read_text())["methods"]}
+    assert status == {"fgsm_rs": "done", "zerograd": "reused", "atas": "reused", "gradalign": "reused",
+                      "apart": "reused"}
+
+    # report-only merge of that report: nothing trained, every method comes from the file
+    merged = tmp_path / "merged"
+    assert acc.main(["--report-only", "--merge", str(out / "acceptance.json"), "--methods",
+                     "fgsm_rs,zerograd,atas,gradalign,apart,pgd", "--out", str(merged)]) == 0
+    status = {m["label"]: m["status"] for m in json.loads((merged / "acceptance.json").read_text())["methods"]}
+    assert status == {"fgsm_rs": "merged", "zerograd": "merged", "atas": "merged", "gradalign": "merged",
+                      "apart": "merged", "pgd": "not run"}
+
+
+def test_acceptance_budget_and_bad_args(tmp_path):
+    acc = _load("acceptance")
+    out = tmp_path / "out"
+    argv = [*TINY_RUN, "--methods", "fgsm,pgd", "--budget", "0", "--out", str(out), "--runs", str(tmp_path / "r")]
+    assert acc.main(argv) == 0
+    status = {m["label"]: m["status"] for m in json.loads((out / "acceptance.json").read_text())["methods"]}
+    assert status == {"fgsm": "done", "pgd": "skipped (budget)"}  # the first method always runs (nothing to go by)
+    assert acc.main([*TINY_RUN, "--methods", "nope"]) == 2
+    assert acc.main([*TINY_RUN, "--hp", "fgsm_rs_alpha=1"]) == 2
+    assert acc.main([*TINY_RUN, "--methods", "fgsm", "--cuda-graph"]) == 2  # CUDA graphs need a GPU
+
+
+def test_acceptance_rollbacks_stop_at_max(tmp_path, monkeypatch):
+    """A monitor that flags CO after every epoch but the first: zerograd rolls back max_rollbacks times, then goes on,
+    and the report counts them (trainer.rollbacks)."""
+    from fastat.train.monitor import COMonitor
+
+    def always_co(self, model, precision="fp32"):
+        co = self.best >= 0
+        self.best = max(self.best, 0.5)
+        self.history.append(0.0 if co else 0.5)
+        return (0.0 if co else 0.5), co
+
+    monkeypatch.setattr(COMonitor, "check", always_co)
+    acc = _load("acceptance")
+    out = tmp_path / "out"
+    argv = [*TINY_RUN, "--epochs", "3", "--methods", "zerograd", "--hp", "zerograd.max_rollbacks=2",
+            "--out", str(out), "--runs", str(tmp_path / "r")]
+    assert acc.main(argv) == 0
+    (res,) = json.loads((out / "acceptance.json").read_text())["methods"]
+    assert res["status"] == "done" and res["epochs_done"] == 3 and res["rollbacks"] == 2
+    assert [e["event"] for e in res["events"]] == ["rollback", "rollback"]
+
+
+def test_bench_steps_smoke(tmp_path):
+    steps = _load("bench_steps")
+    out = tmp_path / "steps"
+    argv = [*TINY_MODEL, "--shapes", "cifar,fmnist", "--batch-sizes", "8", "--steps", "2", "--warmup", "1",
+            "--backend", "torch,auto,triton", "--out", str(out)]
+    assert steps.main(argv) == 0
+    for ext in ("json", "csv", "md"):
+        assert (out / f"steps.{ext}").stat().st_size > 0
+    doc = json.loads((out / "steps.json").read_text())
+    assert {"device", "torch", "triton", "date"} <= set(doc["env"])
+    timed = [r for r in doc["rows"] if r["backend"] in ("torch", "auto")]
+    assert len(timed) == 2 * 2 * 11 and all(r["median_ms"] > 0 and r["n_steps"] == 2 for r in timed)
+    assert all(r["vs_fgsm_rs"] == 1.0 for r in timed if r["method"] == "fgsm_rs")
+    assert all(r["error"].startswith("unavailable") or r["median_ms"] for r in doc["rows"] if r["backend"] == "triton")
+    assert steps.main([*TINY_MODEL, "--backend", "cuda-magic"]) == 2
+    assert steps.main([*TINY_MODEL, "--modes", "graph"]) == 2  # CUDA graphs need a GPU
