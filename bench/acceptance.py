@@ -55,7 +55,6 @@ CPU smoke: python bench/acceptance.py --device cpu --model small-cnn --subset 25
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import datetime
@@ -75,7 +74,7 @@ except ImportError:  # not installed: use the source tree
     sys.path[:0] = [str(REPO / "python"), str(REPO)]
 
 import torch
-from fastat.train import TrainConfig, Trainer, parse_number
+from fastat.train import TrainConfig, Trainer, parse_number, parse_value
 
 ALL = ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign", "apart", "pgd")
 REQUIRED = {"fgsm_rs": ("<", 10.0), "n_fgsm": (">=", 60.0), "atas": (">=", 40.0), "zerograd": (">=", 50.0),
@@ -93,17 +92,6 @@ def defaults(method: str, batch_size: int) -> dict[str, Any]:
     return {"zerograd": {"q": 0.7, "on_co": "rollback", "co_drop": 0.1},
             "atas": {"c": 0.01 * 128 / batch_size, "warmup_epochs": 2},
             "gradalign": {"lam": 2.0}}.get(method, {})
-
-
-def parse_value(text: str) -> Any:
-    """true/false/none, an int, a number (parse_number: 8/255 too), else the string itself."""
-    low = text.strip().lower()
-    if low in ("true", "false", "none"):
-        return {"true": True, "false": False, "none": None}[low]
-    for parse in (int, parse_number):
-        with contextlib.suppress(ValueError):
-            return parse(text)
-    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

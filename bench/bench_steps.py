@@ -35,7 +35,6 @@ CPU smoke: python bench/bench_steps.py --device cpu --model small-cnn --model-kw
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import functools
@@ -62,7 +61,7 @@ from fastat.data import FASHION_MNIST_ROOT, SPECS
 from fastat.methods import Method
 from fastat.models import build_model
 from fastat.ops._dispatch import auto_order
-from fastat.train import TrainConfig, Trainer, parse_number
+from fastat.train import TrainConfig, Trainer, parse_value
 
 # shape name -> (C, H, W, ε, crop pad, flips, dataset whose normalisation the model uses)
 SHAPES = {"cifar": (3, 32, 32, 8 / 255, 4, True, "cifar10"), "fmnist": (1, 28, 28, 0.2, 0, False, "fashion-mnist")}
@@ -81,17 +80,6 @@ class Clean(Method):
 
     def perturb(self, model, x, y, batch=None):
         return x
-
-
-def parse_value(text: str) -> Any:
-    """true/false/none, an int, a number (parse_number: 8/255 too), else the string itself."""
-    low = text.strip().lower()
-    if low in ("true", "false", "none"):
-        return {"true": True, "false": False, "none": None}[low]
-    for parse in (int, parse_number):
-        with contextlib.suppress(ValueError):
-            return parse(text)
-    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

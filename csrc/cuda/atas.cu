@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cluster.cuh"
 #include "kernel_utils.cuh"
 
 namespace fastat {
@@ -160,15 +161,8 @@ __global__ void __launch_bounds__(kThreads)
                            D* __restrict__ out,          // (B, C, H, W)
                            AtasShape s, AtasStepParams prm, uint32_t n, uint32_t chunk) {
   __shared__ double scratch[32];
-  uint32_t rank = 0, blocks = 1;
-  if constexpr (kCluster) {
-#if defined(_CG_HAS_CLUSTER_GROUP)
-    rank = cg::this_cluster().block_rank();
-    blocks = cg::this_cluster().num_blocks();
-#else
-    __trap();
-#endif
-  }
+  uint32_t rank, blocks;
+  cluster_position<kCluster>(rank, blocks);
   const int64_t row = blockIdx.x / blocks;
   const uint32_t begin = rank * chunk < n ? rank * chunk : n;
   const uint32_t end = n - begin < chunk ? n : begin + chunk;
@@ -282,13 +276,6 @@ AtasPath requested_path() {
   if (std::strcmp(env, "fused") == 0) return AtasPath::kFused;
   if (std::strcmp(env, "split") == 0) return AtasPath::kSplit;
   return AtasPath::kAuto;
-}
-
-bool cluster_launch_supported() {
-  int dev = 0, supported = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, dev) != cudaSuccess) return false;
-  return supported != 0;
 }
 
 constexpr int kMaxCluster = 8;            // portable cluster size

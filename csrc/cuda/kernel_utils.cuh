@@ -149,6 +149,14 @@ inline int current_sm_count() {
   return count;
 }
 
+// Whether the current device can launch thread-block clusters (sm_90+).
+inline bool cluster_launch_supported() {
+  int dev = 0, supported = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, dev) != cudaSuccess) return false;
+  return supported != 0;
+}
+
 // Blocks for a grid-stride loop over `work` items of `per_block` each: enough to fill the GPU, no more.
 inline unsigned grid_stride_blocks(int64_t work, int64_t per_block) {
   const int64_t needed = (work + per_block - 1) / per_block;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cluster.cuh"
 #include "row_quantile.cuh"
 
 namespace fastat {
@@ -72,15 +73,9 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ uint4 zerograd_dynamic_smem[];
   uint32_t* bits = reinterpret_cast<uint32_t*>(zerograd_dynamic_smem);  // chunk entries
   __shared__ SelectShared<kCluster> sh;
-  int64_t rank = 0, blocks = 1;
-  if constexpr (kCluster) {
-#if defined(_CG_HAS_CLUSTER_GROUP)
-    rank = cg::this_cluster().block_rank();
-    blocks = cg::this_cluster().num_blocks();
-#else
-    __trap();
-#endif
-  }
+  uint32_t rank32, blocks32;
+  cluster_position<kCluster>(rank32, blocks32);
+  const int64_t rank = rank32, blocks = blocks32;
   const int64_t row = blockIdx.x / blocks;
   const int64_t begin = rank * chunk;
   const int64_t m = begin >= n ? 0 : (n - begin < chunk ? n - begin : chunk);
@@ -132,13 +127,6 @@ cudaError_t set_smem(const void* kernel, int64_t bytes) {
   if (err != cudaSuccess) return err;
   if (bytes <= attr.maxDynamicSharedSizeBytes) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-}
-
-bool cluster_launch_supported() {
-  int dev = 0, supported = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, dev) != cudaSuccess) return false;
-  return supported != 0;
 }
 
 template <typename G, typename D>

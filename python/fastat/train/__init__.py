@@ -1,9 +1,9 @@
 """fastat.train: adversarial training with any fastat method (`fit`, `Trainer`, `TrainConfig`; CLI `fastat train`)."""
 
-from .config import ConfigError, TrainConfig, parse_number
+from .config import ConfigError, TrainConfig, parse_number, parse_value
 from .monitor import CO_ACTIONS, COMonitor
 from .schedules import SCHEDULES, StepSchedule, lr_factor, make_scheduler
 from .trainer import Trainer, fit
 
 __all__ = ["CO_ACTIONS", "COMonitor", "ConfigError", "SCHEDULES", "StepSchedule", "TrainConfig", "Trainer", "fit",
-           "lr_factor", "make_scheduler", "parse_number"]
+           "lr_factor", "make_scheduler", "parse_number", "parse_value"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .config import ConfigError, TrainConfig, parse_number
+from .config import ConfigError, TrainConfig, parse_number, parse_value
 
 __all__ = ["add_parser", "run", "config_from_args"]
 
@@ -15,15 +15,7 @@ def _kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     k, v = text.split("=", 1)
-    for conv in (int, lambda s: parse_number(s, k)):
-        try:
-            return k.strip(), conv(v)
-        except (ValueError, ConfigError):
-            pass
-    low = v.strip().lower()
-    if low in ("true", "false", "none"):
-        return k.strip(), {"true": True, "false": False, "none": None}[low]
-    return k.strip(), v
+    return k.strip(), parse_value(v, k.strip())
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

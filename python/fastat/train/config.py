@@ -13,7 +13,7 @@ from .schedules import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
-__all__ = ["ConfigError", "TrainConfig", "parse_number", "PRECISIONS"]
+__all__ = ["PRECISIONS", "ConfigError", "TrainConfig", "parse_number", "parse_value"]
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,19 @@ def parse_number(text: Any, name: str = "value") -> float:
         return float(s)
     except (ValueError, ZeroDivisionError):
         raise ConfigError(f"argument '{name}' must be a number or a fraction like 8/255, got {text!r}") from None
+
+
+def parse_value(text: str, name: str = "value") -> Any:
+    """A command-line value: true/false/none, an int, a number (0.2, 8/255), else the string itself."""
+    low = str(text).strip().lower()
+    if low in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[low]
+    for conv in (int, lambda v: parse_number(v, name)):
+        try:
+            return conv(text)
+        except (ValueError, ConfigError):
+            pass
+    return text
 
 
 @dataclass
