@@ -204,6 +204,31 @@ def launch(kernel, tuned, grid: Callable, args: Sequence, default: dict) -> None
         kernel[grid](*args, **default, enable_fp_fusion=False)
 
 
+def launch_tiles(kernel, tuned, rows: int, n: int, args: Sequence) -> None:
+    """`launch` over a (row, tile) grid covering ``rows`` × ``n`` elements in BLOCK-sized tiles (TILE_BLOCK by
+    default; the autotuner's BLOCK on a GPU)."""
+    block = block_size(n, TILE_BLOCK)
+
+    def grid(meta):
+        return (rows, triton.cdiv(n, meta["BLOCK"]))
+
+    launch(kernel, tuned, grid, args, {"BLOCK": block, "num_warps": warps_for(block)})
+
+
+def row_operands(out: Tensor, *inputs: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The row-wise ops' layout plan: the tensor to write (`rowwise_target` of ``out``) and ``inputs`` in its memory
+    order (`same_layout`). Pair with `write_back`."""
+    target = rowwise_target(out)
+    return target, tuple(same_layout(t, target) for t in inputs)
+
+
+def write_back(out: Tensor, target: Tensor) -> Tensor:
+    """``out`` holding what the kernel wrote into ``target`` (a copy only when `rowwise_target` needed a temporary)."""
+    if target is not out:
+        out.copy_(target)
+    return out
+
+
 def register(op: str, impl: Callable) -> Callable:
     """Define `fastat_triton::<op>` from the shared schema with ``impl`` as its kernel, plus the shared fake."""
     schema = SCHEMAS[op].removeprefix(op)  # custom_op takes the signature without the name

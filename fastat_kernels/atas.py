@@ -175,14 +175,9 @@ def atas_gather(delta_buf: Tensor, index: Tensor, offsets: Tensor, flips: Tensor
     n = chans * height * width
     if out.numel() == 0:
         return out
-    block = C.block_size(n, C.TILE_BLOCK)
-
-    def grid(meta):
-        return (rows, triton.cdiv(n, meta["BLOCK"]))
-
     args = (delta_buf, *_row_args(index, offsets, flips), x, *x.stride(), out, *out.stride(), delta_buf.shape[0],
             chans, height, width, delta_buf.shape[2] - height, C.interpreting())
-    C.launch(_atas_gather_kernel, _gather_tuned, grid, args, {"BLOCK": block, "num_warps": C.warps_for(block)})
+    C.launch_tiles(_atas_gather_kernel, _gather_tuned, rows, n, args)
     return out
 
 

@@ -51,22 +51,13 @@ def multigrad_step(grads: Tensor, x: Tensor, eps: float, alpha: float, threshold
     rows, n = x.shape[0], C.row_length(x)
     if out.numel() == 0:
         return out
-    target = C.rowwise_target(out)
+    target, (xx,) = C.row_operands(out, x)
     g = _stacked_like(grads, target)
-    xx = C.same_layout(x, target)
     th = starts if threshold is None else threshold
     min_votes = float(2 * th - starts)  # a small integer, exact in fp32
-    block = C.block_size(n, C.TILE_BLOCK)
-
-    def grid(meta):
-        return (rows, triton.cdiv(n, meta["BLOCK"]))
-
-    C.launch(_multigrad_step_kernel, _tuned, grid,
-             (g, xx, target, starts, g.stride(0), n, min_votes, eps, alpha, C.interpreting()),
-             {"BLOCK": block, "num_warps": C.warps_for(block)})
-    if target is not out:
-        out.copy_(target)
-    return out
+    C.launch_tiles(_multigrad_step_kernel, _tuned, rows, n,
+                   (g, xx, target, starts, g.stride(0), n, min_votes, eps, alpha, C.interpreting()))
+    return C.write_back(out, target)
 
 
 multigrad_step_op = C.register("multigrad_step", multigrad_step)

@@ -42,22 +42,13 @@ def pgd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: float, a
     rows, n = delta.shape[0], C.row_length(delta)
     if out.numel() == 0:
         return out
-    target = C.rowwise_target(out)
-    d, g, xx = (C.same_layout(t, target) for t in (delta, grad, x))
+    target, (d, g, xx) = C.row_operands(out, delta, grad, x)
     has_active = active is not None
     flags = C.as_bytes(active) if has_active else d  # any pointer when unused
     stride = active.stride(0) if has_active else 0
-    block = C.block_size(n, C.TILE_BLOCK)
-
-    def grid(meta):
-        return (rows, triton.cdiv(n, meta["BLOCK"]))
-
-    C.launch(_pgd_step_kernel, _tuned, grid, (d, g, xx, target, flags, stride, n, eps, alpha, has_active,
-                                                       C.interpreting()),
-             {"BLOCK": block, "num_warps": C.warps_for(block)})
-    if target is not out:
-        out.copy_(target)
-    return out
+    C.launch_tiles(_pgd_step_kernel, _tuned, rows, n,
+                   (d, g, xx, target, flags, stride, n, eps, alpha, has_active, C.interpreting()))
+    return C.write_back(out, target)
 
 
 pgd_step_op = C.register("pgd_step", pgd_step)

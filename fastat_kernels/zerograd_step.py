@@ -139,8 +139,7 @@ def zerograd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: flo
     rows, n = delta.shape[0], C.row_length(delta)
     if out.numel() == 0:
         return out
-    target = C.rowwise_target(out)
-    d, g, xx = (C.same_layout(t, target) for t in (delta, grad, x))
+    target, (d, g, xx) = C.row_operands(out, delta, grad, x)
     k_lo, coef, use_hi, need_hi = _plan(n, q)
     interpret = C.interpreting()
     # At least one element per thread: tl.histogram must not see a tile replicated across threads.
@@ -153,16 +152,8 @@ def zerograd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: flo
         tau = torch.empty(rows, dtype=torch.float32, device=delta.device)
         C.launch(_zerograd_tau_kernel, _tau_tuned, (rows,), (g, tau, k_lo, coef, n, use_hi, need_hi, interpret),
                  select_meta)
-        block = C.block_size(n, C.TILE_BLOCK)
-
-        def grid(meta):
-            return (rows, triton.cdiv(n, meta["BLOCK"]))
-
-        C.launch(_zerograd_apply_kernel, _apply_tuned, grid, (d, g, xx, target, tau, n, eps, alpha, interpret),
-                 {"BLOCK": block, "num_warps": C.warps_for(block)})
-    if target is not out:
-        out.copy_(target)
-    return out
+        C.launch_tiles(_zerograd_apply_kernel, _apply_tuned, rows, n, (d, g, xx, target, tau, n, eps, alpha, interpret))
+    return C.write_back(out, target)
 
 
 zerograd_step_op = C.register("zerograd_step", zerograd_step)
