@@ -9,11 +9,11 @@ Fashion-MNIST shape, as bench/acceptance.py; ATAS timed in its adaptive phase, a
 and PGD-2 AT ("pgd2"); `--hp label.key=value` changes one.
 
 The step is the trainer's own: a `fastat.train.Trainer` per case (built on the given model; its Fashion-MNIST
-loader and evaluation slice are loaded but unused) runs `Trainer._step` (x_adv = method.perturb under autocast,
-CE(model(x_adv).float(), y) + extra_loss, zero_grad, backward, SGD step + APART's scalar optimiser, the device-side
-epoch sums) followed by the lr-schedule steps, exactly as `Trainer.train_epoch` does per full batch; with
---modes graph it runs `Trainer._graphed_step` instead (3 eager warm-up steps, then the whole step captured in a CUDA
-graph and replayed; needs --warmup >= 4). "clean" is the same step with a method whose x_adv is x. Not included: the
+loader and evaluation slice are loaded but unused) runs `Trainer.step`, the per-batch step of `Trainer.train_epoch`:
+`Trainer._step` (x_adv = method.perturb under autocast, CE(model(x_adv).float(), y) + extra_loss, zero_grad, backward,
+SGD step + APART's scalar optimiser, the device-side epoch sums), then the lr-schedule steps; with --modes graph the
+same call replays `_step` from a CUDA graph (3 eager warm-up steps, then the whole step captured once and replayed;
+needs --warmup >= 4). "clean" is the same step with a method whose x_adv is x. Not included: the
 loader's gather (batches are pre-built), tqdm.
 
 Timing: per step, CUDA events around it (no host sync in between; one at the end), after --warmup steps; median of
@@ -257,17 +257,6 @@ def write(out: Path, rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     return md
 
 
-def train_step(trainer: Trainer, graph: bool, x, y, info) -> None:
-    """One step as Trainer.train_epoch runs it per full batch: `_graphed_step` or `_step`, then the lr schedule."""
-    if graph and trainer.graph_mode_failed is None:
-        trainer._graphed_step(x, y, info, 1)
-    else:
-        trainer._step(x, y, info)
-    if trainer.param_scheduler is not None:
-        trainer.param_scheduler.step()
-    trainer.scheduler.step()
-
-
 def run_case(row, base, init, batches, name, kw, eps, args, precision, device) -> None:
     """Time one case into ``row``: a Trainer on ``base`` (reset to ``init``) runs its train_epoch's per-batch step."""
     base.load_state_dict(init)
@@ -281,7 +270,7 @@ def run_case(row, base, init, batches, name, kw, eps, args, precision, device) -
     if name == "clean":
         trainer.method = Clean(eps=eps)
 
-    step = functools.partial(train_step, trainer, graph)
+    step = functools.partial(trainer.step, epoch=1)  # train_epoch's per-batch step (graph or eager, lr schedules)
     try:
         with fops.use_backend(row["backend"]):
             ms = time_case(step, batches, args.warmup, args.steps, args.max_case_seconds, device)

@@ -13,7 +13,6 @@ each epoch start and after any checkpoint load (per-epoch method settings are ba
 batch runs eagerly, and a failed capture warns once and trains on eagerly (`graph_mode_failed` says why).
 """
 
-
 from __future__ import annotations
 
 import contextlib
@@ -49,6 +48,12 @@ def _cached_dataset(load, name: str, root: str | None, split: str):
 
 
 GOOD = "last_good.pt"
+
+
+def default_model(device_type: str) -> str:
+    """The model a config without one trains: PreActResNet-18 on CUDA, the small CNN on the CPU."""
+    return "preact18" if device_type == "cuda" else "small-cnn"
+
 # Config keys a resumed run may change: they do not alter the training trajectory (output, progress, evaluation).
 RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eval_steps", "eval_restarts", "on_co",
                          "max_rollbacks"})
@@ -90,7 +95,7 @@ class Trainer:
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from None
         # model
-        self.model_name = cfg.model or ("preact18" if self.device.type == "cuda" else "small-cnn")
+        self.model_name = cfg.model or default_model(self.device.type)
         self.model_config: dict[str, Any] | None = None
         if model is None:
             self.model_config = {"name": self.model_name, "in_channels": train.in_channels,
@@ -230,11 +235,13 @@ class Trainer:
             self._capturing = False
         self._graph, self._graph_static, self._graph_epoch = graph, static, epoch
 
-    def _graphed_step(self, x, y, info, epoch: int) -> None:
+    def _graphed_step(self, x, y, info, epoch: int) -> bool:
+        """Run this batch's step from the captured graph (capturing first if needed); False if the capture failed
+        (graph mode is then off and the caller runs the step eagerly)."""
         if self.eager_steps < 3:  # warm-up (lazy state, cuDNN autotuning) before the first capture, on a side stream
             self._run_on_side_stream(x, y, info)
             self.eager_steps += 1
-            return
+            return True
         if self._graph is None or self._graph_epoch != epoch:
             try:
                 self._capture(x, y, info, epoch)
@@ -246,9 +253,7 @@ class Trainer:
                 warnings.warn(f"fastat: CUDA-graph capture failed ({self.graph_mode_failed}); training eagerly",
                               RuntimeWarning, stacklevel=2)
                 torch.cuda.synchronize(self.device)
-                self._step(x, y, info)
-                self.eager_steps += 1
-                return
+                return False
         else:
             sx, sy, sinfo = self._graph_static
             sx.copy_(x)
@@ -259,6 +264,19 @@ class Trainer:
                     getattr(sinfo, name).copy_(src)
         self._graph.replay()
         self.graph_replays += 1
+        return True
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, info: Any, epoch: int) -> None:
+        """One batch of `train_epoch`: `_step` replayed from the CUDA graph in graph mode (full batches), else run
+        eagerly (also graph mode's last, smaller batch, or after a failed capture); then the lr schedules."""
+        graphed = (self.graph_mode and self.graph_mode_failed is None and y.shape[0] == self.cfg.batch_size
+                   and self._graphed_step(x, y, info, epoch))
+        if not graphed:
+            self._step(x, y, info)
+            self.eager_steps += 1
+        if self.param_scheduler is not None:
+            self.param_scheduler.step()
+        self.scheduler.step()
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -274,14 +292,7 @@ class Trainer:
         for x, y, info in bar:
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.graph_mode and self.graph_mode_failed is None and y.shape[0] == cfg.batch_size:
-                self._graphed_step(x, y, info, epoch)
-            else:  # eager (also graph mode's last, smaller batch)
-                self._step(x, y, info)
-                self.eager_steps += 1
-            if self.param_scheduler is not None:
-                self.param_scheduler.step()
-            self.scheduler.step()
+            self.step(x, y, info, epoch)
             tot_n += y.shape[0]
             if cfg.progress and bar.n % 10 == 0:
                 bar.set_postfix(loss=f"{float(self._acc['loss']) / tot_n:.3f}",
@@ -369,7 +380,7 @@ class Trainer:
         """A config dict with the values that depend on the machine filled in (device type, model name)."""
         d = dict(cfg)
         d["device"] = str(d.get("device") or self.device.type).split(":")[0]
-        d["model"] = d.get("model") or ("preact18" if d["device"] == "cuda" else "small-cnn")
+        d["model"] = d.get("model") or default_model(d["device"])
         d["milestones"] = [float(m) for m in d.get("milestones", ())]
         return d
 
