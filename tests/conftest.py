@@ -51,3 +51,13 @@ def poisoned_allocations():
     yield
     torch.use_deterministic_algorithms(det)
     torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny CPU models run fastest single-threaded (intra-op threads cost more than they give, and the CPU is
+    shared with other processes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 TINY_MODEL = ["--device", "cpu", "--model", "small-cnn", "--model-kwarg", "width=4", "--model-kwarg", "hidden=16"]
@@ -23,13 +22,7 @@ def _load(name: str):
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny CPU models run fastest single-threaded (and do not fight other processes for the cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny CPU models (tests/conftest.py)
 
 
 def test_acceptance_smoke_reuse_and_merge(tmp_path, capsys):
