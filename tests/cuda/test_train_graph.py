@@ -57,3 +57,23 @@ def test_capture_survives_a_rollback(tmp_path, monkeypatch):
 def test_last_partial_batch_runs_eagerly():
     t = _fit("fgsm_rs", True, subset=1000)  # 7 full batches + one of 104 per epoch
     assert t.graph_mode_failed is None and t.eager_steps == 3 + 2
+
+
+def test_a_stat_first_seen_inside_the_capture_is_still_summed(monkeypatch):
+    """A method whose `stats()` gains a key after the eager warm-up: the capture allocates the new epoch sum outside
+    the graph and captures again, so the key is summed over every replayed step like the others."""
+    from fastat.methods.fgsm import FGSMRS
+
+    stats = FGSMRS.stats
+    calls = {"n": 0}
+
+    def late_stats(self):
+        calls["n"] += 1
+        extra = {"late": torch.ones((), device="cuda")} if calls["n"] > 3 else {}
+        return {**stats(self), **extra}
+
+    monkeypatch.setattr(FGSMRS, "stats", late_stats)
+    t = _fit("fgsm_rs", True)
+    assert t.graph_mode_failed is None
+    # summed from the first capture on: epoch 1 replays 8 - 3 steps of 128 of its 1024 examples, epoch 2 all 8
+    assert [h["method_late"] for h in t.history] == pytest.approx([(8 - 3) * 128 / 1024, 1.0])

@@ -171,7 +171,8 @@ class Trainer:
     def _add(self, key: str, value: torch.Tensor) -> None:
         acc = self._acc.get(key)
         if acc is None:
-            if self._capturing:  # a sum first seen inside a capture would be re-zeroed by every replay: skip it
+            if self._capturing:  # a sum first seen inside a capture would be re-zeroed by every replay: `_capture`
+                self._missed_in_capture.add(key)  # allocates it outside and captures again
                 return
             acc = self._acc[key] = torch.zeros((), device=self.device)
         acc.add_(value.detach().float())
@@ -226,13 +227,22 @@ class Trainer:
         if self.param_optimizer is not None:
             self.param_optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        self._capturing = True
-        try:
-            with torch.cuda.graph(graph, pool=self._graph_pool):
-                self._step(*static)
-        finally:
-            self._capturing = False
+        for _ in range(2):  # a second capture only if the first met epoch sums it had not seen before
+            self._missed_in_capture = set()
+            graph = torch.cuda.CUDAGraph()
+            self._capturing = True
+            try:
+                with torch.cuda.graph(graph, pool=self._graph_pool):
+                    self._step(*static)
+            finally:
+                self._capturing = False
+            if not self._missed_in_capture:
+                break
+            for key in self._missed_in_capture:  # nothing captured has run yet: no step is counted twice
+                self._acc[key] = torch.zeros((), device=self.device)
+            del graph
+        else:
+            raise RuntimeError(f"epoch sums {sorted(self._missed_in_capture)} keep changing between captures")
         self._graph, self._graph_static, self._graph_epoch = graph, static, epoch
 
     def _graphed_step(self, x, y, info, epoch: int) -> bool:
