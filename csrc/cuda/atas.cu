@@ -13,7 +13,8 @@
 //    cluster barrier that orders it after every block's read of the old v. The update then re-reads the slice of g
 //    (from L2: the block has just streamed it) with x_adv and x and writes out and the buffer window. Warmup skips
 //    the reduction.
-//  * split (GPUs without clusters, rows of 2^32 elements or more, or a refused cluster launch): two launches:
+//  * split (GPUs without clusters, a cluster that does not fit (cudaOccupancyMaxActiveClusters = 0) or whose launch is
+//    refused, rows of 2^31 elements or more): two launches, the only path that needs scratch memory:
 //    (1) per (row, 16384-element chunk) an fp64 partial of Σg² and the old v_buf[idx_b] copied to scratch; (2) per
 //    (plane, tile) the update: every block sums its row's partials in a fixed order, forms v and the step, and the
 //    first block of the row stores v (kernel 2 never reads v_buf, so there is no read/write race).
@@ -236,19 +237,14 @@ __global__ void __launch_bounds__(kThreads)
 
 int64_t norm_chunks(int64_t n) { return (n + kNormChunk - 1) / kNormChunk; }
 
+// Planes of up to 2^31 - 1 - kPlaneTile elements, so that the int element loops of the gather and update kernels
+// (e += kThreads) cannot overflow.
 bool shape_ok(const AtasShape& s) {
   return s.channels > 0 && s.height > 0 && s.width > 0 && s.num_examples > 0 && s.buf_height >= s.height &&
-         s.buf_width >= s.width && s.height * s.width <= 2147483647;
+         s.buf_width >= s.width && s.height * s.width <= 2147483647 - kPlaneTile;
 }
 
 }  // namespace
-
-int64_t atas_step_workspace_bytes(int64_t batch, int64_t row_numel, bool warmup) {
-  if (warmup || batch <= 0 || row_numel <= 0) return 0;
-  const int64_t bytes = batch * norm_chunks(row_numel) * static_cast<int64_t>(sizeof(double)) +
-                        batch * static_cast<int64_t>(sizeof(float));
-  return (bytes + 15) / 16 * 16;
-}
 
 cudaError_t launch_atas_gather(const void* delta_buf, DType buf_dtype, const int64_t* index, const int64_t* offsets,
                                const bool* flips, const void* x, void* out, DType dtype, AtasShape s,
@@ -270,6 +266,9 @@ namespace {
 
 enum class AtasPath { kAuto, kFused, kSplit };
 
+// FASTAT_CUDA_ATAS_PATH, read on every call on purpose: the tests switch it at run time (monkeypatch.setenv), and a
+// getenv is a short host-side scan of the environment (well under a microsecond, no CUDA call; CUDA-graph replays do
+// not run it at all). Caching it would need a second, test-only switch to reach the extension.
 AtasPath requested_path() {
   const char* env = std::getenv("FASTAT_CUDA_ATAS_PATH");
   if (env == nullptr) return AtasPath::kAuto;
@@ -280,6 +279,8 @@ AtasPath requested_path() {
 
 constexpr int kMaxCluster = 8;            // portable cluster size
 constexpr int64_t kMinSliceNumel = 1024;  // a row is split into slices of at least this many elements
+// The fused kernel indexes a row with uint32 and steps by up to kThreads·4 past its end: rows below 2^31 elements.
+constexpr int64_t kMaxFusedRow = int64_t{1} << 31;
 
 // Blocks per row of the fused path: enough blocks in all to give each SM ~8 (2048 threads), at most kMaxCluster per
 // row, and no slice under kMinSliceNumel elements. 1 (no cluster) without cluster support.
@@ -290,65 +291,68 @@ int fused_blocks_per_row(int64_t batch, int64_t n, bool clusters) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, kMaxCluster})));
 }
 
-// Launches the fused kernel; returns false (having launched nothing and cleared the error) if the launch was refused.
+// Launches the fused kernel with `blocks` blocks per row. *done = false (nothing launched, no error pending) where a
+// cluster of that size cannot run: cudaOccupancyMaxActiveClusters says it does not fit, or the launch is refused.
 template <typename G, typename D, typename B>
-bool launch_fused(B* delta_buf, float* v_buf, const int64_t* index, const int64_t* offsets, const bool* flips,
-                  const G* grad, const D* x_adv, const D* x, D* out, const AtasShape& s, const AtasStepParams& prm,
-                  int64_t n, int blocks, cudaStream_t stream, cudaError_t* status) {
+cudaError_t launch_fused(const AtasStepOperands& op, const AtasShape& s, const AtasStepParams& prm, int64_t n,
+                         int blocks, bool* done, cudaStream_t stream) {
+  auto* delta_buf = static_cast<B*>(op.delta_buf);
+  const auto* grad = static_cast<const G*>(op.grad);
+  const auto* x_adv = static_cast<const D*>(op.x_adv);
+  const auto* x = static_cast<const D*>(op.x);
+  auto* out = static_cast<D*>(op.out);
   const uint32_t chunk = static_cast<uint32_t>((n + blocks - 1) / blocks);
   const uint32_t n32 = static_cast<uint32_t>(n);
   if (blocks == 1) {
     atas_step_fused_kernel<G, D, B, false><<<static_cast<unsigned>(s.batch), kThreads, 0, stream>>>(
-        delta_buf, v_buf, index, offsets, flips, grad, x_adv, x, out, s, prm, n32, chunk);
-    *status = cudaGetLastError();
-    return true;
+        delta_buf, op.v_buf, op.index, op.offsets, op.flips, grad, x_adv, x, out, s, prm, n32, chunk);
+    *done = true;
+    return cudaGetLastError();
   }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(blocks);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(s.batch * blocks));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  const cudaError_t err = cudaLaunchKernelEx(&config, atas_step_fused_kernel<G, D, B, true>, delta_buf, v_buf, index,
-                                             offsets, flips, grad, x_adv, x, out, s, prm, n32, chunk);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();  // refused: the caller falls back to the split path
-    return false;
+  auto kernel = atas_step_fused_kernel<G, D, B, true>;
+  if (!cluster_fits(reinterpret_cast<const void*>(kernel), blocks, kThreads, 0)) return cudaSuccess;
+  const ClusterLaunch launch(static_cast<unsigned>(s.batch * blocks), blocks, kThreads, 0, stream);
+  if (cudaLaunchKernelEx(&launch.config, kernel, delta_buf, op.v_buf, op.index, op.offsets, op.flips, grad, x_adv, x,
+                         out, s, prm, n32, chunk) != cudaSuccess) {
+    (void)cudaGetLastError();  // refused after all (resources taken at run time): clear it, the caller splits
+    return cudaSuccess;
   }
-  *status = cudaGetLastError();
-  return true;
+  *done = true;
+  return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_atas_step(void* delta_buf, DType buf_dtype, float* v_buf, const int64_t* index,
-                             const int64_t* offsets, const bool* flips, const void* grad, DType grad_dtype,
-                             const void* x_adv, const void* x, void* out, DType dtype, AtasShape s,
-                             AtasStepParams params, void* workspace, cudaStream_t stream) {
+cudaError_t launch_atas_step_fused(const AtasStepOperands& op, AtasShape s, AtasStepParams params, bool* done,
+                                   cudaStream_t stream) {
+  *done = false;
+  if (s.batch <= 0) {
+    *done = true;
+    return cudaSuccess;
+  }
+  if (!shape_ok(s)) return cudaErrorInvalidValue;
+  const int64_t n = s.channels * s.height * s.width;
+  if (requested_path() == AtasPath::kSplit || n >= kMaxFusedRow) return cudaSuccess;
+  const int blocks = fused_blocks_per_row(s.batch, n, cluster_launch_supported());
+  if (s.batch * blocks > kMaxGridX) return cudaSuccess;
+  FASTAT_CUDA_DISPATCH(op.grad_dtype, G, FASTAT_CUDA_DISPATCH(op.dtype, D, FASTAT_CUDA_DISPATCH(op.buf_dtype, B, {
+    return launch_fused<G, D, B>(op, s, params, n, blocks, done, stream);
+  })))
+  return cudaErrorInvalidValue;
+}
+
+int64_t atas_step_split_workspace_bytes(int64_t batch, int64_t row_numel, bool warmup) {
+  if (warmup || batch <= 0 || row_numel <= 0) return 0;
+  const int64_t bytes = batch * norm_chunks(row_numel) * static_cast<int64_t>(sizeof(double)) +
+                        batch * static_cast<int64_t>(sizeof(float));
+  return (bytes + 15) / 16 * 16;
+}
+
+cudaError_t launch_atas_step_split(const AtasStepOperands& op, AtasShape s, AtasStepParams params, void* workspace,
+                                   cudaStream_t stream) {
   if (s.batch <= 0) return cudaSuccess;
   if (!shape_ok(s)) return cudaErrorInvalidValue;
   const int64_t n = s.channels * s.height * s.width;
-  const AtasPath path = requested_path();
-  if (path != AtasPath::kSplit && n < (int64_t{1} << 32)) {
-    const int blocks = fused_blocks_per_row(s.batch, n, cluster_launch_supported());
-    if (s.batch * blocks <= kMaxGridX) {
-      cudaError_t status = cudaSuccess;
-      FASTAT_CUDA_DISPATCH(grad_dtype, G, FASTAT_CUDA_DISPATCH(dtype, D, FASTAT_CUDA_DISPATCH(buf_dtype, B, {
-        if (launch_fused<G, D, B>(static_cast<B*>(delta_buf), v_buf, index, offsets, flips,
-                                  static_cast<const G*>(grad), static_cast<const D*>(x_adv),
-                                  static_cast<const D*>(x), static_cast<D*>(out), s, params, n, blocks, stream,
-                                  &status))
-          return status;
-      })))
-    }
-  }
-  // The split path.
   const int64_t chunks = norm_chunks(n);
   const int64_t tiles = (s.height * s.width + kPlaneTile - 1) / kPlaneTile;
   if (s.batch * s.channels * tiles > kMaxGridX || s.batch * chunks > kMaxGridX) return cudaErrorInvalidValue;
@@ -359,18 +363,19 @@ cudaError_t launch_atas_step(void* delta_buf, DType buf_dtype, float* v_buf, con
     partial = static_cast<double*>(workspace);
     v_old = reinterpret_cast<float*>(partial + s.batch * chunks);
   }
-  FASTAT_CUDA_DISPATCH(grad_dtype, G, {
+  FASTAT_CUDA_DISPATCH(op.grad_dtype, G, {
+    const auto* grad = static_cast<const G*>(op.grad);
     if (!params.warmup) {
       atas_norm_kernel<G><<<static_cast<unsigned>(s.batch * chunks), kNormThreads, 0, stream>>>(
-          static_cast<const G*>(grad), v_buf, index, s.num_examples, n, chunks, partial, v_old);
+          grad, op.v_buf, op.index, s.num_examples, n, chunks, partial, v_old);
       const cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }
-    FASTAT_CUDA_DISPATCH(dtype, D, FASTAT_CUDA_DISPATCH(buf_dtype, B, {
+    FASTAT_CUDA_DISPATCH(op.dtype, D, FASTAT_CUDA_DISPATCH(op.buf_dtype, B, {
       atas_update_kernel<G, D, B><<<static_cast<unsigned>(s.batch * s.channels * tiles), kThreads, 0, stream>>>(
-          static_cast<B*>(delta_buf), v_buf, index, offsets, flips, static_cast<const G*>(grad),
-          static_cast<const D*>(x_adv), static_cast<const D*>(x), static_cast<D*>(out), s, params, partial, v_old,
-          chunks, tiles);
+          static_cast<B*>(op.delta_buf), op.v_buf, op.index, op.offsets, op.flips, grad,
+          static_cast<const D*>(op.x_adv), static_cast<const D*>(op.x), static_cast<D*>(op.out), s, params, partial,
+          v_old, chunks, tiles);
       return cudaGetLastError();
     }))
   })

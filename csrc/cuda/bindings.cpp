@@ -128,8 +128,20 @@ at::Tensor atas_step_cuda(const at::Tensor& delta_buf, const at::Tensor& v_buf, 
   const at::Tensor g = grad.contiguous(), xa = x_adv.contiguous(), xc = x.contiguous();
   const at::Tensor idx = index.contiguous(), off = offsets.contiguous(), fl = flips.contiguous();
   RowOutput res(x_adv, at::MemoryFormat::Contiguous);
-  const int64_t ws_bytes = cuda::atas_step_workspace_bytes(xc.size(0), row_numel(xc), warmup);
-  const at::Tensor workspace = ws_bytes > 0 ? at::empty({ws_bytes}, xc.options().dtype(at::kByte)) : at::Tensor();
+  cuda::AtasStepOperands operands;
+  operands.delta_buf = delta_buf.data_ptr();
+  operands.buf_dtype = dtype_of(delta_buf);
+  operands.v_buf = v_buf.data_ptr<float>();
+  operands.index = idx.const_data_ptr<int64_t>();
+  operands.offsets = off.const_data_ptr<int64_t>();
+  operands.flips = fl.const_data_ptr<bool>();
+  operands.grad = g.const_data_ptr();
+  operands.grad_dtype = dtype_of(g);
+  operands.x_adv = xa.const_data_ptr();
+  operands.x = xc.const_data_ptr();
+  operands.out = res.work.data_ptr();
+  operands.dtype = dtype_of(xc);
+  const cuda::AtasShape shape = atas_shape(xc, delta_buf);
   cuda::AtasStepParams params;
   params.eps = static_cast<float>(eps);
   params.c = static_cast<float>(c);
@@ -139,12 +151,14 @@ at::Tensor atas_step_cuda(const at::Tensor& delta_buf, const at::Tensor& v_buf, 
   params.step_min = static_cast<float>(step_min);
   params.step_max = static_cast<float>(step_max);
   params.warmup = warmup;
-  check_launch(op, cuda::launch_atas_step(delta_buf.data_ptr(), dtype_of(delta_buf), v_buf.data_ptr<float>(),
-                                          idx.const_data_ptr<int64_t>(), off.const_data_ptr<int64_t>(),
-                                          fl.const_data_ptr<bool>(), g.const_data_ptr(), dtype_of(g),
-                                          xa.const_data_ptr(), xc.const_data_ptr(), res.work.data_ptr(), dtype_of(xc),
-                                          atas_shape(xc, delta_buf), params,
-                                          ws_bytes > 0 ? workspace.data_ptr() : nullptr, current_stream()));
+  bool done = false;
+  check_launch(op, cuda::launch_atas_step_fused(operands, shape, params, &done, current_stream()));
+  if (!done) {  // the two-launch path, the only one with scratch (stream-ordered by the caching allocator)
+    const int64_t ws_bytes = cuda::atas_step_split_workspace_bytes(shape.batch, row_numel(xc), warmup);
+    const at::Tensor workspace = ws_bytes > 0 ? at::empty({ws_bytes}, xc.options().dtype(at::kByte)) : at::Tensor();
+    void* scratch = ws_bytes > 0 ? workspace.data_ptr() : nullptr;
+    check_launch(op, cuda::launch_atas_step_split(operands, shape, params, scratch, current_stream()));
+  }
   return res.finish();
 }
 

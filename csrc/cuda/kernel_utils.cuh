@@ -9,8 +9,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 
 #include "launchers.h"
 
@@ -144,17 +146,89 @@ inline int current_sm_count() {
     if (cached > 0) return cached;
   }
   int count = 0;
-  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || count <= 0) count = 1;
+  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) (void)cudaGetLastError();
+  if (count <= 0) count = 1;
   if (dev >= 0 && dev < kMaxDevices) cache[dev].store(count, std::memory_order_relaxed);
   return count;
 }
 
-// Whether the current device can launch thread-block clusters (sm_90+).
+// Whether the current device can launch thread-block clusters (sm_90+), cached per device.
 inline bool cluster_launch_supported() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};  // 0: not asked yet, 1: no, 2: yes
   int dev = 0, supported = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, dev) != cudaSuccess) return false;
+  if (dev >= 0 && dev < kMaxDevices) {
+    const int cached = cache[dev].load(std::memory_order_relaxed);
+    if (cached != 0) return cached == 2;
+  }
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    supported = 0;
+  }
+  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(supported != 0 ? 2 : 1, std::memory_order_relaxed);
   return supported != 0;
+}
+
+// Memo of host-side runtime answers that never change for a (current device, fn, a, b), such as a kernel's
+// shared-memory opt-in or its cluster occupancy: the first launch asks the runtime, later launches (and launches under
+// CUDA-graph capture) only take an uncontended lock. Each call site owns one (a function-local static). A few dozen
+// entries are kept (one per kernel instantiation and size class a process uses); beyond them answers are recomputed
+// on every call, still correct.
+class HostMemo {
+ public:
+  template <typename Compute>
+  int get(const void* fn, int64_t a, int64_t b, Compute&& compute) {
+    int device = -1;
+    if (cudaGetDevice(&device) != cudaSuccess) return compute();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int i = 0; i < size_; ++i) {
+      const Entry& e = entries_[i];
+      if (e.fn == fn && e.a == a && e.b == b && e.device == device) return e.value;
+    }
+    const int value = compute();
+    if (size_ < kCapacity) entries_[size_++] = Entry{fn, a, b, device, value};
+    return value;
+  }
+
+ private:
+  struct Entry {
+    const void* fn;
+    int64_t a, b;
+    int device, value;
+  };
+  static constexpr int kCapacity = 64;
+  std::mutex mutex_;
+  Entry entries_[kCapacity] = {};
+  int size_ = 0;
+};
+
+// Opts `kernel` in to as much dynamic shared memory as it may need, up to `want_bytes` (the most its launch site ever
+// asks for) or what the current device allows next to the kernel's static shared memory, whichever is less, and
+// returns the resulting limit: launches with at most that many bytes can run. Done once per (kernel, device,
+// want_bytes), so later launches (and launches under CUDA-graph capture) make no runtime call; the limit is only ever
+// raised, so a launch can never undo what a concurrent one relies on. 0 if the runtime cannot be asked.
+inline int64_t dynamic_smem_limit(const void* kernel, int64_t want_bytes) {
+  static HostMemo memo;
+  return memo.get(kernel, want_bytes, 0, [&]() -> int {
+    int dev = 0, optin = 0;
+    cudaFuncAttributes attr;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+        cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+      (void)cudaGetLastError();  // answered by the return value; leave no pending error behind
+      return 0;
+    }
+    const int have = attr.maxDynamicSharedSizeBytes;
+    const int64_t room = optin - static_cast<int64_t>(attr.sharedSizeBytes);
+    const int limit = static_cast<int>(std::min<int64_t>(want_bytes, room));
+    if (limit <= have) return have;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return have;
+    }
+    return limit;
+  });
 }
 
 // Blocks for a grid-stride loop over `work` items of `per_block` each: enough to fill the GPU, no more.

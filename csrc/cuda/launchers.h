@@ -56,18 +56,38 @@ struct AtasStepParams {
   bool warmup;
 };
 
-// Bytes of device scratch launch_atas_step needs (0 when warmup): per-row partial sums of g² and the old v values.
-int64_t atas_step_workspace_bytes(int64_t batch, int64_t row_numel, bool warmup);
+// The operands of atas_step: grad (grad_dtype), x_adv, x, out (dtype): NCHW-contiguous (batch, C, H, W); delta_buf
+// (buf_dtype): contiguous (num_examples, C, H+2p, W+2p), its windows written; v_buf: (num_examples,) fp32, read and
+// written unless warmup; index: (batch,) int64, offsets: (batch, 2) int64 contiguous, flips: (batch,) bool.
+struct AtasStepOperands {
+  void* delta_buf;
+  DType buf_dtype;
+  float* v_buf;
+  const int64_t* index;
+  const int64_t* offsets;
+  const bool* flips;
+  const void* grad;
+  DType grad_dtype;
+  const void* x_adv;
+  const void* x;
+  void* out;
+  DType dtype;
+};
 
-// v = beta·v_buf[index] + (1-beta)·Σg² (fp64 sum rounded to fp32; no FMA), written back to v_buf[index];
+// atas_step: v = beta·v_buf[index] + (1-beta)·Σg² (fp64 sum rounded to fp32; no FMA), written back to v_buf[index];
 // step = clamp(gamma_over_c / (1 + sqrt(v)/c), step_min, step_max) (eps if warmup, v untouched);
 // out = clamp(min(max(x_adv + step·sign(g), x - eps), x + eps), 0, 1); the window of delta_buf[index] = out - x.
-// grad (grad_dtype), x_adv, x, out (dtype): NCHW-contiguous. v_buf: (num_examples,) fp32. `workspace` holds
-// atas_step_workspace_bytes(...) bytes, 16-byte aligned.
-cudaError_t launch_atas_step(void* delta_buf, DType buf_dtype, float* v_buf, const int64_t* index,
-                             const int64_t* offsets, const bool* flips, const void* grad, DType grad_dtype,
-                             const void* x_adv, const void* x, void* out, DType dtype, AtasShape shape,
-                             AtasStepParams params, void* workspace, cudaStream_t stream);
+// Two launchers, tried in this order (see atas.cu):
+//  * launch_atas_step_fused enqueues the one-launch path where it can run and sets *done = true (also when there is
+//    nothing to do); where it cannot (no cluster support or fit, rows of 2^31 elements or more, a refused launch,
+//    FASTAT_CUDA_ATAS_PATH=split) it enqueues nothing, sets *done = false and returns cudaSuccess;
+//  * then launch_atas_step_split does the work in two launches with `workspace`, atas_step_split_workspace_bytes(...)
+//    bytes (0 when warmup: nullptr is fine), 16-byte aligned. Only this path needs scratch.
+cudaError_t launch_atas_step_fused(const AtasStepOperands& op, AtasShape shape, AtasStepParams params, bool* done,
+                                   cudaStream_t stream);
+int64_t atas_step_split_workspace_bytes(int64_t batch, int64_t row_numel, bool warmup);
+cudaError_t launch_atas_step_split(const AtasStepOperands& op, AtasShape shape, AtasStepParams params,
+                                   void* workspace, cudaStream_t stream);
 
 // --------------------------------------------------------------------------------------------------------- pgd_step
 // out = box(clamp(delta + alpha·sign(grad), -eps, eps), x) on rows with active[b] (all rows if active == nullptr);

@@ -6,8 +6,8 @@
 //  * n <= 16384: one 256-thread block per row; the row's g lives in shared memory (g is read once).
 //  * n <= 8·40960 on GPUs with thread-block clusters (sm_90+): a cluster of 2..8 blocks per row, each keeping its
 //    slice of g in shared memory; histograms are summed across the cluster through distributed shared memory.
-//  * otherwise (or if the cluster launch is refused): one 512-thread block per row re-reading g from global/L2 on
-//    each pass.
+//  * otherwise (or where the shared memory cannot be had, the cluster does not fit per cudaOccupancyMaxActiveClusters,
+//    or its launch is refused): one 512-thread block per row re-reading g from global/L2 on each pass.
 #include <algorithm>
 #include <cmath>
 
@@ -116,54 +116,39 @@ __global__ void __launch_bounds__(kThreads)
   apply_step<kThreads, kUnroll>(src, delta + offset, x + offset, out + offset, n, tau, eps, alpha);
 }
 
-
-// Opts the kernel in to `bytes` of dynamic shared memory. The default limit is 48 KB minus the kernel's static shared
-// memory (8 KB / 16 KB of SelectShared here), not 48 KB, so ask the runtime unless `bytes` is clearly below it; only
-// ever raise the limit, so that a concurrent launch needing more is never undone by one needing less.
-cudaError_t set_smem(const void* kernel, int64_t bytes) {
+// Makes `bytes` of dynamic shared memory available to `kernel`, whose launch site never asks for more than
+// `max_bytes`. The default limit is 48 KB minus the kernel's static shared memory (8 KB / 16 KB of SelectShared here),
+// so below 40 KB nothing is needed; above it the kernel is opted in once per (kernel, device) (dynamic_smem_limit).
+cudaError_t set_smem(const void* kernel, int64_t bytes, int64_t max_bytes) {
   if (bytes + static_cast<int64_t>(sizeof(SelectShared<true>)) <= 40 * 1024) return cudaSuccess;
-  cudaFuncAttributes attr;
-  cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
-  if (err != cudaSuccess) return err;
-  if (bytes <= attr.maxDynamicSharedSizeBytes) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  return bytes <= max_bytes && bytes <= dynamic_smem_limit(kernel, max_bytes) ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 template <typename G, typename D>
 cudaError_t launch_typed(const D* delta, const G* grad, const D* x, D* out, int64_t batch, int64_t n,
                          QuantileArgs qa, float eps, float alpha, cudaStream_t stream) {
-  if (n <= kSmemRowMax) {  // one block per row
+  constexpr int64_t kKey = sizeof(uint32_t);  // shared-memory bytes per element of g
+  if (n <= kSmemRowMax) {  // one block per row (streaming below if the device cannot give it the shared memory)
     auto kernel = zerograd_smem_kernel<G, D, kSmemThreads, false>;
-    const int64_t bytes = n * static_cast<int64_t>(sizeof(uint32_t));
-    cudaError_t err = set_smem(reinterpret_cast<const void*>(kernel), bytes);
-    if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(batch), kSmemThreads, bytes, stream>>>(delta, grad, x, out, n, n, qa, eps, alpha);
-    return cudaGetLastError();
-  }
-  if (n <= kMaxCluster * kClusterChunkMax && batch * kMaxCluster <= kMaxGridX && cluster_launch_supported()) {
+    const int64_t bytes = n * kKey;
+    if (set_smem(reinterpret_cast<const void*>(kernel), bytes, kSmemRowMax * kKey) == cudaSuccess) {
+      kernel<<<static_cast<unsigned>(batch), kSmemThreads, bytes, stream>>>(delta, grad, x, out, n, n, qa, eps, alpha);
+      return cudaGetLastError();
+    }
+  } else if (n <= kMaxCluster * kClusterChunkMax && batch * kMaxCluster <= kMaxGridX && cluster_launch_supported()) {
     const int64_t wanted = (n + kClusterChunkTarget - 1) / kClusterChunkTarget;
     const int blocks = static_cast<int>(std::min<int64_t>(kMaxCluster, std::max<int64_t>(2, wanted)));
     const int64_t chunk = ((n + blocks - 1) / blocks + 3) / 4 * 4;  // <= kClusterChunkMax
-    const int64_t bytes = chunk * static_cast<int64_t>(sizeof(uint32_t));
+    const int64_t bytes = chunk * kKey;
     auto kernel = zerograd_smem_kernel<G, D, kClusterThreads, true>;
-    cudaError_t err = set_smem(reinterpret_cast<const void*>(kernel), bytes);
-    if (err == cudaSuccess) {
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = blocks;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cudaLaunchConfig_t config = {};
-      config.gridDim = dim3(static_cast<unsigned>(batch * blocks));
-      config.blockDim = dim3(kClusterThreads);
-      config.dynamicSmemBytes = static_cast<size_t>(bytes);
-      config.stream = stream;
-      config.attrs = attr;
-      config.numAttrs = 1;
-      err = cudaLaunchKernelEx(&config, kernel, delta, grad, x, out, n, chunk, qa, eps, alpha);
-      if (err == cudaSuccess) return cudaGetLastError();
+    const void* fn = reinterpret_cast<const void*>(kernel);
+    if (set_smem(fn, bytes, kClusterChunkMax * kKey) == cudaSuccess &&
+        cluster_fits(fn, blocks, kClusterThreads, bytes)) {
+      const ClusterLaunch launch(static_cast<unsigned>(batch * blocks), blocks, kClusterThreads, bytes, stream);
+      if (cudaLaunchKernelEx(&launch.config, kernel, delta, grad, x, out, n, chunk, qa, eps, alpha) == cudaSuccess)
+        return cudaGetLastError();
+      (void)cudaGetLastError();  // refused after all (resources taken at run time): clear it, stream instead
     }
-    (void)cudaGetLastError();  // cluster refused (resources): fall back to streaming
   }
   zerograd_stream_kernel<G, D, kStreamThreads>
       <<<static_cast<unsigned>(batch), kStreamThreads, 0, stream>>>(delta, grad, x, out, n, qa, eps, alpha);

@@ -2,9 +2,10 @@
 
 Exact parity with fastat.ops.reference on the GPU at the shapes that select each launch path (zerograd: one block per
 row up to 16384 elements, a thread-block cluster up to 8·40960, a streaming block beyond; pgd/multigrad: 4-wide vector
-accesses vs the scalar fallback for odd or misaligned rows; ATAS: several norm chunks per row), out-of-range
+accesses vs the scalar fallback for odd rows; ATAS: several norm chunks per row), out-of-range
 index/offsets (clamped, never a crash), uniform_init's generator protocol, opcheck, CUDA-graph capture and determinism.
-The generic small-shape sweep over all backends is tests/ops/test_parity.py.
+Storage offsets, >65535 rows, other devices and streams, mixed layouts and per-path graph capture are in
+test_cuda_edge_cases.py; the generic small-shape sweep over all backends is tests/ops/test_parity.py.
 
 FASTAT_CUDA_TEST_SHAPES=sanitizer shrinks the shape sets (for compute-sanitizer runs, see bench/gpu_check.sh).
 """
@@ -143,28 +144,6 @@ def test_pgd_step_matches_reference(rows, cols, variant, poisoned_allocations):
         assert out.stride() == torch.empty_like(s.args[0]).stride()
 
 
-@pytest.mark.parametrize("dtype,grad_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float16),
-                                              (torch.float16, torch.bfloat16)])
-def test_misaligned_rows_use_the_scalar_path(dtype, grad_dtype):
-    """Storage offset 1: contiguous but not 8/16-byte aligned, so the vector path must not be taken."""
-    rows, cols = 6, 3072
-    gen = _gen(rows, cols)
-
-    def shifted(t):
-        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=DEV)
-        flat[1:] = t.reshape(-1)
-        return flat[1:].view(t.shape)
-
-    x = shifted(torch.rand(rows, cols, generator=gen, device=DEV).to(dtype))
-    d = shifted(((torch.rand(rows, cols, generator=gen, device=DEV) * 2 - 1) * 1.5 * EPS).to(dtype))
-    g = shifted(torch.randn(rows, cols, generator=gen, device=DEV).to(grad_dtype))
-    grads = shifted(torch.randn(3, rows, cols, generator=gen, device=DEV).to(grad_dtype))
-    active = torch.tensor([True, False, True, True, False, True], device=DEV)
-    assert_exact(F.pgd_step(d, g, x, EPS, EPS / 4, active), reference.pgd_step(d, g, x, EPS, EPS / 4, active))
-    assert_exact(F.multigrad_step(grads, x, EPS, 2 * EPS, 2), reference.multigrad_step(grads, x, EPS, 2 * EPS, 2))
-    assert_exact(F.zerograd_step(d, g, x, EPS, 2 * EPS, 0.35), reference.zerograd_step(d, g, x, EPS, 2 * EPS, 0.35))
-
-
 @pytest.mark.parametrize("variant", ELEM_VARIANTS)
 @pytest.mark.parametrize("rows,cols", ATAS_SHAPES)
 def test_atas_gather_matches_reference(rows, cols, variant, poisoned_allocations):
@@ -261,8 +240,9 @@ def test_uniform_init_is_uniform():
 # --------------------------------------------------------------------------------------- registration, graphs
 
 
-SMALL_CASES = ["zerograd_step", "zerograd_step_cluster", "multigrad_step", "pgd_step", "atas_gather", "atas_step",
-               "atas_step_warmup", "uniform_init"]
+SMALL_CASES = ["zerograd_step", "zerograd_step_optin", "zerograd_step_cluster", "zerograd_step_stream",
+               "multigrad_step", "pgd_step", "atas_gather", "atas_step", "atas_step_warmup",
+               "uniform_init"]  # uniform_init last
 
 
 def _small_case(case: str) -> tuple[str, tuple, dict]:
@@ -270,8 +250,12 @@ def _small_case(case: str) -> tuple[str, tuple, dict]:
     gen = _gen(4, len(case))
     if case == "zerograd_step":
         return case, sample_zerograd_step(4, 3072, "channels_last", gen, DEV).args, {}
+    if case == "zerograd_step_optin":  # 48 KB of g in shared memory: the dynamic-smem opt-in
+        return "zerograd_step", sample_zerograd_step(2, 12288, "random", gen, DEV, q=0.7).args, {}
     if case == "zerograd_step_cluster":
         return "zerograd_step", sample_zerograd_step(2, 20000, "grad_bf16", gen, DEV).args, {}
+    if case == "zerograd_step_stream":  # past the largest cluster: one streaming block per row
+        return "zerograd_step", sample_zerograd_step(2, 327681, "random", gen, DEV).args, {}
     if case == "multigrad_step":
         return case, sample_multigrad_step(4, 784, "random", gen, DEV, threshold=2).args, {}
     if case == "pgd_step":
@@ -348,10 +332,8 @@ def test_attack_step_captured_in_a_cuda_graph():
         delta.copy_((torch.rand_like(x) * 2 - 1) * EPS)
 
 
-@pytest.mark.parametrize("case", SMALL_CASES[:-1])
-def test_each_op_captures_in_a_cuda_graph(case):
-    """No host sync and no allocation-dependent state: each op records into a graph and replays exactly."""
-    name, args, kwargs = _small_case(case)
+def check_capture_replays_eager(name: str, args: tuple, kwargs: dict) -> None:
+    """The op records into a CUDA graph (no host sync, no allocation-dependent state) and a replay equals eager."""
     mutating = name == "atas_step"
     start = [t.clone() for t in args[:2]]
     result = torch.empty_like(getattr(F, name)(*args, **kwargs))
@@ -366,10 +348,18 @@ def test_each_op_captures_in_a_cuda_graph(case):
     call()
     expected = [result.clone()] + ([args[0].clone(), args[1].clone()] if mutating else [])
     result.fill_(float("nan"))
+    if mutating:
+        args[0].fill_(float("nan"))
+        args[1].fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()
     for got, want in zip([result] + (list(args[:2]) if mutating else []), expected):
         assert_exact(got, want)
+
+
+@pytest.mark.parametrize("case", SMALL_CASES[:-1])
+def test_each_op_captures_in_a_cuda_graph(case):
+    check_capture_replays_eager(*_small_case(case))
 
 
 def test_uniform_init_in_a_cuda_graph_draws_fresh_numbers_each_replay():
