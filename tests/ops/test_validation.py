@@ -47,6 +47,7 @@ CASES = [
     (lambda: ops.multigrad_step(torch.randn(3, 3, 1, 4, 4), _x(), 0.1, 0.2), ValueError, "grads"),
     (lambda: ops.uniform_init(_x(), 0.0), ValueError, "eps"),
     (lambda: ops.uniform_init(_x().long(), 0.1), TypeError, "x"),
+    (lambda: ops.uniform_init(_x().to("meta"), 0.1, generator=torch.Generator()), ValueError, "generator"),
     (lambda: ops.atas_step(**_atas(index=torch.tensor([0, 5]))[0], **_atas()[1]), ValueError, "index"),
     (lambda: ops.atas_step(**_atas(index=torch.tensor([-1, 0]))[0], **_atas()[1]), ValueError, "index"),
     (lambda: ops.atas_step(**_atas(offsets=torch.tensor([[0, 5], [0, 0]]))[0], **_atas()[1]), ValueError, "offsets"),

@@ -192,6 +192,11 @@ def check_uniform_init(x: Tensor, eps: float, *, generator: torch.Generator | No
     positive("uniform_init", "eps", eps)
     if generator is not None and not isinstance(generator, torch.Generator):
         _fail("uniform_init", TypeError, f"argument 'generator' must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None:
+        g = generator.device
+        if g.type != x.device.type or (g.index is not None and x.device.index is not None and g.index != x.device.index):
+            _fail("uniform_init", ValueError, f"argument 'generator' is on {g} but 'x' is on {x.device}: pass a "
+                  "generator of x's device")
 
 
 # ----------------------------------------------------------------------------------------------------- value checks
