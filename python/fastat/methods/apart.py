@@ -123,6 +123,15 @@ class APART(Method):
             self.omega = self.omega.to(device).contiguous()
         return self
 
+    def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
+        """Smaller learned steps after a CO roll-back: the scalars α and α_ω × alpha_factor (they keep learning)."""
+        old = (float(self.alpha.detach()), float(self.alpha_omega.detach()))
+        with torch.no_grad():
+            self.alpha.mul_(alpha_factor)
+            self.alpha_omega.mul_(alpha_factor)
+        return (f"alpha {old[0]:.5g} -> {float(self.alpha.detach()):.5g}, alpha_omega {old[1]:.5g} -> "
+                f"{float(self.alpha_omega.detach()):.5g}")
+
     def stats(self) -> dict[str, Tensor]:
         return {"alpha": self.alpha.detach(), "alpha_omega": self.alpha_omega.detach()}
 

@@ -106,6 +106,14 @@ class ATAS(Method):
             self.v_buf = self.v_buf.to(device).contiguous()
         return self
 
+    def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
+        """Smaller adaptive steps after a CO roll-back: γ/c, step_min and step_max × alpha_factor (the warm-up
+        epochs' step ε is not changed)."""
+        old = (self.gamma_over_c, self.step_min, self.step_max)
+        self.gamma_over_c, self.step_min, self.step_max = (v * alpha_factor for v in old)
+        return (f"gamma_over_c {old[0]:.5g} -> {self.gamma_over_c:.5g}, step_min/max {old[1]:.5g}/{old[2]:.5g} -> "
+                f"{self.step_min:.5g}/{self.step_max:.5g}")
+
     def stats(self) -> dict[str, Tensor]:
         """Mean per-example step size of the last batch (a device tensor; no sync)."""
         steps = self.step_sizes()

@@ -158,6 +158,7 @@ class Method:
 
     name: ClassVar[str] = "method"
     default_attack_bn_mode: ClassVar[str] = "train"
+    step_from_zero: ClassVar[bool] = False  # δ = Π_ε(0 + α·sign(g)): any α ≥ ε takes the same step (see strengthen)
 
     def __init__(self, *, eps: float, attack_bn_mode: str | None = None, **hparams: Any) -> None:
         self.eps = check_positive(type(self).__name__, "eps", eps)
@@ -197,6 +198,21 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each epoch (counted from 1)."""
+
+    def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
+        """Make the method less prone to catastrophic overfitting, after a CO roll-back (`--on-co rollback`, the
+        ZeroGrad paper's §6.2 procedure: there q + q_step; here each method turns its own knob). Returns what
+        changed, for the log, or "" when the method has nothing to turn.
+
+        Default (FGSM-style methods): α × alpha_factor, starting from the step actually taken: for a method whose
+        step starts from δ = 0 and is then clipped to [−ε, ε] (``step_from_zero``), an α above ε acts as ε, so it is
+        first brought down to ε (else lowering 2ε to 1.6ε would change nothing)."""
+        if getattr(self, "alpha", None) is None or "alpha" not in self._hparam_names:
+            return ""
+        old = float(self.alpha)
+        start = min(old, self.eps) if self.step_from_zero else old
+        self.alpha = start * alpha_factor
+        return f"alpha {old:.5g} -> {self.alpha:.5g}"
 
     # ---- state
     def parameters(self) -> list[nn.Parameter]:

@@ -34,6 +34,7 @@ class FGSM(Method):
     """
 
     name = "fgsm"
+    step_from_zero = True
 
     def __init__(self, *, eps: float, alpha: float | None = None, attack_bn_mode: str | None = None) -> None:
         eps = check_positive("FGSM", "eps", eps)

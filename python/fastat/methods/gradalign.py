@@ -95,6 +95,19 @@ class GradAlign(Method):
         self._reg: Tensor | None = None
 
     @property
+    def step_from_zero(self) -> bool:  # type: ignore[override]
+        return self.init == "zero"
+
+    def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
+        """GradAlign's own remedy against CO is a stronger alignment term: λ / alpha_factor (λ × 1.25 by default);
+        with λ = 0, α is lowered as for FGSM."""
+        if self.lam <= 0:
+            return super().strengthen(q_step=q_step, alpha_factor=alpha_factor)
+        old = self.lam
+        self.lam = old / alpha_factor
+        return f"lam {old:.5g} -> {self.lam:.5g}"
+
+    @property
     def grad1(self) -> Tensor | None:
         """g₁ of the last `perturb` (detached, fp32): the gradient the regulariser aligns g₂ with."""
         return self._grad1

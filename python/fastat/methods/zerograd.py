@@ -43,6 +43,15 @@ class ZeroGrad(Method):
             delta = ops.zerograd_step(delta, grad.float(), xf, self.eps, self.alpha, self.q)
         return to_unit_box(xf, delta).to(x.dtype)
 
+    def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
+        """The ZeroGrad paper's roll-back remedy (§6.2): zero a larger quantile, q + q_step (at most 1); once q is
+        1, lower α instead."""
+        if self.q >= 1.0:
+            return super().strengthen(q_step=q_step, alpha_factor=alpha_factor)
+        old = float(self.q)
+        self.q = min(1.0, round(old + q_step, 6))
+        return f"q {old:g} -> {self.q:g}"
+
 
 class MultiGrad(Method):
     """MultiGrad: S starts δ₀⁽ˢ⁾ = Π_box(U(−ε, ε); x), G = Σ_s sign(∇ CE(f(x + δ₀⁽ˢ⁾), y)),
@@ -59,6 +68,7 @@ class MultiGrad(Method):
     """
 
     name = "multigrad"
+    step_from_zero = True
 
     def __init__(self, *, eps: float, alpha: float | None = None, starts: int = 3, threshold: int | None = None,
                  batched: bool = True, attack_bn_mode: str | None = None) -> None:

@@ -3,8 +3,9 @@
 CO shows as PGD accuracy collapsing while clean accuracy keeps rising. The monitor flags an epoch when the batch's
 PGD accuracy falls more than ``drop`` (absolute) below the best seen so far, or below ``floor`` once it was above it.
 Actions (`--on-co`): "log" (record only), "stop" (end training), "rollback" (the ZeroGrad paper's §6.2 procedure:
-restore the last good checkpoint, make the attack stronger — q + q_step for ZeroGrad, α × alpha_factor for
-FGSM-style methods — and continue).
+restore the last good checkpoint, make the method less prone to CO — q + q_step for ZeroGrad, α × alpha_factor for
+FGSM-style methods, λ / alpha_factor for GradAlign, smaller step bounds for ATAS and APART (`Method.strengthen`) —
+and continue).
 """
 
 from __future__ import annotations
@@ -52,16 +53,9 @@ class COMonitor:
 
 
 def strengthen(method: Any, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
-    """Make ``method`` less prone to CO after a roll-back; returns what changed (for the log)."""
-    hp = method.hparams
-    if "q" in hp:
-        old = float(method.q)
-        method.q = min(1.0, round(old + q_step, 6))
-        return f"q {old:g} -> {method.q:g}"
-    if "alpha" in hp and hp["alpha"] is not None:
-        old = float(method.alpha)
-        method.alpha = old * alpha_factor
-        return f"alpha {old:.5g} -> {method.alpha:.5g}"
-    return "no hyper-parameter to change"
+    """Make ``method`` less prone to CO after a roll-back (`Method.strengthen`: each method turns its own knob);
+    returns what changed, for the log."""
+    change = method.strengthen(q_step=q_step, alpha_factor=alpha_factor)
+    return change or "no hyper-parameter to change"
 
 
