@@ -99,6 +99,14 @@ def test_repeated_rollbacks_stop_at_max_rollbacks(tmp_path, monkeypatch):
     assert t.epoch == 2 and t.history[-1]["co"]  # the 4th collapse is logged and training ends
 
 
+def test_python_api_takes_fractions_like_the_cli():
+    cfg = TrainConfig(method="fgsm_rs", eps="8/255", method_kwargs={"alpha": "10/255"})
+    cfg.validate()
+    assert cfg.eps == pytest.approx(8 / 255) and cfg.method_kwargs["alpha"] == pytest.approx(10 / 255)
+    with pytest.raises(ConfigError, match="'eps'"):
+        TrainConfig(eps="eight").validate()
+
+
 def test_cuda_graph_needs_cuda_and_not_fp16():
     with pytest.raises(ConfigError, match="cuda_graph.*CUDA device"):
         Trainer(TrainConfig(method="fgsm_rs", epochs=1, cuda_graph=True, **TINY))
@@ -156,6 +164,8 @@ BASE = ["train", "--epochs", "1", "--subset", "128", "--co-batch", "16", "--co-s
     (["--method", "zerograd", "--q", "1.5"], "'q'"),
     (["--method", "fgsm", "--batch-size", "100000", "--subset", "200"], "batch_size"),
     (["--method", "fgsm", "--hp", "bogus=1"], "bogus"),
+    (["--method", "fgsm", "--on-co", "rollback"], "'out'"),
+    (["--method", "fgsm", "--co-drop", "-1"], "co_drop"),
 ])
 def test_cli_bad_input(capsys, extra, needle):
     assert main(BASE + extra) == 2

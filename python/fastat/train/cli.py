@@ -40,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
     p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
                    help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default=None, choices=["cuda", "cpu"])
+    p.add_argument("--device", default=None, metavar="cpu|cuda|cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (metrics, curves.png, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

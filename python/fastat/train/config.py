@@ -97,6 +97,11 @@ class TrainConfig:
         from ..methods import METHODS, _canonical
         from ..models import MODELS
 
+        if isinstance(self.eps, str):  # "8/255", as on the command line
+            self.eps = parse_number(self.eps, "eps")
+        for key in ("alpha", "noise_scale", "step_min", "step_max", "gamma_over_c"):
+            if isinstance(self.method_kwargs.get(key), str):
+                self.method_kwargs[key] = parse_number(self.method_kwargs[key], key)
         if _canonical(self.method) not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         try:
@@ -121,12 +126,26 @@ class TrainConfig:
             raise ConfigError(f"argument 'precision' must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.on_co not in CO_ACTIONS:
             raise ConfigError(f"argument 'on_co' must be one of {', '.join(CO_ACTIONS)}, got {self.on_co!r}")
-        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ConfigError(f"argument 'device' must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.device is not None and self.device.startswith("cuda"):
-            import torch
-            if not torch.cuda.is_available():
-                raise ConfigError("argument 'device' is 'cuda' but no CUDA device is available")
+        if self.on_co == "rollback" and self.out is None:
+            raise ConfigError("argument 'on_co' = 'rollback' needs 'out' (a run folder for the checkpoint it rolls "
+                              "back to)")
+        for name, lo, hi in (("co_drop", 0.0, 1.0), ("q_step", 0.0, 1.0), ("alpha_factor", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
+                raise ConfigError(f"argument '{name}' must be in ({lo:g}, {hi:g}], got {v!r}")
+        if isinstance(self.max_rollbacks, bool) or not isinstance(self.max_rollbacks, int) or self.max_rollbacks < 0:
+            raise ConfigError(f"argument 'max_rollbacks' must be an int >= 0, got {self.max_rollbacks!r}")
+        if self.device is not None:
+            kind, _, index = str(self.device).partition(":")
+            if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+                raise ConfigError(f"argument 'device' must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+            if kind == "cuda":
+                import torch
+                if not torch.cuda.is_available():
+                    raise ConfigError(f"argument 'device' is {self.device!r} but no CUDA device is available")
+                if index and int(index) >= torch.cuda.device_count():
+                    raise ConfigError(f"argument 'device' is {self.device!r} but there are only "
+                                      f"{torch.cuda.device_count()} CUDA devices")
         if self.data_root is not None and not Path(self.data_root).expanduser().exists():
             raise ConfigError(f"data root {self.data_root!r} does not exist")
         q = self.method_kwargs.get("q")

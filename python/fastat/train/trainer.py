@@ -73,10 +73,12 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # CUDA-graph capture, cuDNN and the evaluators use the current device
         try:
             train = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "train")
             test = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "test")
-        except (FileNotFoundError, OSError, ValueError) as exc:
+        except (FileNotFoundError, OSError, ValueError, ImportError) as exc:  # ImportError: torchvision missing
             raise ConfigError(f"cannot load dataset {cfg.dataset!r}: {str(exc).splitlines()[0]}") from None
         n_train = min(cfg.subset, len(train)) if cfg.subset else len(train)
         if cfg.batch_size > n_train:
@@ -459,7 +461,7 @@ class Trainer:
                     self.save(self.out / CKPT)
                 continue
             self._log(row)
-            if self.out is not None and cfg.checkpoint:
+            if self.out is not None and (cfg.checkpoint or cfg.on_co == "rollback"):  # a roll-back needs them
                 path = self.save(self.out / CKPT)
                 if not co:
                     import shutil
