@@ -97,3 +97,46 @@ def test_build_model_names_and_errors():
         build_model("small-cnn", in_channels=1, num_classes=10, input_size=28, depth=3)
     with pytest.raises(ValueError, match="depth"):
         WideResNet(27, 10)
+
+
+@pytest.mark.parametrize("shortcut", ["raw", "preact"])
+@pytest.mark.parametrize("final_bn", [True, False])
+def test_noise_sites_are_identities_after_bn1_relu(shortcut, final_bn):
+    torch.manual_seed(0)
+    model = PreActResNet(in_channels=3, num_classes=10, width=4, shortcut=shortcut, final_bn=final_bn).train()
+    sites = model.noise_sites()
+    blocks = [blk for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for blk in stage]
+    assert len(sites) == 8 and all(isinstance(s, torch.nn.Identity) for s in sites)
+    assert [id(s) for s in sites] == [id(blk.noise_site) for blk in blocks]
+    assert not any("noise_site" in k for k in model.state_dict())  # no parameters: checkpoints load as before
+    order = []
+    for k, s in enumerate(sites):
+        s.register_forward_hook(lambda m, i, o, k=k: order.append(k))
+    x = torch.rand(2, 3, 32, 32)
+    out = model.conv1(x)
+    for blk in blocks:  # the block written out without its noise site: the same numbers
+        a = F.relu(blk.bn1(out))
+        skip = out if blk.shortcut is None else blk.shortcut(a if shortcut == "preact" else out)
+        out = blk.conv2(F.relu(blk.bn2(blk.conv1(a)))) + skip
+    if final_bn:
+        out = F.relu(model.bn(out))
+    manual = model.linear(out.mean(dim=(2, 3)))
+    torch.testing.assert_close(model(x), manual)
+    assert order == list(range(8))
+
+
+@pytest.mark.parametrize("shortcut", ["raw", "preact"])
+def test_noise_at_a_site_reaches_conv1_and_only_the_preact_shortcut(shortcut):
+    # APART's model (raw shortcut): the post-bn1-ReLU noise reaches conv1 only; "preact": also the projection.
+    torch.manual_seed(0)
+    model = PreActResNet(in_channels=3, num_classes=10, width=4, shortcut=shortcut).eval()
+    block = model.layer2[0]
+    seen = {}
+    block.register_forward_hook(lambda m, i, o: seen.__setitem__("in", i[0]))
+    block.conv1.register_forward_hook(lambda m, i, o: seen.__setitem__("conv1", i[0]))
+    block.shortcut.register_forward_hook(lambda m, i, o: seen.__setitem__("sc", i[0]))
+    block.noise_site.register_forward_hook(lambda m, i, o: o + 1.0)
+    model(torch.rand(2, 3, 16, 16))
+    a = F.relu(block.bn1(seen["in"]))
+    torch.testing.assert_close(seen["conv1"], a + 1.0)
+    torch.testing.assert_close(seen["sc"], a + 1.0 if shortcut == "preact" else seen["in"])

@@ -39,7 +39,7 @@ class APART(Method):
     """APART: δ₀ = Π_ε(α_ω·ω_i), one learnable FGSM step δ = Π_ε(δ₀ + α·sign(g_x)), x_adv = clip(x + δ, 0, 1).
 
     State: learnable scalars α (step, init 1e-4) and α_ω (init scale, init 1e-4), one scalar α_b (init 0) per module
-    in ``noise_modules``, and a per-example buffer ω (N, C, H+2p, W+2p) initialised 1e-3·N(0, 1), cropped and
+    in ``noise_modules`` (given, or adopted from the model by `attach`), and a per-example buffer ω (N, C, H+2p, W+2p) initialised 1e-3·N(0, 1), cropped and
     flipped with the image (`BatchInfo` offsets/flips).
 
     Per batch:
@@ -56,9 +56,14 @@ class APART(Method):
        Official optimiser for them (``param_optimizer``): SGD, CyclicLR 0 → 5e-8 → 0 over the run, momentum 0.9,
        weight decay 400; keep them out of the model's optimiser (with torch ≥ 2 the official main SGD skips them).
 
-    Deviations: the official code puts α_b after each PreAct block's bn1-ReLU (8 blocks) inside its own model; here
-    the user lists the modules (``noise_modules``; their outputs must not be modified in place afterwards), and
-    with none given there is no layer-wise noise. Pass 1 takes input/activation gradients with autograd.grad instead
+    Layer-wise noise sites: the official code puts α_b after each PreAct block's bn1-ReLU (8 blocks in PreActResNet-18)
+    inside its own model. Here, with ``noise_modules=None`` (the default), `attach(model)` adopts
+    ``model.noise_sites()`` when the model has it: fastat's `PreActResNet` returns its blocks' post-bn1-ReLU
+    ``nn.Identity`` modules, so the official placement holds out of the box. A model without ``noise_sites`` gets
+    no layer-wise noise. An explicit list is used as given (``[]``: no layer-wise noise); the listed modules' outputs
+    must not be modified in place afterwards.
+
+    Deviations: pass 1 takes input/activation gradients with autograd.grad instead
     of a full backward whose parameter gradients are thrown away. The crop/flip comes from the loader instead of
     Python ``random``; the grey (0.5) padding of the official loader is the data pipeline's choice, not the method's.
     """
@@ -74,6 +79,7 @@ class APART(Method):
         alpha_init = check_positive("APART", "alpha_init", alpha_init)
         alpha_omega_init = check_positive("APART", "alpha_omega_init", alpha_omega_init)
         omega_init_std = check_positive("APART", "omega_init_std", omega_init_std)
+        self._noise_given = noise_modules is not None  # None: adopt the model's noise sites in `attach`
         modules = list(noise_modules or [])
         for i, m in enumerate(modules):
             if not isinstance(m, nn.Module):
@@ -92,6 +98,32 @@ class APART(Method):
     def hparams(self) -> dict[str, Any]:
         return {**super().hparams, "noise_modules": len(self.noise_modules)}
 
+    def attach(self, model: nn.Module) -> None:
+        """Adopt ``model.noise_sites()`` as the noise modules, with one α_b each (init 0, on α's device), unless
+        ``noise_modules`` was given to the constructor. Looks through a ``.module`` wrapper (DataParallel/DDP).
+
+        Idempotent: attaching the same sites again changes nothing; a model with as many sites keeps the α_b
+        Parameter objects (and their values). Call before building the optimiser over `parameters` and before
+        `load_state_dict` (the saved α_b count must match)."""
+        if self._noise_given:
+            return
+        sites = getattr(model, "noise_sites", None)
+        if not callable(sites) and isinstance(getattr(model, "module", None), nn.Module):
+            sites = getattr(model.module, "noise_sites", None)
+        modules = list(sites()) if callable(sites) else []
+        for i, m in enumerate(modules):
+            if not isinstance(m, nn.Module):
+                fail("APART", TypeError, f"model.noise_sites()[{i}] must be an nn.Module, got {type(m).__name__}")
+        if len(modules) == len(self.noise_modules) and all(a is b for a, b in zip(modules, self.noise_modules)):
+            return
+        for h in self._noise_handles:  # armed for the old sites
+            h.remove()
+        self._noise_handles.clear()
+        if len(modules) != len(self.alpha_layers):
+            self.alpha_layers = [nn.Parameter(torch.zeros((), dtype=self.alpha.dtype, device=self.alpha.device))
+                                 for _ in modules]
+        self.noise_modules = modules
+
     # ---- state
     def parameters(self) -> list[nn.Parameter]:
         return [self.alpha, self.alpha_omega, *self.alpha_layers]
@@ -105,7 +137,8 @@ class APART(Method):
         layers = state["alpha_layers"]
         if layers.numel() != len(self.alpha_layers):
             fail("APART", ValueError, f"state_dict has {layers.numel()} layer-wise scalars but this method has "
-                                      f"{len(self.alpha_layers)} noise_modules")
+                                      f"{len(self.alpha_layers)} noise_modules (call attach(model) before "
+                                      f"loading; noise_modules=[] for a run saved without layer-wise noise)")
         with torch.no_grad():
             self.alpha.copy_(state["alpha"])
             self.alpha_omega.copy_(state["alpha_omega"])

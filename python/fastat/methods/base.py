@@ -214,6 +214,10 @@ class Method:
         self.alpha = start * alpha_factor
         return f"alpha {old:.5g} -> {self.alpha:.5g}"
 
+    def attach(self, model: nn.Module) -> None:
+        """Called by the trainer once the model is built and placed on its device, before the optimisers are made
+        (APART adopts the model's noise sites). No-op by default."""
+
     # ---- state
     def parameters(self) -> list[nn.Parameter]:
         """Learnable method parameters the trainer should optimise (APART); empty by default."""

@@ -9,6 +9,8 @@ Differences from the reference files, on purpose:
   (a 4×4 map, identical to avg_pool2d(4)) and 28×28 Fashion-MNIST (a 4×4 map after the strides). avg_pool2d(4)
   silently floors a 5×5 map (40×40 padded inputs, ATAS's test-set pitfall) and pools only its top-left corner.
 - Normalisation (optional) happens inside the model, so inputs are in [0, 1].
+- Each block has an ``nn.Identity`` noise site after bn1 + ReLU (`PreActResNet.noise_sites`), where APART's
+  layer-wise noise goes (methods.md §7). It has no parameters: state_dict keys and parameter counts are unchanged.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ SHORTCUTS = ("raw", "preact")
 
 
 class PreActBlock(nn.Module):
-    """out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut.
+    """out = conv2(relu(bn2(conv1(a)))) + shortcut, with a = noise_site(relu(bn1(x))).
 
     The projection shortcut (1×1 conv, when stride or width changes) reads the raw block input x (``shortcut="raw"``:
-    WONG, NF, ATAS, GA, APART) or relu(bn1(x)) (``shortcut="preact"``: the ZeroGrad repository, He et al.'s design).
+    WONG, NF, ATAS, GA, APART) or a (``shortcut="preact"``: the ZeroGrad repository, He et al.'s design).
+
+    ``noise_site`` is an ``nn.Identity`` (a no-op unless hooked) at the official APART hook point: its
+    `models/preresnet.py:29-47` adds α_b·sign(g_b) to the post-bn1-ReLU activation (methods.md §7). APART's own model has
+    the raw shortcut, so there the noise reaches conv1 only; with ``shortcut="preact"`` the noised activation is the
+    one the projection shortcut reads (noise on the activation itself, and g_b its gradient through both paths).
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "raw"):
@@ -36,13 +43,14 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.noise_site = nn.Identity()
         self.shortcut_on_preact = shortcut == "preact"
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
+        out = self.noise_site(F.relu(self.bn1(x)))
         if self.shortcut is None:
             skip = x
         else:
@@ -96,6 +104,11 @@ class PreActResNet(nn.Module):
         if self.bn is not None:
             out = F.relu(self.bn(out))
         return self.linear(self.pool(out).flatten(1))
+
+    def noise_sites(self) -> list[nn.Module]:
+        """Each block's post-bn1-ReLU ``nn.Identity``, in forward order (8 for PreActResNet-18): the modules where
+        APART adds its layer-wise noise α_b·sign(g_b) (`fastat.methods.APART.attach` adopts them)."""
+        return [block.noise_site for stage in (self.layer1, self.layer2, self.layer3, self.layer4) for block in stage]
 
 
 def preact_resnet18(**kw) -> PreActResNet:

@@ -110,6 +110,7 @@ class Trainer:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method.to(self.device)
+        self.method.attach(self.model)  # before the optimisers: APART adopts the model's noise sites (α_b scalars)
         steps = cfg.epochs * len(self.loader)
         self.graph_mode = bool(cfg.cuda_graph)
         if self.graph_mode and self.device.type != "cuda":
