@@ -116,7 +116,9 @@ at::Tensor atas_gather_cuda(const at::Tensor& delta_buf, const at::Tensor& index
   return res.finish();
 }
 
-at::Tensor atas_step_cuda(const at::Tensor& delta_buf, const at::Tensor& v_buf, const at::Tensor& index,
+// delta_buf and v_buf are mutated (Tensor(a!) in the schema): non-const references, the same C++ signature as the
+// CPU kernel's (the dispatcher refuses, at load time, kernels of one op with different signatures).
+at::Tensor atas_step_cuda(at::Tensor& delta_buf, at::Tensor& v_buf, const at::Tensor& index,
                           const at::Tensor& offsets, const at::Tensor& flips, const at::Tensor& grad,
                           const at::Tensor& x_adv, const at::Tensor& x, double eps, double c, double beta,
                           double gamma_over_c, double step_min, double step_max, bool warmup) {
