@@ -157,7 +157,9 @@ class APART(Method):
         return self
 
     def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
-        """Smaller learned steps after a CO roll-back: the scalars α and α_ω × alpha_factor (they keep learning)."""
+        """Smaller learned steps after a CO roll-back: the scalars α and α_ω × alpha_factor (they keep learning).
+        They are state, not hyper-parameters, so each roll-back scales the restored checkpoint's values: repeated
+        roll-backs to the same checkpoint do not compound (the hyper-parameter knobs of the other methods do)."""
         old = (float(self.alpha.detach()), float(self.alpha_omega.detach()))
         with torch.no_grad():
             self.alpha.mul_(alpha_factor)
