@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import datetime
 import gc
 import json
@@ -365,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = build_plan(args)
         for _, cfg in plan:
-            if not args.report_only:
-                cfg.validate()
+            if not args.report_only:  # each run gets its own folder as `out` later (train_one)
+                dataclasses.replace(cfg, out=cfg.out or "<run folder>").validate()
     except (ValueError, TypeError) as exc:
         print(f"acceptance: error: {exc}", file=sys.stderr)
         return 2
