@@ -40,6 +40,22 @@ def _default_max_jobs() -> str:
     return str(max(1, min(cores, by_memory)))
 
 
+def _set_cuda_home() -> None:
+    """torch guesses CUDA_HOME as two directories above the nvcc on PATH, which is wrong for a wrapper script such
+    as /usr/local/bin/nvcc (the build then cannot find cuda_runtime.h): unless CUDA_HOME/CUDA_PATH is set, prefer a
+    toolkit directory that has both nvcc and the runtime headers."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or shutil.which("nvcc") is None:
+        return
+    has_toolkit = lambda d: (os.path.exists(os.path.join(d, "include", "cuda_runtime.h"))  # noqa: E731
+                             and os.path.exists(os.path.join(d, "bin", "nvcc")))
+    if has_toolkit(os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc"))))):
+        return
+    for home in ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]:
+        if has_toolkit(home):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def _cuda_wanted() -> bool:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
@@ -60,6 +76,7 @@ def _cuda_wanted() -> bool:
 def _extensions():
     if os.environ.get("FASTAT_NO_EXT", "0") == "1":
         return [], {}
+    _set_cuda_home()
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     os.environ.setdefault("MAX_JOBS", _default_max_jobs())

@@ -8,13 +8,13 @@
 # Usage: bash .ci/cuda_torch_build.sh
 #   VENV        virtual environment to use or create (default: .venv-cuda-torch, git-ignored)
 #   TORCH_SPEC  torch to install there (default: torch==2.11.0, the GPU machine's: a CUDA 13.0 build from PyPI)
-#   CUDA_HOME   CUDA toolkit with nvcc and headers (default: /usr/local/cuda; torch's guess from a nvcc on PATH
-#               may be /usr/local, which has no cuda_runtime.h)
+#   CUDA_HOME   CUDA toolkit with nvcc and headers (default: what setup.py finds; it prefers a directory with both
+#               bin/nvcc and include/cuda_runtime.h over torch's guess from a wrapper nvcc on PATH)
 #   MAX_JOBS    parallel compile jobs (default: 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv-cuda-torch}"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-2}" FASTAT_CUDA=1
+export MAX_JOBS="${MAX_JOBS:-2}" FASTAT_CUDA=1
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
