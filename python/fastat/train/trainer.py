@@ -243,7 +243,7 @@ class Trainer:
                 break
             for key in self._missed_in_capture:  # nothing captured has run yet: no step is counted twice
                 self._acc[key] = torch.zeros((), device=self.device)
-            del graph
+            graph = None  # release the first capture before the second
         else:
             raise RuntimeError(f"epoch sums {sorted(self._missed_in_capture)} keep changing between captures")
         self._graph, self._graph_static, self._graph_epoch = graph, static, epoch
