@@ -19,8 +19,9 @@ from fastat.ops import reference
 from fastat.ops._specs import (EPS, sample_atas_gather, sample_atas_step, sample_multigrad_step, sample_pgd_step,
                                sample_zerograd_step)
 
+from ._dryrun import DEV, needs_gpu
 from .test_cuda_ops import _cuda_kernels_built, atas_path  # noqa: F401  (fixtures used here)
-from .test_cuda_ops import (DEV, F, SMALL_CASES, _capture, _gen, _pick, _run_atas_step, _small_case, assert_exact,
+from .test_cuda_ops import (F, SMALL_CASES, _capture, _gen, _pick, _run_atas_step, _small_case, assert_exact,
                             check_capture_replays_eager)
 
 pytestmark = pytest.mark.cuda
@@ -145,6 +146,7 @@ def _expected(name: str, args, kwargs: dict) -> tuple:
     return got
 
 
+@needs_gpu
 @pytest.mark.parametrize("case", SMALL_CASES)
 def test_kernels_run_on_the_current_stream(case):
     name, args, kwargs = _small_case(case)
@@ -165,6 +167,7 @@ def _two_gpus() -> None:
         pytest.skip("needs 2 CUDA GPUs")
 
 
+@needs_gpu
 @pytest.mark.parametrize("case", SMALL_CASES)
 def test_tensors_on_a_non_current_device(case):
     """Tensors on cuda:1 while cuda:0 is current: the op runs on cuda:1, on cuda:1's current stream."""
@@ -186,6 +189,7 @@ def test_tensors_on_a_non_current_device(case):
         assert_exact(a, b, f"{case} output {k}")
 
 
+@needs_gpu
 def test_uniform_init_uses_the_default_generator_of_the_tensors_device():
     _two_gpus()
     x = torch.rand(4, 3, 8, 8, device="cuda:1")  # initializes CUDA, and with it default_generators
@@ -235,6 +239,7 @@ def test_mixed_layouts_and_half_state(dtype):
 # ------------------------------------------------------------------------------------------------ CUDA graphs
 
 
+@needs_gpu
 @pytest.mark.parametrize("rows,cols", [(4, 784), (2, 20000)])  # one block per row; 8-block clusters (H100)
 @pytest.mark.parametrize("warmup", [False, True])
 @pytest.mark.usefixtures("atas_path")
@@ -243,6 +248,7 @@ def test_atas_step_captures_on_every_path(warmup, rows, cols):
     check_capture_replays_eager("atas_step", s.args, s.kwargs)
 
 
+@needs_gpu
 def test_uniform_init_replay_draws_what_eager_draws_from_the_same_state():
     """torch's graph-safe RNG: a replay reads the generator's seed and offset at replay time."""
     x = torch.rand(8, 3, 32, 32, device=DEV)

@@ -8,6 +8,7 @@ Storage offsets, >65535 rows, other devices and streams, mixed layouts and per-p
 test_cuda_edge_cases.py; the generic small-shape sweep over all backends is tests/ops/test_parity.py.
 
 FASTAT_CUDA_TEST_SHAPES=sanitizer shrinks the shape sets (for compute-sanitizer runs, see bench/gpu_check.sh).
+FASTAT_CUDA_TESTS_ON_CPU=1 runs these tests on the CPU kernels, without the GPU-only ones (a dry run, see _dryrun.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from fastat.ops._schemas import SCHEMAS
 from fastat.ops._specs import (EPS, VARIANTS, sample_atas_gather, sample_atas_step, sample_multigrad_step,
                                sample_pgd_step, sample_zerograd_step)
 
+from ._dryrun import DEV, ON_CPU, manual_seed, needs_gpu, synchronize
+
 pytestmark = pytest.mark.cuda
 
 F = torch.ops.fastat
-DEV = "cuda"
 SMALL = os.environ.get("FASTAT_CUDA_TEST_SHAPES", "full").strip().lower() == "sanitizer"
 
 
@@ -53,11 +55,11 @@ STARTS = _pick((1, 3, 5), (3,))
 @pytest.fixture(scope="module", autouse=True)
 def _cuda_kernels_built():
     """On a GPU machine a missing CUDA build is a failure, not a skip: these tests exist to check it."""
-    if not torch.cuda.is_available():
+    if not ON_CPU and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     assert _native.load_error() is None, f"fastat._C failed to load: {_native.load_error()}"
-    missing = [op for op in SCHEMAS if not _native.has_kernel(op, "cuda")]
-    assert not missing, f"fastat._C has no CUDA kernel for {missing}: rebuild with a CUDA torch and nvcc"
+    missing = [op for op in SCHEMAS if not _native.has_kernel(op, DEV)]
+    assert not missing, f"fastat._C has no {DEV} kernel for {missing}: rebuild with a CUDA torch and nvcc"
 
 
 def _gen(rows: int, cols: int) -> torch.Generator:
@@ -75,7 +77,7 @@ def assert_close_atas(got: torch.Tensor, want: torch.Tensor, what: str = "") -> 
     torch.testing.assert_close(got, want, rtol=0, atol=atol, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.fixture(params=ATAS_PATHS)
+@pytest.fixture(params=[pytest.param(p, marks=() if p == "auto" else needs_gpu) for p in ATAS_PATHS])
 def atas_path(request, monkeypatch):
     """atas_step's launch path (csrc/cuda/atas.cu): auto, the one-launch fused kernel, or the two-launch split one."""
     if request.param == "auto":
@@ -179,6 +181,7 @@ def test_atas_step_is_exact_when_the_step_saturates(rows, cols, atas_path):
         assert_exact(a, b, f"output {k}")
 
 
+@needs_gpu  # the CPU kernels range-check index/offsets and raise
 def test_out_of_range_index_and_offsets_are_clamped_never_crash(atas_path):
     """Kernels clamp index into [0, N-1] and offsets into [0, 2p] (no host-side value checks on CUDA)."""
     rows, cols = 6, 784
@@ -199,7 +202,7 @@ def test_out_of_range_index_and_offsets_are_clamped_never_crash(atas_path):
         assert_exact(F.atas_step(*ours, **kwargs), reference.atas_step(*ref, **kwargs))
         assert_exact(ours[0], ref[0])
         assert_exact(ours[1], ref[1])
-    torch.cuda.synchronize()  # a device-side fault would surface here
+    synchronize()  # a device-side fault would surface here
 
 
 # ------------------------------------------------------------------------------------------------- uniform_init
@@ -216,9 +219,9 @@ def test_uniform_init_reproducible_and_in_range(dtype):
     gen = torch.Generator(DEV).manual_seed(7)
     first, second = F.uniform_init(x, EPS, generator=gen), F.uniform_init(x, EPS, generator=gen)
     assert torch.equal(first, a) and not torch.equal(first, second)  # the generator advances
-    torch.cuda.manual_seed(3)
+    manual_seed(3)
     d1 = F.uniform_init(x, EPS)
-    torch.cuda.manual_seed(3)
+    manual_seed(3)
     assert torch.equal(d1, F.uniform_init(x, EPS))  # default generator
     slack = 0.0 if dtype == torch.float32 else torch.finfo(dtype).eps  # one rounding of the result
     af, xf = a.float(), x.float()
@@ -304,6 +307,7 @@ def _capture(fn, warmup: int = 2) -> torch.cuda.CUDAGraph:
     return graph
 
 
+@needs_gpu
 def test_attack_step_captured_in_a_cuda_graph():
     """Forward, input gradient, zerograd_step and the clamp in one graph; replays equal eager, also on new inputs."""
     torch.manual_seed(0)
@@ -357,11 +361,13 @@ def check_capture_replays_eager(name: str, args: tuple, kwargs: dict) -> None:
         assert_exact(got, want)
 
 
+@needs_gpu
 @pytest.mark.parametrize("case", SMALL_CASES[:-1])
 def test_each_op_captures_in_a_cuda_graph(case):
     check_capture_replays_eager(*_small_case(case))
 
 
+@needs_gpu
 def test_uniform_init_in_a_cuda_graph_draws_fresh_numbers_each_replay():
     x = torch.rand(8, 3, 32, 32, device=DEV)
     result = torch.empty_like(x)

@@ -11,7 +11,9 @@ import torch
 
 from fastat.train import TrainConfig, Trainer
 
-pytestmark = pytest.mark.cuda
+from ._dryrun import needs_gpu
+
+pytestmark = [pytest.mark.cuda, needs_gpu]  # every test captures CUDA graphs
 
 SMALL = dict(dataset="fashion-mnist", eps=0.2, subset=1024, batch_size=128, device="cuda", model="small-cnn",
              precision="bf16", eval_n=128, eval_steps=2, co_batch=64, co_steps=1, progress=False, plot=False,

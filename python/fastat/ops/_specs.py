@@ -98,7 +98,7 @@ def sample_multigrad_step(rows, cols, variant, gen, device, starts: int = 3, thr
     if variant == "zeros":
         grads[:, ::2] = 0
     elif variant == "nan":
-        grads[1].view(rows, -1)[0, 0] = float("nan")
+        grads[min(1, starts - 1)].view(rows, -1)[0, 0] = float("nan")  # the second start, or the only one
     grads = grads.to(_GRAD_DTYPES.get(variant, torch.float32))
     if variant == "channels_last":  # per-sample NHWC, as S channels_last batches stacked
         grads = grads.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
