@@ -42,6 +42,17 @@ def test_fit_writes_metrics(tmp_path):
     assert t.epoch == 1
 
 
+def test_best_checkpoint_follows_the_highest_pgd_accuracy(tmp_path, monkeypatch):
+    from fastat.checkpoint import load_checkpoint
+
+    accs = iter([0.3, 0.5, 0.4])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model=None: {"clean_acc": 0.9, "pgd_acc": next(accs),
+                                                                       "eval_seconds": 0.0})
+    fit(method="fgsm_rs", epochs=3, out=str(tmp_path), **TINY)
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 3
+
+
 def _weights(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in t.model.state_dict().items()}
 

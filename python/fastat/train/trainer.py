@@ -5,7 +5,8 @@ Per step: x_adv = method.perturb(model, x, y, batch) (under autocast when bf16/f
 fp32), loss = CE(model(x_adv).float(), y) (+ method.extra_loss), SGD (momentum 0.9, wd 5e-4) with a per-batch lr
 schedule; fp16 uses a GradScaler. After each epoch: clean + PGD accuracy on the first ``eval_n`` test images
 (PGD-20, α = ε/4, 1 restart), the CO check, metrics files and a checkpoint (model, optimiser, scheduler, method
-state, RNG states of torch / CUDA / the loader, EMA, metrics, config).
+state, RNG states of torch / CUDA / the loader, EMA, metrics, config) in ``checkpoint.pt``, copied to
+``last_good.pt`` when the CO check passed and to ``best.pt`` when the PGD accuracy is the highest so far.
 
 ``cuda_graph=True`` (CUDA, bf16/fp32): after 3 eager warm-up steps the whole step (attack, loss, backward, SGD with a
 device-tensor lr, EMA, epoch sums) is captured in a CUDA graph and replayed for every full batch; it is re-captured at
@@ -48,6 +49,7 @@ def _cached_dataset(load, name: str, root: str | None, split: str):
 
 
 GOOD = "last_good.pt"
+BEST = "best.pt"  # the epoch with the highest PGD accuracy on the evaluation slice so far (early stopping, Rice et al.)
 
 
 def default_model(device_type: str) -> str:
@@ -464,9 +466,13 @@ class Trainer:
             self._log(row)
             if self.out is not None and (cfg.checkpoint or cfg.on_co == "rollback"):  # a roll-back needs them
                 path = self.save(self.out / CKPT)
+                import shutil
+
                 if not co:
-                    import shutil
                     shutil.copyfile(path, self.out / GOOD)
+                earlier = [r["pgd_acc"] for r in self.history[:-1] if r.get("event") == "epoch"]
+                if not earlier or row["pgd_acc"] > max(earlier):
+                    shutil.copyfile(path, self.out / BEST)
             if co and cfg.on_co == "stop":
                 print(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): stopping", flush=True)
                 self._log({"event": "stop", "at_epoch": epoch})
