@@ -58,6 +58,23 @@ __device__ __forceinline__ Window window_of(const int64_t* index, const int64_t*
   return w;
 }
 
+// The contract's per-row update, shared by the split and fused paths: v = β·v_old + (1−β)·‖g‖² (each product rounded,
+// then the sum: no FMA); v_buf gets v; step = clamp(γ/c / (1 + √v / c), step_min, step_max).
+__device__ __forceinline__ float atas_v(const AtasStepParams& prm, float v_old, double sq_norm) {
+  return __fadd_rn(__fmul_rn(prm.beta, v_old), __fmul_rn(prm.one_minus_beta, static_cast<float>(sq_norm)));
+}
+
+__device__ __forceinline__ float atas_step_size(const AtasStepParams& prm, float v) {
+  const float denom = __fadd_rn(1.f, __fdiv_rn(__fsqrt_rn(v), prm.c));
+  return clamp_nan(__fdiv_rn(prm.gamma_over_c, denom), prm.step_min, prm.step_max);
+}
+
+// One element: clamp(min(max(x_adv + step·sign(g), x − ε), x + ε), 0, 1).
+__device__ __forceinline__ float atas_project(float x_adv, float g, float x, float step, float eps) {
+  const float r = __fadd_rn(x_adv, __fmul_rn(step, sign_of(g)));
+  return clamp_nan(min_nan(max_nan(r, __fsub_rn(x, eps)), __fadd_rn(x, eps)), 0.f, 1.f);
+}
+
 template <typename B, typename D>
 __global__ void __launch_bounds__(kThreads)
     atas_gather_kernel(const B* __restrict__ delta_buf,  // (N, C, Hp, Wp)
@@ -127,11 +144,9 @@ __global__ void __launch_bounds__(kThreads)
   if (!prm.warmup) {
     double sum = 0.0;
     for (int64_t k = 0; k < chunks; ++k) sum += partial[b * chunks + k];
-    const float sq_norm = static_cast<float>(sum);
-    const float v = __fadd_rn(__fmul_rn(prm.beta, v_old[b]), __fmul_rn(prm.one_minus_beta, sq_norm));
+    const float v = atas_v(prm, v_old[b], sum);
     if (c == 0 && tile == 0 && threadIdx.x == 0) v_buf[w.example] = v;
-    const float denom = __fadd_rn(1.f, __fdiv_rn(__fsqrt_rn(v), prm.c));
-    step = clamp_nan(__fdiv_rn(prm.gamma_over_c, denom), prm.step_min, prm.step_max);
+    step = atas_step_size(prm, v);
   }
   const int width = static_cast<int>(s.width), plane_numel = static_cast<int>(s.height * s.width);
   const int begin = static_cast<int>(tile * kPlaneTile);
@@ -140,8 +155,7 @@ __global__ void __launch_bounds__(kThreads)
     const int i = e / width, j = e - i * width;
     const int64_t xi = plane * plane_numel + e;
     const float xv = to_float(x[xi]);
-    float xa = __fadd_rn(to_float(x_adv[xi]), __fmul_rn(step, sign_of(to_float(grad[xi]))));
-    xa = clamp_nan(min_nan(max_nan(xa, __fsub_rn(xv, prm.eps)), __fadd_rn(xv, prm.eps)), 0.f, 1.f);
+    const float xa = atas_project(to_float(x_adv[xi]), to_float(grad[xi]), xv, step, prm.eps);
     out[xi] = from_float<D>(xa);
     delta_buf[w.base + i * s.buf_width + (w.flip ? width - 1 - j : j)] = from_float<B>(__fsub_rn(xa, xv));
   }
@@ -192,11 +206,9 @@ __global__ void __launch_bounds__(kThreads)
       cluster.sync();  // peers' reads of block_partial done before any block exits
 #endif
     }
-    const float sq_norm = static_cast<float>(sum);
-    const float v = __fadd_rn(__fmul_rn(prm.beta, v_old), __fmul_rn(prm.one_minus_beta, sq_norm));
+    const float v = atas_v(prm, v_old, sum);
     if (rank == 0 && threadIdx.x == 0) v_buf[example] = v;
-    const float denom = __fadd_rn(1.f, __fdiv_rn(__fsqrt_rn(v), prm.c));
-    step = clamp_nan(__fdiv_rn(prm.gamma_over_c, denom), prm.step_min, prm.step_max);
+    step = atas_step_size(prm, v);
   }
 
   const uint32_t width = static_cast<uint32_t>(s.width);
@@ -225,8 +237,7 @@ __global__ void __launch_bounds__(kThreads)
       if (e < end) {
         const uint32_t c = e / plane_numel, p = e - c * plane_numel;
         const uint32_t i = p / width, j = p - i * width;
-        float r = __fadd_rn(xa[u], __fmul_rn(step, sign_of(gv[u])));
-        r = clamp_nan(min_nan(max_nan(r, __fsub_rn(xv[u], prm.eps)), __fadd_rn(xv[u], prm.eps)), 0.f, 1.f);
+        const float r = atas_project(xa[u], gv[u], xv[u], step, prm.eps);
         out[row_offset + e] = from_float<D>(r);
         window[c * buf_plane + static_cast<int64_t>(i) * s.buf_width + (flip ? width - 1 - j : j)] =
             from_float<B>(__fsub_rn(r, xv[u]));
@@ -277,7 +288,6 @@ AtasPath requested_path() {
   return AtasPath::kAuto;
 }
 
-constexpr int kMaxCluster = 8;            // portable cluster size
 constexpr int64_t kMinSliceNumel = 1024;  // a row is split into slices of at least this many elements
 // The fused kernel indexes a row with uint32 and steps by up to kThreads·4 past its end: rows below 2^31 elements.
 constexpr int64_t kMaxFusedRow = int64_t{1} << 31;

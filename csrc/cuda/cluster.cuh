@@ -12,6 +12,8 @@
 namespace fastat {
 namespace cuda {
 
+constexpr int kMaxCluster = 8;  // the portable cluster size: the most blocks per cluster any cluster GPU runs
+
 // This block's rank in its cluster and the cluster's size; (0, 1) when kCluster is false. A kCluster kernel compiled
 // for an architecture without clusters traps (launchers only use it where cluster launch is supported).
 template <bool kCluster>

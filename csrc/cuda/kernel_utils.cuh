@@ -135,40 +135,39 @@ __device__ __forceinline__ double block_sum(double value, double* scratch) {
 }
 
 // ------------------------------------------------------------------------------------------------- host helpers
-// Multiprocessor count of the current device (cached per device).
-inline int current_sm_count() {
+// Attribute kAttr of the current device, asked once per device (lock-free: read on every launch); `fallback` where
+// the runtime cannot answer, leaving no pending error behind.
+template <cudaDeviceAttr kAttr>
+inline int cached_device_attribute(int fallback) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
+  static std::atomic<int> cache[kMaxDevices] = {};  // value + 1; 0: not asked yet
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 1;
-  if (dev >= 0 && dev < kMaxDevices) {
-    const int cached = cache[dev].load(std::memory_order_relaxed);
-    if (cached > 0) return cached;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return fallback;
   }
-  int count = 0;
-  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) (void)cudaGetLastError();
-  if (count <= 0) count = 1;
-  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(count, std::memory_order_relaxed);
-  return count;
+  const bool cacheable = dev >= 0 && dev < kMaxDevices;
+  if (cacheable) {
+    const int cached = cache[dev].load(std::memory_order_relaxed);
+    if (cached != 0) return cached - 1;
+  }
+  int value = 0;
+  if (cudaDeviceGetAttribute(&value, kAttr, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    value = fallback;
+  }
+  if (cacheable) cache[dev].store(value + 1, std::memory_order_relaxed);
+  return value;
 }
 
-// Whether the current device can launch thread-block clusters (sm_90+), cached per device.
-inline bool cluster_launch_supported() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};  // 0: not asked yet, 1: no, 2: yes
-  int dev = 0, supported = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (dev >= 0 && dev < kMaxDevices) {
-    const int cached = cache[dev].load(std::memory_order_relaxed);
-    if (cached != 0) return cached == 2;
-  }
-  if (cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    supported = 0;
-  }
-  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(supported != 0 ? 2 : 1, std::memory_order_relaxed);
-  return supported != 0;
+// Multiprocessor count of the current device (at least 1).
+inline int current_sm_count() {
+  const int count = cached_device_attribute<cudaDevAttrMultiProcessorCount>(1);
+  return count > 0 ? count : 1;
 }
+
+// Whether the current device can launch thread-block clusters (sm_90+).
+inline bool cluster_launch_supported() { return cached_device_attribute<cudaDevAttrClusterLaunch>(0) != 0; }
 
 // Memo of host-side runtime answers that never change for a (current device, fn, a, b), such as a kernel's
 // shared-memory opt-in or its cluster occupancy: the first launch asks the runtime, later launches (and launches under

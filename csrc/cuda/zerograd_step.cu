@@ -26,7 +26,6 @@ constexpr int kStreamThreads = 512;
 constexpr int64_t kSmemRowMax = 16384;         // elements: 64 KB of dynamic shared memory
 constexpr int64_t kClusterChunkTarget = 16384;  // elements per cluster block we aim for
 constexpr int64_t kClusterChunkMax = 40960;     // elements per cluster block at most (160 KB)
-constexpr int kMaxCluster = 8;                   // portable cluster size
 
 template <int kThreads, int kUnroll, typename Src, typename D>
 __device__ void apply_step(const Src& src, const D* __restrict__ delta, const D* __restrict__ x, D* __restrict__ out,
