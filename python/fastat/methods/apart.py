@@ -35,6 +35,15 @@ def _ascent(p: Tensor) -> Tensor:
     return _GradReverse.apply(p)
 
 
+def _modules(items: Sequence[Any], what: str) -> list[nn.Module]:
+    """``items`` as a list, each checked to be an nn.Module (otherwise a TypeError naming ``what.format(i=i)``)."""
+    modules = list(items)
+    for i, m in enumerate(modules):
+        if not isinstance(m, nn.Module):
+            fail("APART", TypeError, f"{what.format(i=i)} must be an nn.Module, got {type(m).__name__}")
+    return modules
+
+
 class APART(Method):
     """APART: δ₀ = Π_ε(α_ω·ω_i), one learnable FGSM step δ = Π_ε(δ₀ + α·sign(g_x)), x_adv = clip(x + δ, 0, 1).
 
@@ -80,10 +89,7 @@ class APART(Method):
         alpha_omega_init = check_positive("APART", "alpha_omega_init", alpha_omega_init)
         omega_init_std = check_positive("APART", "omega_init_std", omega_init_std)
         self._noise_given = noise_modules is not None  # None: adopt the model's noise sites in `attach`
-        modules = list(noise_modules or [])
-        for i, m in enumerate(modules):
-            if not isinstance(m, nn.Module):
-                fail("APART", TypeError, f"argument 'noise_modules[{i}]' must be an nn.Module, got {type(m).__name__}")
+        modules = _modules(noise_modules or [], "argument 'noise_modules[{i}]'")
         super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha_init=alpha_init,
                          alpha_omega_init=alpha_omega_init, omega_init_std=omega_init_std)
         self.noise_modules = modules
@@ -110,10 +116,7 @@ class APART(Method):
         sites = getattr(model, "noise_sites", None)
         if not callable(sites) and isinstance(getattr(model, "module", None), nn.Module):
             sites = getattr(model.module, "noise_sites", None)
-        modules = list(sites()) if callable(sites) else []
-        for i, m in enumerate(modules):
-            if not isinstance(m, nn.Module):
-                fail("APART", TypeError, f"model.noise_sites()[{i}] must be an nn.Module, got {type(m).__name__}")
+        modules = _modules(sites() if callable(sites) else [], "model.noise_sites()[{i}]")
         if len(modules) == len(self.noise_modules) and all(a is b for a, b in zip(modules, self.noise_modules)):
             return
         for h in self._noise_handles:  # armed for the old sites
