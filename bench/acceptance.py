@@ -174,7 +174,7 @@ def build_plan(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
         mkw = {k: v for k, v in over.items() if k not in CONFIG_FIELDS}
         cfg = TrainConfig(**{**common, "method": method, "model_kwargs": dict(model_kwargs), "method_kwargs": mkw,
                              **{k: v for k, v in over.items() if k in CONFIG_FIELDS}})
-        cfg.checkpoint = args.checkpoints or cfg.on_co == "rollback"
+        cfg.checkpoint = args.checkpoints  # roll-back runs checkpoint anyway (the Trainer needs it to roll back)
         out.append((label, cfg))
     return out
 
