@@ -1,6 +1,7 @@
 """Shared fixtures and markers.
 
-* `cuda` tests are skipped without a GPU.
+* `cuda` tests are skipped without a GPU, except those under tests/cuda in their CPU dry run
+  (FASTAT_CUDA_TESTS_ON_CPU=1, see tests/cuda/_dryrun.py).
 * `triton` tests run in their own process with TRITON_INTERPRET=1 on CPU (the variable must be set before triton is
   imported): `TRITON_INTERPRET=1 pytest -m triton tests/ops`. Without it and without a GPU they are skipped.
 * `--subset` runs a representative slice of the big parametrized sweeps for quick local loops.
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +22,12 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
+    dry_run_dir = Path(__file__).parent / "cuda" if os.environ.get("FASTAT_CUDA_TESTS_ON_CPU", "0") == "1" else None
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_triton = pytest.mark.skip(reason="needs a CUDA GPU or TRITON_INTERPRET=1 (run in a separate process)")
     for item in items:
-        if "cuda" in item.keywords and not has_cuda:
+        if "cuda" in item.keywords and not has_cuda and dry_run_dir not in Path(item.path).parents:
             item.add_marker(skip_cuda)
         if "triton" in item.keywords and not (has_cuda or interpret):
             item.add_marker(skip_triton)
