@@ -22,6 +22,9 @@ class BatchInfo:
         offsets: (B, 2) int64 crop corners (row, col) in [0, 2p], or None when there is no crop.
         flips: (B,) bool horizontal flips, or None when there is no flip.
         epoch: the current epoch, counted from 1.
+        global_batch: samples in the whole batch across processes when several (torchrun) share it; None (or B)
+            when this process has it all. Methods whose attack depends on the 1/B of the batch-mean loss (ATAS)
+            use it so a step is the same on 1 or N processes.
     """
 
     index: Tensor
@@ -30,3 +33,4 @@ class BatchInfo:
     offsets: Tensor | None = None
     flips: Tensor | None = None
     epoch: int = 1
+    global_batch: int | None = None

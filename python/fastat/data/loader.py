@@ -12,6 +12,11 @@ where ``padded`` is the image zero-padded by ``pad`` on each side (RandomCrop(H,
 Randomness comes from one CPU ``torch.Generator`` seeded with ``seed``: at the start of each epoch it draws the
 permutation, the offsets and the flips of the whole epoch, so the stream is the same on every device and an epoch can
 be resumed at any batch from ``state_dict()`` (the generator state at the epoch start, the epoch and the position).
+
+Several processes (``world_size`` > 1, torchrun): every rank draws the same epoch and takes its contiguous share of
+each *global* batch of ``batch_size`` samples (`fastat.distributed.shard_range`), so the ranks together see exactly
+the batches one process would, with no padding or repeated samples (unlike ``DistributedSampler``'s default), and
+the state is the same on every rank. A last global batch with fewer samples than ranks is dropped.
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ class DeviceLoader:
         subset: an int n (the first n examples) or a sequence/tensor of example indices; BatchInfo.index then counts
             within the subset (0..n−1) and ``source_index`` maps back to the dataset.
         seed: seeds the generator.
+        rank, world_size: this process's share of every global batch (see the module docstring).
     """
 
     def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, device: str | torch.device | None = None,
                  shuffle: bool = True, pad: int = 0, flip: bool = False, pad_mode: str = "zero",
-                 drop_last: bool = False, subset: int | Sequence[int] | Tensor | None = None, seed: int = 0):
+                 drop_last: bool = False, subset: int | Sequence[int] | Tensor | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("DeviceLoader: argument 'images' must be a (N, C, H, W) uint8 tensor")
         if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
@@ -65,6 +72,14 @@ class DeviceLoader:
             raise ValueError(f"DeviceLoader: argument 'batch_size' must be a positive int, got {batch_size!r}")
         if batch_size > n:
             raise ValueError(f"DeviceLoader: argument 'batch_size' ({batch_size}) is larger than the dataset ({n})")
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"DeviceLoader: argument 'world_size' must be a positive int, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"DeviceLoader: argument 'rank' must be an int in [0, {world_size}), got {rank!r}")
+        if batch_size < world_size:
+            raise ValueError(f"DeviceLoader: argument 'batch_size' ({batch_size}) must be >= 'world_size' "
+                             f"({world_size}): it is the global batch, shared by the ranks")
+        self.rank, self.world_size = rank, world_size
         self.device, self.batch_size, self.shuffle = device, batch_size, bool(shuffle)
         self.pad, self.flip, self.pad_mode, self.drop_last = pad, bool(flip), pad_mode, bool(drop_last)
         self.num_examples = n
@@ -81,7 +96,7 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_examples, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
 
     # ------------------------------------------------------------------------------------------------ iteration
 
@@ -101,12 +116,19 @@ class DeviceLoader:
             self._gen.set_state(self._epoch_rng)
         order, offsets, flips = self._draw_epoch()
         for b in range(self._position, len(self)):
-            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.num_examples))
+            start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.num_examples)
+            global_batch = stop - start
+            if self.world_size > 1:
+                from ..distributed import shard_range
+
+                lo, hi = shard_range(global_batch, self.rank, self.world_size)
+                start, stop = start + lo, start + hi
+            sl = slice(start, stop)
             off = None if offsets is None else offsets[sl]
             flp = None if flips is None else flips[sl]
             x, y, index = self.gather(order[sl], off, flp)
             info = BatchInfo(index=index, num_examples=self.num_examples, pad=self.pad, offsets=off, flips=flp,
-                             epoch=self.epoch)
+                             epoch=self.epoch, global_batch=global_batch)
             self._position = b + 1
             yield x, y, info
         self.epoch += 1

@@ -131,6 +131,12 @@ class APART(Method):
     def parameters(self) -> list[nn.Parameter]:
         return [self.alpha, self.alpha_omega, *self.alpha_layers]
 
+    def prepare(self, batch: BatchInfo, x: Tensor) -> None:
+        self._ensure_state(batch, x.float())
+
+    def example_buffers(self) -> list[Tensor]:
+        return [] if self.omega is None else [self.omega]
+
     def _state(self) -> dict[str, Any]:
         layers = torch.stack([p.detach() for p in self.alpha_layers]) if self.alpha_layers else torch.zeros(0)
         return {"omega": self.omega, "alpha": self.alpha.detach(), "alpha_omega": self.alpha_omega.detach(),

@@ -85,6 +85,12 @@ class ATAS(Method):
         if self.delta_buf.device != x.device:
             self.to(x.device)
 
+    def prepare(self, batch: BatchInfo, x: Tensor) -> None:
+        self._ensure_buffers(batch, x)
+
+    def example_buffers(self) -> list[Tensor]:
+        return [] if self.delta_buf is None else [self.delta_buf, self.v_buf]
+
     def _uniform(self, buf: Tensor) -> Tensor:
         return buf.uniform_(-self.eps, self.eps, generator=self.generator)
 
@@ -134,6 +140,10 @@ class ATAS(Method):
         x_adv0 = ops.atas_gather(self.delta_buf, index, offsets, flips, xf)
         with self.attacking(model):
             grad = input_grad(model, leaf(x_adv0), y)
+        if batch.global_batch is not None and batch.global_batch != x.shape[0]:
+            # a share of a global batch (torchrun): rescale this rank's batch mean to the global one, so ‖g‖², v and
+            # the step sizes are what one process would compute (c is tuned for the 1/B of the batch mean)
+            grad = grad * (x.shape[0] / batch.global_batch)
         warmup = batch.epoch <= self.warmup_epochs
         x_adv = ops.atas_step(self.delta_buf, self.v_buf, index, offsets, flips, grad, x_adv0, xf, eps=self.eps,
                               c=self.c, beta=self.beta, gamma_over_c=self.gamma_over_c, step_min=self.step_min,

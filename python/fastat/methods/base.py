@@ -251,6 +251,17 @@ class Method:
     def _load_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def prepare(self, batch: BatchInfo, x: Tensor) -> None:
+        """Allocate per-example state for batches like ``batch`` (num_examples, pad) of images like ``x`` (its
+        C, H, W, device and dtype; it may have 0 rows) now instead of on the first `perturb`. The trainer calls it
+        before training, so several processes can start from rank 0's state. No-op by default."""
+
+    def example_buffers(self) -> list[Tensor]:
+        """The per-example state tensors (dim 0 = dataset example) that a training step updates at the rows of
+        ``batch.index`` only (ATAS δ and v, APART ω); [] if none or not allocated yet. Several processes (torchrun)
+        keep a replica each and exchange the updated rows after every step."""
+        return []
+
     def stats(self) -> dict[str, Tensor]:
         """Per-batch quantities worth logging (device tensors, so reading them is the caller's sync); {} by default."""
         return {}

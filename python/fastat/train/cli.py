@@ -1,4 +1,8 @@
-"""``fastat train``: adversarial training from the command line (see `fastat.train.TrainConfig` for the options)."""
+"""``fastat train``: adversarial training from the command line (see `fastat.train.TrainConfig` for the options).
+
+Several GPUs: ``torchrun --nproc_per_node=N -m fastat train ...`` (DDP, one GPU per rank; ``--batch-size`` is the
+global batch, so the same flags train with the same hyper-parameters on 1 or N GPUs; see `fastat.train.Trainer`).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--model", default=None, help="preact18, wrn28-10, wrn34-10, small-cnn (default: preact18 on "
                                                  "CUDA, small-cnn on CPU)")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="global batch (summed over torchrun ranks)")
     p.add_argument("--subset", type=int, default=None, help="train on the first N training images")
     p.add_argument("--lr-schedule", default="cyclic", choices=["cyclic", "piecewise", "multistep", "constant"])
     p.add_argument("--lr-max", type=float, default=0.2)
@@ -85,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
     from .trainer import Trainer
 
     try:
@@ -93,14 +98,18 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fastat train: error: {exc}", file=sys.stderr)
         return 2
+    main = trainer.dist.is_main
     try:
-        if args.resume and not trainer.resume():
+        if args.resume and not trainer.resume() and main:
             print(f"fastat train: no checkpoint in {args.out!r}, starting from scratch", file=sys.stderr)
     except ConfigError as exc:
         print(f"fastat train: error: {exc}", file=sys.stderr)
         return 2
-    print(f"fastat train: {trainer.method.describe()} on {cfg.dataset} ({trainer.loader.num_examples} images), "
-          f"model {trainer.model_name}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.precision}, "
-          f"{trainer.device}", flush=True)
+    if main:
+        procs = f", {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
+        print(f"fastat train: {trainer.method.describe()} on {cfg.dataset} ({trainer.loader.num_examples} images), "
+              f"model {trainer.model_name}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.precision}, "
+              f"{trainer.device}{procs}", flush=True)
     trainer.fit()
+    distributed.shutdown()
     return 0

@@ -8,6 +8,22 @@ schedule; fp16 uses a GradScaler. After each epoch: clean + PGD accuracy on the 
 state, RNG states of torch / CUDA / the loader, EMA, metrics, config) in ``checkpoint.pt``, copied to
 ``last_good.pt`` when the CO check passed and to ``best.pt`` when the PGD accuracy is the highest so far.
 
+Several processes (``torchrun --nproc_per_node=N -m fastat train ...``, detected from WORLD_SIZE): data-parallel
+training with DDP, one GPU per rank (NCCL; gloo on the CPU). ``batch_size`` is the *global* batch: each rank takes a
+contiguous share of every batch one process would draw, so the same config trains with the same hyper-parameters on
+1 or N GPUs. The attack runs on each rank's share with the plain module (input gradients only, no DDP hooks); the
+training forward/backward goes through DDP, exactly one of each per step (a GradAlign regulariser's double-backprop
+graph on the plain module joins the same backward). The loss is scaled so the averaged gradient is the global-batch
+mean even when the last batch splits unevenly. Per-example state (ATAS δ/v, APART ω) is replicated: after each step
+the ranks exchange the rows they updated (exact one-process semantics; fine for data sets that fit on one GPU); it
+is allocated before training (`Method.prepare`) and rank 0's draw, the one-process draw, is broadcast then and after
+each `on_epoch_start` (ATAS resets). BatchNorm statistics
+stay per rank (no SyncBN, which breaks GradAlign's double backward) and DDP broadcasts rank 0's buffers at each
+forward; before evaluating, rank 0's buffers are broadcast again, then the evaluation is sharded and gathered
+(`fastat.eval.pgd_robustness`). Rank 0 writes metrics, plots and checkpoints (which carry every rank's RNG state);
+``out`` must be on a file system every rank sees. Per-rank random streams differ (seed + 1000003·rank; rank 0 is the
+one-process stream). Not combined with ``cuda_graph``.
+
 ``cuda_graph=True`` (CUDA, bf16/fp32): after 3 eager warm-up steps the whole step (attack, loss, backward, SGD with a
 device-tensor lr, EMA, epoch sums) is captured in a CUDA graph and replayed for every full batch; it is re-captured at
 each epoch start and after any checkpoint load (per-epoch method settings are baked into a capture), the last smaller
@@ -27,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as dist_
 from ..checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .monitor import COMonitor, strengthen
@@ -75,6 +92,7 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dist = self._join_processes()
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # CUDA-graph capture, cuDNN and the evaluators use the current device
         try:
@@ -85,9 +103,12 @@ class Trainer:
         n_train = min(cfg.subset, len(train)) if cfg.subset else len(train)
         if cfg.batch_size > n_train:
             raise ConfigError(f"argument 'batch_size' ({cfg.batch_size}) is larger than the training set ({n_train})")
+        if cfg.batch_size < self.dist.world_size:
+            raise ConfigError(f"argument 'batch_size' ({cfg.batch_size}) must be >= the number of processes "
+                              f"({self.dist.world_size}): it is the global batch, shared by the ranks")
         torch.manual_seed(cfg.seed)
         self.loader = make_loader(train, batch_size=cfg.batch_size, device=self.device, train=True, seed=cfg.seed,
-                                  subset=cfg.subset)
+                                  subset=cfg.subset, rank=self.dist.rank, world_size=self.dist.world_size)
         # method
         mkw = dict(cfg.method_kwargs)
         from ..methods import METHODS, _canonical
@@ -118,6 +139,22 @@ class Trainer:
         if self.graph_mode and self.device.type != "cuda":
             raise ConfigError("argument 'cuda_graph' needs a CUDA device (got device "
                               f"{self.device.type!r})")
+        if self.graph_mode and self.dist.enabled:
+            raise ConfigError("argument 'cuda_graph' is not supported with several processes (torchrun) yet")
+        self.train_model: nn.Module = self.model  # what the training forward runs: the DDP wrapper under torchrun
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            torch.manual_seed(cfg.seed + 1000003 * self.dist.rank)  # rank 0 keeps the one-process stream
+        from ..batch import BatchInfo
+
+        c, (h, w) = int(train.images.shape[1]), self.loader.image_size
+        self.method.prepare(BatchInfo(index=torch.zeros(0, dtype=torch.int64, device=self.device),
+                                      num_examples=self.loader.num_examples, pad=self.loader.pad),
+                            torch.zeros(0, c, h, w, device=self.device))
+        self._broadcast_example_state()  # per-example state drawn by rank 0 (the one-process draw) everywhere
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self._lr(cfg.lr_max), momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, **self._sgd_kw())
         self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, steps, peak=cfg.lr_peak,
@@ -142,7 +179,7 @@ class Trainer:
         self.monitor = COMonitor(self.x_eval[:n_co], self.y_eval[:n_co], cfg.eps, steps=cfg.co_steps,
                                  drop=cfg.co_drop)
         self.out = Path(cfg.out) if cfg.out else None
-        self.writer = MetricsWriter(self.out, plot=cfg.plot) if self.out else None
+        self.writer = MetricsWriter(self.out, plot=cfg.plot) if self.out and self.dist.is_main else None
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.rollbacks = 0
@@ -155,6 +192,21 @@ class Trainer:
         self.eager_steps = 0   # steps run eagerly / replayed from the captured graph (graph mode reports both)
         self.graph_replays = 0
         self.graph_mode_failed: str | None = None  # why a capture failed (graph mode then trains eagerly)
+
+    def _join_processes(self) -> dist_.Dist:
+        """Under torchrun (WORLD_SIZE > 1): join the process group and take the GPU of this rank's LOCAL_RANK."""
+        if dist_.env_world_size() <= 1:
+            return dist_.Dist()
+        if self.device.type == "cuda":
+            if self.device.index is not None:
+                raise ConfigError(f"argument 'device' is {self.cfg.device!r}: under torchrun each rank uses the GPU "
+                                  "of its LOCAL_RANK; pass --device cuda (or set CUDA_VISIBLE_DEVICES)")
+            d = dist_.init("cuda")
+            if d.local_rank >= torch.cuda.device_count():
+                raise ConfigError(f"LOCAL_RANK {d.local_rank} but only {torch.cuda.device_count()} CUDA devices")
+            self.device = torch.device("cuda", d.local_rank)
+            return d
+        return dist_.init("cpu")
 
     def _lr(self, value: float) -> float | torch.Tensor:
         """CUDA-graph mode keeps each lr in a device tensor that the captured optimizer step reads."""
@@ -188,26 +240,76 @@ class Trainer:
         cfg, model = self.cfg, self.model
         with self._autocast():
             x_adv = self.method.perturb(model, x, y, info)
-            logits = model(x_adv)
+            logits = self.train_model(x_adv)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             reg = self.method.extra_loss(model, x, y, x_adv, info)
             total = loss if reg is None else loss + reg.float()
+        share = self._share(y.shape[0], info)
+        if share != 1.0:  # DDP averages the ranks' gradients: weight each rank's mean by its share of the batch
+            total = total * share
         self.optimizer.zero_grad(set_to_none=True)
         if self.param_optimizer is not None:
             self.param_optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        if self.dist.enabled:
+            self._average_method_grads()
         self.scaler.step(self.optimizer)
         if self.param_optimizer is not None:
             self.scaler.step(self.param_optimizer)
         self.scaler.update()
         if self.ema is not None:
             self._update_ema()
+        if self.dist.enabled:
+            self._exchange_example_rows(info)
         b = y.shape[0]
         self._add("loss", loss.detach() * b)
         self._add("acc", (logits.detach().argmax(1) == y).sum())
         self._add("pert", (x_adv.detach().float() - x.float()).abs().mean() * b)
         for k, v in self.method.stats().items():
             self._add(f"method_{k}", torch.as_tensor(v, device=self.device).float().mean() * b)
+
+    # ------------------------------------------------------------------------------------------------ several processes
+    def _share(self, rows: int, info: Any) -> float:
+        """rows · world / global batch: 1 when the ranks split the batch evenly (always in one process)."""
+        g = getattr(info, "global_batch", None)
+        return 1.0 if not self.dist.enabled or not g else rows * self.dist.world_size / g
+
+    def _average_method_grads(self) -> None:
+        """The method's learnable scalars (APART) live outside the DDP module: average their gradients here."""
+        for p in self.method.parameters():
+            if p.grad is not None:
+                dist_.all_reduce_sum(p.grad).div_(self.dist.world_size)
+
+    @torch.no_grad()
+    def _exchange_example_rows(self, info: Any) -> None:
+        """Every rank updated the per-example state rows of its share of the batch: gather them all, so each
+        replica holds what one process would after this step (indices are unique within a global batch)."""
+        buffers = self.method.example_buffers()
+        if not buffers:
+            return
+        index = dist_.all_gather_rows(info.index)
+        for buf in buffers:
+            buf[index] = dist_.all_gather_rows(buf[info.index].contiguous())
+
+    @torch.no_grad()
+    def _broadcast_example_state(self) -> None:
+        """Rank 0's per-example state everywhere (after it was allocated or re-drawn on each rank with its own
+        random stream)."""
+        if not self.dist.enabled:
+            return
+        for buf in self.method.example_buffers():
+            dist_.broadcast_(buf)
+
+    @torch.no_grad()
+    def _broadcast_model_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics everywhere (they drift per rank during the steps), so every rank evaluates
+        the same model."""
+        if not self.dist.enabled:
+            return
+        for module in (self.model, self.ema):
+            if module is not None:
+                for b in module.buffers():
+                    dist_.broadcast_(b)
 
     # ------------------------------------------------------------------------------------------------ CUDA graphs
     def _run_on_side_stream(self, x, y, info) -> None:
@@ -298,21 +400,30 @@ class Trainer:
 
         cfg, model = self.cfg, self.model
         self.method.on_epoch_start(epoch)
+        self._broadcast_example_state()  # a re-drawn state (ATAS reset): rank 0's everywhere
         model.train()
         for acc in self._acc.values():
             acc.zero_()
         tot_n = 0
         t0 = time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+        show = cfg.progress and self.dist.is_main
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show)
         for x, y, info in bar:
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             self.step(x, y, info, epoch)
             tot_n += y.shape[0]
-            if cfg.progress and bar.n % 10 == 0:
+            if show and bar.n % 10 == 0:
                 bar.set_postfix(loss=f"{float(self._acc['loss']) / tot_n:.3f}",
                                 acc=f"{float(self._acc['acc']) / tot_n:.3f}")
         bar.close()
+        if self.dist.enabled:
+            keys = sorted(self._acc)
+            packed = dist_.all_reduce_sum(torch.stack([self._acc[k] for k in keys] +
+                                                      [torch.tensor(float(tot_n), device=self.device)]))
+            for k, v in zip(keys, packed[:-1]):
+                self._acc[k].copy_(v)
+            tot_n = int(packed[-1])
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         sums = {k: float(v) for k, v in self._acc.items()}
@@ -337,6 +448,7 @@ class Trainer:
         from ..eval import pgd_robustness
 
         cfg = self.cfg
+        self._broadcast_model_buffers()
         res = pgd_robustness(model or self.model, self.x_eval, self.y_eval, cfg.eps, cfg.eps / 4,
                              steps=cfg.eval_steps, restarts=cfg.eval_restarts,
                              precision="bf16" if cfg.precision == "bf16" else "fp32", seed=0)
@@ -344,9 +456,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ state
     def _extras(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.dist.enabled:  # every rank's streams (a collective: all ranks call `save`)
+            mine = {"torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                mine["cuda"] = torch.cuda.get_rng_state(self.device)
+            rng["ranks"] = dist_.all_gather_object(mine)
         extra = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "method": self.method.state_dict(), "method_name": self.method.name, "rng": rng,
                  "loader": self.loader.state_dict(), "config": self.cfg.to_dict(), "history": self.history,
@@ -360,8 +477,14 @@ class Trainer:
         return extra
 
     def save(self, path: str | Path) -> Path:
-        return save_checkpoint(path, model=self.model, model_config=self.model_config, dataset=self.cfg.dataset,
-                               eps=self.cfg.eps, epoch=self.epoch, **self._extras())
+        """Write a checkpoint (under torchrun: every rank must call it; rank 0 writes, the others wait)."""
+        extras = self._extras()
+        if self.dist.is_main:
+            path = save_checkpoint(path, model=self.model, model_config=self.model_config,
+                                   dataset=self.cfg.dataset, eps=self.cfg.eps, epoch=self.epoch,
+                                   world_size=self.dist.world_size, **extras)
+        dist_.barrier()
+        return Path(path)
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by `save` (everything needed to continue bit-identically on the CPU)."""
@@ -385,6 +508,15 @@ class Trainer:
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if "cuda" in ck["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+        ranks = ck["rng"].get("ranks")
+        if self.dist.enabled:
+            if ranks is not None and len(ranks) == self.dist.world_size:
+                mine = ranks[self.dist.rank]
+                torch.set_rng_state(mine["torch"].cpu())
+                if "cuda" in mine and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
+            else:  # written by another number of processes: fresh per-rank streams (not bit-identical)
+                torch.manual_seed(self.cfg.seed + 1000003 * self.dist.rank + int(ck["epoch"]))
         self.history = list(ck["history"])
         if self.writer is not None:
             self.writer.rows = list(self.history)
@@ -440,46 +572,66 @@ class Trainer:
             co_acc, co = self.monitor.check(self.model, cfg.precision)
             row.update({"co_pgd_acc": co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
                                                            if isinstance(v, (int, float, str)) and k != "method"}})
+            if self.dist.enabled:  # one decision for all ranks: rank 0's row (timings differ per rank)
+                row["world_size"] = self.dist.world_size
+                row = dist_.broadcast_object(row)
+                co_acc, co = row["co_pgd_acc"], row["co"]
             self.epoch = epoch
             self._print(row)
-            if co and cfg.on_co == "rollback" and self.out is not None and (self.out / GOOD).exists() \
-                    and self.rollbacks < cfg.max_rollbacks:
-                hparams = dict(self.method.state_dict()["hparams"])  # keep earlier roll-backs' changes
-                rollbacks, history = self.rollbacks, list(self.history)
-                self.load(self.out / GOOD)
-                for k, v in hparams.items():
-                    setattr(self.method, k, v)
-                # the count and the events of roll-backs since the good checkpoint survive the load
-                self.history += [r for r in history[len(self.history):] if r.get("event") == "rollback"]
-                if self.writer is not None:
-                    self.writer.rows = list(self.history)
-                self.rollbacks = rollbacks + 1
-                change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
-                ev = {"event": "rollback", "at_epoch": epoch, "to_epoch": self.epoch, "change": change,
-                      "co_pgd_acc": co_acc}
-                print(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): rolled back to epoch {self.epoch}, "
-                      f"{change}", flush=True)
-                self._log(ev)
-                if self.out is not None:
-                    self.save(self.out / CKPT)
+            roll = co and cfg.on_co == "rollback" and self.out is not None and self.rollbacks < cfg.max_rollbacks \
+                and dist_.broadcast_object((self.out / GOOD).exists())
+            if roll:
+                self._roll_back(epoch, co_acc)
                 continue
             self._log(row)
             if self.out is not None and (cfg.checkpoint or cfg.on_co == "rollback"):  # a roll-back needs them
-                path = self.save(self.out / CKPT)
-                import shutil
-
-                if not co:
-                    shutil.copyfile(path, self.out / GOOD)
-                earlier = [r["pgd_acc"] for r in self.history[:-1] if r.get("event") == "epoch"]
-                if not earlier or row["pgd_acc"] > max(earlier):
-                    shutil.copyfile(path, self.out / BEST)
+                self._checkpoint_epoch(row, co)
             if co and cfg.on_co == "stop":
-                print(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): stopping", flush=True)
+                self._say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): stopping")
                 self._log({"event": "stop", "at_epoch": epoch})
                 break
         return self.history
 
+    def _roll_back(self, epoch: int, co_acc: float) -> None:
+        """Restore ``last_good.pt``, keep the hyper-parameters and roll-back events since, strengthen the method."""
+        cfg = self.cfg
+        hparams = dict(self.method.state_dict()["hparams"])  # keep earlier roll-backs' changes
+        rollbacks, history = self.rollbacks, list(self.history)
+        self.load(self.out / GOOD)
+        for k, v in hparams.items():
+            setattr(self.method, k, v)
+        # the count and the events of roll-backs since the good checkpoint survive the load
+        self.history += [r for r in history[len(self.history):] if r.get("event") == "rollback"]
+        if self.writer is not None:
+            self.writer.rows = list(self.history)
+        self.rollbacks = rollbacks + 1
+        change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
+        ev = {"event": "rollback", "at_epoch": epoch, "to_epoch": self.epoch, "change": change, "co_pgd_acc": co_acc}
+        self._say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): rolled back to epoch {self.epoch}, {change}")
+        self._log(ev)
+        self.save(self.out / CKPT)
+
+    def _checkpoint_epoch(self, row: dict[str, Any], co: bool) -> None:
+        """``checkpoint.pt``, copied to ``last_good.pt`` when the CO check passed and to ``best.pt`` on a new best
+        PGD accuracy (rank 0 writes; every rank returns once the files are there)."""
+        import shutil
+
+        path = self.save(self.out / CKPT)
+        if self.dist.is_main:
+            if not co:
+                shutil.copyfile(path, self.out / GOOD)
+            earlier = [r["pgd_acc"] for r in self.history[:-1] if r.get("event") == "epoch"]
+            if not earlier or row["pgd_acc"] > max(earlier):
+                shutil.copyfile(path, self.out / BEST)
+        dist_.barrier()
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main:
+            print(text, flush=True)
+
     def _print(self, r: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         ema = f" ema clean {r['ema_clean_acc']:.3f} pgd {r['ema_pgd_acc']:.3f}" if "ema_pgd_acc" in r else ""
         print(f"epoch {r['epoch']:3d} loss {r['train_loss']:.4f} clean {r['clean_acc']:.3f} "
               f"pgd {r['pgd_acc']:.3f}{ema} co-check {r['co_pgd_acc']:.3f}{' CO!' if r['co'] else ''} "

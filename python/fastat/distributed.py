@@ -1,0 +1,183 @@
+"""Multi-process helpers for ``torchrun``: one process per GPU (or several CPU processes with gloo).
+
+``torchrun --nproc_per_node=N -m fastat train|eval ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; `init` starts the
+process group from them (NCCL for CUDA devices, gloo for the CPU; ``FASTAT_DIST_BACKEND`` overrides, e.g. gloo to run
+several ranks on one GPU in a test). Without those variables everything here is a no-op on a world of one process,
+so callers never branch on "distributed or not".
+
+Collectives used by fastat are few and explicit: sums of metric counters (`all_reduce_sum`), row exchanges of
+per-example state (`all_gather_rows`), broadcasts from rank 0 (`broadcast_`, `broadcast_object`) and `barrier`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Dist", "all_gather_rows", "all_reduce_sum", "barrier", "broadcast_", "broadcast_object", "current",
+           "env_world_size", "init", "shard_range"]
+
+BACKENDS = ("nccl", "gloo")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job: rank, world size and local rank (GPU index on its node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE as torchrun sets it (1 when unset)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        raise ValueError(f"fastat.distributed: WORLD_SIZE > 1 but {name} is not set; launch with torchrun")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"fastat.distributed: environment variable {name} must be an int, got {value!r}") from None
+
+
+def current() -> Dist:
+    """The initialised process group's rank and size, or a world of one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        return Dist(dist.get_rank(), dist.get_world_size(), local)
+    return Dist()
+
+
+def init(device_type: str, backend: str | None = None) -> Dist:
+    """Join the torchrun job described by the environment (idempotent); a world of one when WORLD_SIZE ≤ 1.
+
+    Args:
+        device_type: "cuda" or "cpu": picks the default backend (NCCL or gloo).
+        backend: "nccl" or "gloo"; default ``FASTAT_DIST_BACKEND`` or the device's.
+    """
+    import torch.distributed as dist
+
+    if env_world_size() <= 1:
+        return current()
+    if not dist.is_available():
+        raise RuntimeError("fastat.distributed: this torch build has no torch.distributed")
+    if dist.is_initialized():
+        return current()
+    backend = backend or os.environ.get("FASTAT_DIST_BACKEND") or ("nccl" if device_type == "cuda" else "gloo")
+    if backend not in BACKENDS:
+        raise ValueError(f"fastat.distributed: argument 'backend' must be one of {BACKENDS}, got {backend!r}")
+    rank, world, local = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
+    kw: dict[str, Any] = {}
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+        kw["device_id"] = torch.device("cuda", local)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, **kw)
+    return Dist(rank, world, local)
+
+
+def shutdown() -> None:
+    """Leave the process group if one was started."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard_range(n: int, rank: int, world: int, align: int = 1) -> tuple[int, int]:
+    """[lo, hi) of rank's contiguous share of n items, boundaries on multiples of ``align`` (the last rank ends at
+    n). Shares differ by at most one ``align`` block; a rank may get an empty range when n is small."""
+    blocks = -(-n // align)
+    lo_b = blocks * rank // world
+    hi_b = blocks * (rank + 1) // world
+    return min(lo_b * align, n), min(hi_b * align, n)
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` over ranks in place (returned for chaining); unchanged in a world of one."""
+    import torch.distributed as dist
+
+    if current().enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_(t: Tensor, src: int = 0) -> Tensor:
+    """Overwrite ``t`` on every rank with rank ``src``'s values (in place)."""
+    import torch.distributed as dist
+
+    if current().enabled:
+        dist.broadcast(t, src)
+    return t
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank."""
+    import torch.distributed as dist
+
+    if not current().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order."""
+    import torch.distributed as dist
+
+    d = current()
+    if not d.enabled:
+        return [obj]
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_gather_rows(t: Tensor) -> Tensor:
+    """Concatenate every rank's rows (dim 0) in rank order. Ranks may hold different row counts (each is padded to
+    the largest for the collective and trimmed after)."""
+    import torch.distributed as dist
+
+    d = current()
+    if not d.enabled:
+        return t
+    if t.dtype == torch.bool:  # not every backend reduces/gathers bool
+        return all_gather_rows(t.to(torch.uint8)).bool()
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    counts = [torch.zeros_like(n) for _ in range(d.world_size)]
+    dist.all_gather(counts, n)
+    sizes = [int(c) for c in counts]
+    most = max(sizes)
+    padded = t.new_zeros((most, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(d.world_size)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if current().enabled:
+        dist.barrier()

@@ -1,0 +1,66 @@
+"""Train a tiny run as one process (``python _ddp_run.py ...``) or as several (``torchrun ... _ddp_run.py ...``) and
+save what each rank ends with (weights, per-example state, history) to OUT/result_rank{R}.pt for the tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch import nn
+
+from fastat.train import TrainConfig, Trainer
+
+
+def tiny_model(bn: bool) -> nn.Module:
+    """A conv net for 28×28 grey images; without BatchNorm the per-sample gradients do not depend on how a batch is
+    split over ranks, so several processes must match one."""
+    torch.manual_seed(123)
+    layers = [nn.Conv2d(1, 8, 3, padding=1)] + ([nn.BatchNorm2d(8)] if bn else []) + [
+        nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(8 * 7 * 7, 10)]
+    return nn.Sequential(*layers)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--method", default="fgsm")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--subset", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=63)
+    p.add_argument("--bn", action="store_true")
+    p.add_argument("--kill-in-epoch", type=int, default=0, help="raise KeyboardInterrupt at the start of this epoch")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--hp", default="{}", help="method kwargs as JSON")
+    p.add_argument("--cfg", default="{}", help="more TrainConfig fields as JSON")
+    a = p.parse_args()
+    cfg = TrainConfig(method=a.method, dataset="fashion-mnist", eps=0.2, epochs=a.epochs, subset=a.subset,
+                      batch_size=a.batch_size, device="cpu", eval_n=40, eval_steps=2, co_batch=20, co_steps=1,
+                      progress=False, plot=False, lr_max=0.05, out=f"{a.out}/run",
+                      method_kwargs=json.loads(a.hp), **json.loads(a.cfg))
+    t = Trainer(cfg, model=tiny_model(a.bn))
+    if a.resume:
+        assert t.resume()
+    if a.kill_in_epoch:
+        real = t.train_epoch
+
+        def killed(epoch):
+            if epoch == a.kill_in_epoch:
+                raise KeyboardInterrupt
+            return real(epoch)
+
+        t.train_epoch = killed
+        try:
+            t.fit()
+        except KeyboardInterrupt:
+            pass
+    else:
+        t.fit()
+    result = {"model": t.model.state_dict(), "buffers": [b.clone() for b in t.method.example_buffers()],
+              "history": t.history, "params": [p.detach().clone() for p in t.method.parameters()],
+              "rank": t.dist.rank, "world_size": t.dist.world_size, "steps": t.eager_steps}
+    torch.save(result, f"{a.out}/result_rank{t.dist.rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""DDP training under torchrun (2 CPU ranks, gloo) against one process.
+
+Without BatchNorm, per-sample input gradients do not depend on how a batch is split, so two ranks must end where
+one process does (up to the float order of the gradient all-reduce): same weights, same per-example state (ATAS δ
+and v exchanged row by row), same metrics. With BatchNorm the ranks must still agree with each other."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from _torchrun import needs_gloo, torchrun  # noqa: E402
+
+SCRIPT = Path(__file__).with_name("_ddp_run.py")
+pytestmark = [needs_gloo]
+
+
+def one_process(out: Path, *args: str) -> dict:
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run([sys.executable, str(SCRIPT), str(out), *args], check=True, env=env, capture_output=True)
+    return torch.load(out / "result_rank0.pt", weights_only=False)
+
+
+def two_ranks(out: Path, *args: str) -> list[dict]:
+    torchrun(SCRIPT, str(out), *args)
+    return [torch.load(out / f"result_rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def assert_close_state(a: dict, b: dict, atol: float) -> None:
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=atol, msg=f"weights {k}")
+    assert len(a["buffers"]) == len(b["buffers"])
+    for x, y in zip(a["buffers"], b["buffers"]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "atas"])
+def test_two_ranks_match_one_process(tmp_path, method):
+    # batch 63 over 2 ranks: 31 + 32 per step (uneven shares), last global batch 61 = 30 + 31
+    hp = '{"warmup_epochs": 1, "relative_to_eps": true}' if method == "atas" else "{}"
+    args = ("--method", method, "--hp", hp)
+    ref = one_process(tmp_path / "one", *args)
+    r0, r1 = two_ranks(tmp_path / "two", *args)
+    assert r0["world_size"] == 2 and r0["steps"] == ref["steps"] == 8  # 4 global batches x 2 epochs
+    assert_close_state(r0, r1, atol=0)  # the ranks hold the same replica
+    assert_close_state(ref, r0, atol=2e-5)
+    for h1, h2 in zip(ref["history"], r0["history"]):
+        assert h2["world_size"] == 2
+        for key in ("train_loss", "train_adv_acc", "pert_abs_mean_over_eps"):
+            assert h1[key] == pytest.approx(h2[key], rel=1e-4, abs=1e-5), key
+        for key in ("clean_acc", "pgd_acc", "co_pgd_acc"):
+            assert h1[key] == h2[key], key
+
+
+def test_batchnorm_ranks_agree_and_resume(tmp_path):
+    # BatchNorm: statistics are per rank, so no one-process match; the replicas and a resumed run must agree
+    args = ("--method", "apart", "--bn", "--epochs", "2")
+    straight = two_ranks(tmp_path / "a", *args)
+    assert_close_state(straight[0], straight[1], atol=0)
+    two_ranks(tmp_path / "b", *args, "--kill-in-epoch", "2")
+    resumed = two_ranks(tmp_path / "b", *args, "--resume")
+    assert [h["epoch"] for h in resumed[0]["history"]] == [1, 2]
+    assert_close_state(straight[0], resumed[0], atol=0)
+    for p, q in zip(straight[0]["params"], resumed[0]["params"]):
+        assert torch.equal(p, q)
