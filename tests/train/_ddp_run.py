@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--bn", action="store_true")
     p.add_argument("--kill-in-epoch", type=int, default=0, help="raise KeyboardInterrupt at the start of this epoch")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--co-in-epoch", type=int, default=0, help="the CO check fails in this epoch (on rank 0 only)")
     p.add_argument("--hp", default="{}", help="method kwargs as JSON")
     p.add_argument("--cfg", default="{}", help="more TrainConfig fields as JSON")
     a = p.parse_args()
@@ -41,6 +42,15 @@ def main() -> None:
     t = Trainer(cfg, model=tiny_model(a.bn))
     if a.resume:
         assert t.resume()
+    if a.co_in_epoch:
+        real_check, calls = t.monitor.check, []
+
+        def check(model, precision):
+            acc, co = real_check(model, precision)
+            calls.append(1)
+            return (0.0, True) if len(calls) == a.co_in_epoch and t.dist.rank == 0 else (acc, co)
+
+        t.monitor.check = check
     if a.kill_in_epoch:
         real = t.train_epoch
 

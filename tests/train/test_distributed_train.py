@@ -69,3 +69,14 @@ def test_batchnorm_ranks_agree_and_resume(tmp_path):
     assert_close_state(straight[0], resumed[0], atol=0)
     for p, q in zip(straight[0]["params"], resumed[0]["params"]):
         assert torch.equal(p, q)
+
+
+def test_rollback_follows_rank_0(tmp_path):
+    # CO flagged on rank 0 only, in epoch 2: every rank rolls back to epoch 1 and raises q the same way
+    r0, r1 = two_ranks(tmp_path, "--method", "zerograd", "--bn", "--epochs", "2", "--co-in-epoch", "2",
+                       "--cfg", '{"on_co": "rollback"}')
+    events = [(h["event"], h.get("epoch", h.get("at_epoch"))) for h in r0["history"]]
+    assert events == [("epoch", 1), ("rollback", 2), ("epoch", 2)]
+    assert r0["history"] == r1["history"]
+    assert r0["history"][1]["change"] == "q 0.35 -> 0.45"
+    assert_close_state(r0, r1, atol=0)
