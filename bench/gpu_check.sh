@@ -11,6 +11,9 @@
 #   triton     pytest -m triton tests/ops (the Triton kernels compiled for the GPU, no interpreter)
 #   evalbench  python bench/bench_eval_pgd.py --device cuda --out $OUT/eval_pgd.json (PGD-50-10, batched vs plain)
 #   steps      python bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph --out $OUT
+#   ddp        torchrun --nproc_per_node=2 -m fastat train (ATAS, PreActResNet-18, 2 epochs on 8192 Fashion-MNIST
+#              images, bf16) with gloo ranks sharing the one GPU: DDP on CUDA tensors end to end; metrics.jsonl
+#              copied to $OUT/ddp_metrics.jsonl (needs data/fashion-mnist carried)
 #
 # and prints a summary table last. Everything it writes goes under $OUT (default: bench/results/gpu_check): summary.md,
 # gpu_check.log (every stage's output) and the benchmark's <date>-<gpu>/ops.{csv,json,md}: 5 files, 2 folders deep.
@@ -83,6 +86,7 @@ stage_note() {
       { grep -E "ERROR SUMMARY|RACECHECK SUMMARY" <<<"$section" | tail -n 2 | tr '\n' ' '
         grep -E " in [0-9.]+s" <<<"$section" | tail -n 1; } | tr -s ' ' ;;
     build) grep -E "Successfully installed|error:|Error" <<<"$section" | tail -n 1 | cut -c1-120 ;;
+    ddp) grep -E "^epoch +[0-9]+" <<<"$section" | tail -n 1 | cut -c1-120 ;;
     *) echo "" ;;
   esac
 }
@@ -134,6 +138,10 @@ if ((BUILD_OK)); then
   wanted evalbench && run_stage evalbench "$PY" bench/bench_eval_pgd.py --device cuda --out "$OUT/eval_pgd.json"
   wanted steps && run_stage steps "$PY" bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph \
     --budget 200 --out "$OUT"
+  wanted ddp && run_stage ddp bash -c "rm -rf /tmp/fastat_ddp && FASTAT_DIST_BACKEND=gloo OMP_NUM_THREADS=4 \
+    $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m fastat train --method atas --model preact18 \
+    --subset 8192 --batch-size 512 --epochs 2 --eval-n 512 --device cuda --precision bf16 --out /tmp/fastat_ddp \
+    --no-progress && cp /tmp/fastat_ddp/metrics.jsonl '$OUT/ddp_metrics.jsonl'"
 else
   echo "build|not run|0|the build failed: see gpu_check.log" >>"$STATUS"
 fi

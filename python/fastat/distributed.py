@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Dist", "all_gather_rows", "all_reduce_sum", "barrier", "broadcast_", "broadcast_object", "current",
-           "env_world_size", "init", "shard_range"]
+__all__ = ["Dist", "all_gather_object", "all_gather_rows", "all_reduce_sum", "backend", "barrier", "broadcast_",
+           "broadcast_object", "current", "env_world_size", "init", "shard_range", "shutdown"]
 
 BACKENDS = ("nccl", "gloo")
 
@@ -94,6 +94,15 @@ def init(device_type: str, backend: str | None = None) -> Dist:
         kw["device_id"] = torch.device("cuda", local)
     dist.init_process_group(backend=backend, rank=rank, world_size=world, **kw)
     return Dist(rank, world, local)
+
+
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), or None without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return str(dist.get_backend())
+    return None
 
 
 def shutdown() -> None:

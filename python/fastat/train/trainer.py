@@ -201,10 +201,11 @@ class Trainer:
             if self.device.index is not None:
                 raise ConfigError(f"argument 'device' is {self.cfg.device!r}: under torchrun each rank uses the GPU "
                                   "of its LOCAL_RANK; pass --device cuda (or set CUDA_VISIBLE_DEVICES)")
-            d = dist_.init("cuda")
-            if d.local_rank >= torch.cuda.device_count():
-                raise ConfigError(f"LOCAL_RANK {d.local_rank} but only {torch.cuda.device_count()} CUDA devices")
-            self.device = torch.device("cuda", d.local_rank)
+            d, n = dist_.init("cuda"), torch.cuda.device_count()
+            if d.local_rank >= n and dist_.backend() != "gloo":
+                raise ConfigError(f"LOCAL_RANK {d.local_rank} but only {n} CUDA devices: start at most {n} "
+                                  "processes per node")
+            self.device = torch.device("cuda", d.local_rank % n)  # gloo ranks may share a GPU (a testing aid)
             return d
         return dist_.init("cpu")
 
