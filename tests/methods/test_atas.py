@@ -120,3 +120,24 @@ def test_attack_runs_in_eval_mode_by_default():
     model, (x, y) = tiny_net(bn=True), data()
     ATAS(eps=EPS).perturb(model, x, y, batch_info(n=N, pad=PAD))
     assert model[0].seen == [False] and model.training
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_state(dtype):
+    model, (x, y) = tiny_net(bn=True), data()
+    full, half = loaded_atas(), loaded_atas(state_dtype=dtype)
+    want = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    assert half.delta_buf.dtype == want and half.v_buf.dtype == torch.float32
+    b = batch_info(n=N, pad=PAD, epoch=6)
+    x_full, x_half = full.perturb(model, x, y, b), half.perturb(model, x, y, b)
+    tol = {"fp16": 1e-3, "bf16": 8e-3}[dtype] * EPS  # the stored δ is rounded once
+    torch.testing.assert_close(x_half, x_full, rtol=0, atol=2 * tol)
+    torch.testing.assert_close(half.delta_buf.float(), full.delta_buf, rtol=0, atol=tol)
+    assert half.delta_buf.dtype == want  # the write-back kept the dtype
+    restored = ATAS(eps=EPS)
+    restored.load_state_dict(half.state_dict())  # the dtype travels with the hyper-parameters
+    assert restored.state_dtype == dtype and restored.delta_buf.dtype == want
+    half.on_epoch_start(10)  # reset draws in place, in the state dtype
+    assert half.delta_buf.dtype == want and half.delta_buf.abs().max() <= EPS
+    with pytest.raises(ValueError, match="state_dtype"):
+        ATAS(eps=EPS, state_dtype="fp8")
