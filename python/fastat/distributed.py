@@ -165,7 +165,7 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 def all_gather_rows(t: Tensor) -> Tensor:
     """Concatenate every rank's rows (dim 0) in rank order. Ranks may hold different row counts (each is padded to
-    the largest for the collective and trimmed after)."""
+    the largest for the collective and trimmed after). CPU tensors work under NCCL too (gathered on the GPU)."""
     import torch.distributed as dist
 
     d = current()
@@ -173,6 +173,8 @@ def all_gather_rows(t: Tensor) -> Tensor:
         return t
     if t.dtype == torch.bool:  # not every backend reduces/gathers bool
         return all_gather_rows(t.to(torch.uint8)).bool()
+    if t.device.type != "cuda" and backend() == "nccl":  # NCCL gathers GPU memory only
+        return all_gather_rows(t.to(torch.device("cuda", torch.cuda.current_device()))).to(t.device)
     n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
     counts = [torch.zeros_like(n) for _ in range(d.world_size)]
     dist.all_gather(counts, n)

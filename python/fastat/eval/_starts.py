@@ -3,6 +3,8 @@
 The start of sample i for restart r is row i − k·BLOCK of ``fastat.ops.uniform_init(x[k·BLOCK:(k+1)·BLOCK], ε,
 generator=G(seed, r, k))`` with k = ⌊i / BLOCK⌋ and G a generator on x's device seeded from (seed, r, k). Any
 implementation that asks for the rows it needs gets identical starts, whatever its chunking or restart batching.
+A bank over a slice of the samples that starts on a block boundary (one rank's shard under torchrun) passes its
+global block offset as ``first_block``, so its starts are those of the same samples in the whole set.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ class StartBank:
         y: their labels.
         eps: ε of the uniform start.
         seed: the evaluation seed.
+        first_block: global index of the bank's first block: its sample i is sample first_block·BLOCK + i of the
+            whole evaluation set (0 unless the bank holds one shard of it).
     """
 
-    def __init__(self, x: Tensor, y: Tensor, eps: float, seed: int, device: torch.device):
+    def __init__(self, x: Tensor, y: Tensor, eps: float, seed: int, device: torch.device, first_block: int = 0):
         self.x, self.y, self.eps, self.seed, self.device = x, y, float(eps), int(seed), device
+        self.first_block = int(first_block)
         self.n = int(x.shape[0])
         self.block_size = BLOCK
         self.num_blocks = -(-self.n // self.block_size)
@@ -54,10 +59,10 @@ class StartBank:
         return self._xblock[1], self._xblock[2]
 
     def block_start(self, restart: int, k: int) -> Tensor:
-        """δ₀ of every sample of block k for restart r."""
+        """δ₀ of every sample of (local) block k for restart r."""
         if self._start is None or self._start[:2] != (restart, k):
             xb, _ = self.block(k)
-            gen = torch.Generator(device=self.device).manual_seed(start_seed(self.seed, restart, k))
+            gen = torch.Generator(device=self.device).manual_seed(start_seed(self.seed, restart, self.first_block + k))
             self._start = (restart, k, ops.uniform_init(xb, self.eps, generator=gen))
         return self._start[2]
 

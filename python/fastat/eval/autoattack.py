@@ -5,6 +5,14 @@ pyautoattack 0.2.0 differs from the git version: arguments after the model are k
 returns ``(x_adv, y_adv)``. It does not put the model in eval mode; fastat does (and restores the modes). Inputs must
 be in [0, 1] with normalisation inside the model. Only ``version="standard"`` gives numbers comparable with published
 AutoAttack results (APGD-CE, APGD-T, FAB-T, Square; 100 iterations); anything else warns.
+
+Distributed (``torchrun``; ``distributed=None`` shards whenever a process group of more than one rank is up): every
+rank passes the same full (x, y) and a model with identical weights; rank k attacks the contiguous shard
+``fastat.distributed.shard_range(N, k, world)`` with AutoAttack seeded with ``seed`` (the same seed on every rank), and
+the per-sample robust flags are gathered in the original order. AutoAttack's per-sample attacks do not interact, so
+this is a valid AutoAttack evaluation, but its random draws (APGD starts, Square's proposals) depend on the batch
+composition, so the flags are not bit-identical to a single-process run with the same seed. ``seconds`` is the
+slowest rank's; ``per_attack`` sums each rank's robust count after each attack.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as fdist
 from ._common import check_inputs, check_positive, eval_mode, model_device
+from .pgd import check_same_samples, gather_rows, plain_module, resolve_world
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
@@ -69,7 +79,7 @@ class _AccuracyLog(logging.Handler):
 def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, version: str = "standard",
                    attacks: Sequence[str] | None = None, batch_size: int = 500,
                    device: str | torch.device | None = None, *, norm: str = "Linf", seed: int = 0,
-                   n_iter: int | None = None) -> AutoAttackResult:
+                   n_iter: int | None = None, distributed: bool | None = None) -> AutoAttackResult:
     """Run AutoAttack on (x, y) and return clean and robust accuracy.
 
     Args:
@@ -83,6 +93,8 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, version: 
         norm: "Linf", "L2" or "L1".
         seed: AutoAttack's seed (fixed for reproducibility; the leaderboard used none).
         n_iter: APGD iterations (custom runs only, e.g. a quick test); None keeps 100.
+        distributed: shard the samples over the torch.distributed process group (module docstring). None: when a
+            group of more than one rank is initialised; False: attack every sample on this rank; True: require one.
     """
     fn = "run_autoattack"
     check_inputs(fn, x, y)
@@ -106,8 +118,15 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, version: 
         warnings.warn(f"AutoAttack version={version!r}{' with n_iter=' + str(n_iter) if n_iter else ''} is not the "
                       f"standard evaluation; its numbers are not comparable with published AutoAttack results",
                       stacklevel=2)
+    world = resolve_world(fn, distributed)
+    model = plain_module(model)
     dev = torch.device(device) if device is not None else model_device(model)
     y = y.to(torch.int64)
+    lo, hi = 0, int(x.shape[0])
+    if world.enabled:
+        check_same_samples(fn, x, y)
+        lo, hi = fdist.shard_range(hi, world.rank, world.world_size)
+    x, y = x[lo:hi], y[lo:hi]
     handler = _AccuracyLog()
     logger = logging.getLogger("auto-attack")
     old_level = logger.level
@@ -125,19 +144,44 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, version: 
             clean = _clean_correct(model, x, y, dev, batch_size)
             _sync(dev)
             t0 = time.perf_counter()
-            _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+            y_adv = y
+            if hi > lo:  # an empty shard only joins the gathers below
+                _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
             _sync(dev)
             seconds = time.perf_counter() - t0
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     robust = (y_adv.to(y.device) == y).cpu() & clean
+    order = list(adversary.attacks_to_run)
+    per_attack = handler.per_attack
+    if world.enabled:
+        robust, clean, seconds, per_attack = _gather(robust, clean, seconds, per_attack, order)
     settings = {"eps": float(eps), "version": version, "norm": norm, "seed": seed, "batch_size": batch_size,
-                "attacks": list(adversary.attacks_to_run)}
+                "attacks": order, "world_size": world.world_size}
     if n_iter is not None:
         settings["n_iter"] = n_iter
     return AutoAttackResult(clean_acc=float(clean.float().mean()), robust_acc=float(robust.float().mean()),
-                            robust=robust, per_attack=handler.per_attack, seconds=seconds, settings=settings)
+                            robust=robust, per_attack=per_attack, seconds=seconds, settings=settings)
+
+
+def _gather(robust: Tensor, clean: Tensor, seconds: float, per_attack: dict[str, float],
+            order: list[str]) -> tuple[Tensor, Tensor, float, dict[str, float]]:
+    """Every rank's flags in rank order, the slowest rank's seconds and the pooled robust accuracy after each attack.
+
+    AutoAttack logs each accuracy as a percentage with two decimals, so a rank's count after an attack is recovered
+    exactly by rounding for shards of up to 10,000 samples. A rank that logged nothing for an attack had no robust
+    sample left (AutoAttack skips the remaining attacks then): its count is 0.
+    """
+    n = robust.shape[0]
+    counts = [float(round(per_attack[a] * n)) if a in per_attack else 0.0 for a in order]
+    logged = [float(a in per_attack) for a in order]
+    mine = torch.tensor([[seconds, n, *counts, *logged]], dtype=torch.float64)
+    every = gather_rows(mine)
+    flags = gather_rows(torch.stack([robust, clean], 1).to(torch.uint8)).bool()
+    total, k = int(every[:, 1].sum()), len(order)
+    pooled = {a: float(every[:, 2 + i].sum()) / total for i, a in enumerate(order) if every[:, 2 + k + i].any()}
+    return flags[:, 0], flags[:, 1], float(every[:, 0].max()), pooled
 
 
 def _set_apgd_iterations(attack: Any, n_iter: int) -> None:
@@ -152,7 +196,7 @@ def _set_apgd_iterations(attack: Any, n_iter: int) -> None:
 def _clean_correct(model: nn.Module, x: Tensor, y: Tensor, dev: torch.device, batch_size: int) -> Tensor:
     out = [model(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size].cpu()
            for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
 def _sync(dev: torch.device) -> None:

@@ -3,6 +3,13 @@
 Defaults come from the checkpoint (dataset, ε); α defaults to ε/4 (GA's evaluation; WONG/NF/ZG fix 2/255 for ε=8/255,
 pass --alpha 2/255 for that). The first --n test images are used (as GA; not a random subset). Bad input (missing or
 foreign checkpoint, a dataset that does not fit the model, ε ≤ 0) prints one error line and returns 2.
+
+Several GPUs: ``torchrun --nproc_per_node=8 -m fastat eval runs/x/checkpoint.pt`` shards the test images over the
+processes (process k on cuda:LOCAL_RANK, or the CPU with gloo) and gathers the per-sample results: the PGD numbers are
+those of a single-process run, AutoAttack's a valid evaluation with per-rank random draws. Only rank 0 prints the
+table and writes eval.json (with "world_size"); the input is checked on every rank before any process waits for
+another, so bad input exits 2 everywhere. Spell --n as --num-samples there: torchrun's own parser takes "--n" for an
+ambiguous abbreviation of its options.
 """
 
 from __future__ import annotations
@@ -10,7 +17,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -46,9 +55,12 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, default=10, help="PGD random restarts (default 10)")
     p.add_argument("--no-early-stop", action="store_true", help="run every PGD step on every sample (GA)")
     p.add_argument("--autoattack", action="store_true", help="also run standard AutoAttack (pyautoattack)")
-    p.add_argument("--n", type=int, default=10000, help="evaluate the first N test images (default 10000)")
+    # --num-samples: under torchrun, whose own parser reads "--n" as an ambiguous abbreviation of its options
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=10000,
+                   help="evaluate the first N test images (default 10000; --num-samples under torchrun)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: sized from memory)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1, cpu (default: cuda if available; under torchrun cuda means cuda:LOCAL_RANK)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward precision (default fp32)")
     p.add_argument("--impl", choices=IMPLS, default="batched", help="PGD engine (default batched)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
@@ -74,28 +86,65 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation described by ``args``; returns the exit status (0, or 2 on bad input)."""
+    """Run the evaluation described by ``args``; returns the exit status (0, or 2 on bad input).
+
+    Under torchrun (WORLD_SIZE > 1) every rank runs this: all input checks come before the process group starts,
+    and only rank 0 prints the table and writes eval.json."""
+    from .. import distributed as fdist
+
+    world = fdist.env_world_size()
     try:
-        report, out_path = _evaluate(args)
+        job = _prepare(args, world)
     except EvalInputError as exc:
         print(f"fastat eval: error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(report))
-    print(f"wrote {out_path}")
+    owns_group = world > 1 and not fdist.current().enabled  # leave a caller's process group up
+    rank = fdist.init(job.device.type) if world > 1 else fdist.Dist()
+    try:
+        report = _evaluate(args, job, rank)
+        if rank.is_main:
+            job.out_path.parent.mkdir(parents=True, exist_ok=True)
+            job.out_path.write_text(json.dumps(report, indent=2) + "\n")
+            print(format_table(report))
+            print(f"wrote {job.out_path}")
+    finally:
+        if owns_group:
+            fdist.shutdown()
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+@dataclass
+class _Job:
+    """Everything `_prepare` checked and loaded: the model on its device, the samples, ε and α."""
+
+    ckpt: dict[str, Any]
+    model: torch.nn.Module
+    dataset: str
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: float
+    alpha: float
+    device: torch.device
+    out_path: Path
+
+
+def _prepare(args: argparse.Namespace, world: int) -> _Job:
+    """Check the arguments, load the checkpoint and the data (no collectives: each rank fails the same way)."""
     from ..checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
     from ..data import SPECS, canonical_name, load_dataset
-    from .pgd import pgd_robustness
 
     for name, value, low in (("--pgd-steps", args.pgd_steps, 0), ("--restarts", args.restarts, 1), ("--n", args.n, 1)):
         if value < low:
             raise EvalInputError(f"{name} must be >= {low}, got {value}")
     if args.batch_size is not None and args.batch_size < 1:
         raise EvalInputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = _device(args.device)
+    device = _rank_device(args.device) if world > 1 else _device(args.device)
+    if args.autoattack:
+        from .autoattack import autoattack_available
+
+        if not autoattack_available():
+            raise EvalInputError("--autoattack needs the 'pyautoattack' package (pip install pyautoattack; "
+                                 "Python >= 3.10)")
     try:
         ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
         model = model_from_checkpoint(ckpt)
@@ -118,32 +167,34 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     _check_fit(ckpt["model_config"], dataset, ds.in_channels, ds.num_classes, ds.input_size)
     n = min(args.n, len(ds))
     x = ds.images[:n].float().div_(255.0)
-    y = ds.labels[:n]
-    model.to(device)
-    res = pgd_robustness(model, x, y, eps, alpha, steps=args.pgd_steps, restarts=args.restarts,
+    return _Job(ckpt, model.to(device), dataset, x, ds.labels[:n], eps, alpha, device,
+                _out_path(args.out, args.checkpoint))
+
+
+def _evaluate(args: argparse.Namespace, job: _Job, rank: Any) -> dict[str, Any]:
+    """PGD (and AutoAttack) on the job's samples; sharded over the process group when ``rank.enabled``."""
+    from .pgd import pgd_robustness
+
+    res = pgd_robustness(job.model, job.x, job.y, job.eps, job.alpha, steps=args.pgd_steps, restarts=args.restarts,
                          early_stop=not args.no_early_stop, precision=args.precision, batch_size=args.batch_size,
-                         seed=args.seed, impl=args.impl, device=device, progress=not args.no_progress)
+                         seed=args.seed, impl=args.impl, device=job.device,
+                         progress=not args.no_progress and rank.is_main, distributed=rank.enabled)
+    ckpt = job.ckpt
     report: dict[str, Any] = {
         "checkpoint": str(Path(args.checkpoint).resolve()), "model": ckpt["model_config"].get("name"),
-        "epoch": ckpt["epoch"], "dataset": dataset, "split": "test", "n": n, "eps": eps, "alpha": alpha,
-        "device": str(device), "precision": args.precision, "seed": args.seed, "clean_acc": res.clean_acc,
-        "pgd": res.to_dict(), "autoattack": None,
+        "epoch": ckpt["epoch"], "dataset": job.dataset, "split": "test", "n": int(job.x.shape[0]), "eps": job.eps,
+        "alpha": job.alpha, "device": str(job.device), "world_size": rank.world_size, "precision": args.precision,
+        "seed": args.seed, "clean_acc": res.clean_acc, "pgd": res.to_dict(), "autoattack": None,
         "versions": {"fastat": _fastat_version(), "torch": torch.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if args.autoattack:
         from .autoattack import run_autoattack
 
-        try:
-            aa = run_autoattack(model, x, y, eps, version="standard", device=device,
-                                batch_size=args.batch_size or 500, seed=args.seed)
-        except ImportError as exc:
-            raise EvalInputError(str(exc)) from None
+        aa = run_autoattack(job.model, job.x, job.y, job.eps, version="standard", device=job.device,
+                            batch_size=args.batch_size or 500, seed=args.seed, distributed=rank.enabled)
         report["autoattack"] = aa.to_dict()
-    out_path = _out_path(args.out, args.checkpoint)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
-    return report, out_path
+    return report
 
 
 def _device(name: str | None) -> torch.device:
@@ -156,6 +207,31 @@ def _device(name: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EvalInputError(f"--device {name}: CUDA is not available on this machine")
     return dev
+
+
+def _rank_device(name: str | None) -> torch.device:
+    """This torchrun process's device: cuda:LOCAL_RANK when CUDA is used, else ``--device`` (cpu by default).
+
+    With more processes than GPUs on the node it is an error, unless FASTAT_DIST_BACKEND=gloo shares the GPUs
+    (process k on cuda:(k mod count), e.g. to test several ranks on one GPU)."""
+    local_text = os.environ.get("LOCAL_RANK", "")
+    if not local_text.isdigit():
+        raise EvalInputError(f"WORLD_SIZE > 1 but LOCAL_RANK is {local_text or 'not set'}; launch with torchrun")
+    local = int(local_text)
+    if name is not None and name.strip().lower().startswith("cuda:"):
+        raise EvalInputError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; "
+                             f"pass --device cuda or leave --device out")
+    dev = _device(name)
+    if dev.type != "cuda":
+        return dev
+    count = torch.cuda.device_count()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))
+    if per_node > count:
+        if os.environ.get("FASTAT_DIST_BACKEND") == "gloo":
+            return torch.device("cuda", local % count)
+        raise EvalInputError(f"torchrun started {per_node} processes on this node but only {count} CUDA device(s) "
+                             f"are visible; use --nproc_per_node={count} (or --device cpu)")
+    return torch.device("cuda", local)
 
 
 def _number(flag: str, text: str) -> float:
@@ -194,13 +270,15 @@ def format_table(report: dict[str, Any]) -> str:
     """A plain-text table of the report's accuracies and times."""
     pgd = report["pgd"]
     tag = f"PGD-{pgd['steps']}-{pgd['restarts']}"
+    world = report.get("world_size", 1)
+    where = report["device"] if world == 1 else f"{world} processes, rank 0 on {report['device']}"
     rows = [("model / epoch", f"{report['model']} / {report['epoch']}"),
             ("dataset (test, first n)", f"{report['dataset']} ({report['n']})"),
             ("eps / alpha", f"{report['eps']:.5g} / {report['alpha']:.5g}"),
             ("clean accuracy", f"{100 * report['clean_acc']:.2f} %"),
             (f"{tag} robust (max-loss, official)", f"{100 * pgd['robust_acc_max_loss']:.2f} %"),
             (f"{tag} robust (any restart)", f"{100 * pgd['robust_acc_any']:.2f} %"),
-            (f"{tag} time", f"{pgd['seconds']:.1f} s ({pgd['impl']}, {pgd['precision']}, {report['device']})")]
+            (f"{tag} time", f"{pgd['seconds']:.1f} s ({pgd['impl']}, {pgd['precision']}, {where})")]
     aa = report.get("autoattack")
     if aa:
         rows.append(("AutoAttack (standard) robust", f"{100 * aa['robust_acc']:.2f} %"))

@@ -21,6 +21,21 @@ Implementations (identical per-sample flags for the same seed):
   early-stopped runs stop costing compute (`_pgd_batched`);
 - "plain": chunks of samples, restarts one after another, every sample forwarded at every step (a torchattacks-style
   loop with the reference codes' early-stop mask) — the baseline the batched engine is measured against.
+
+Distributed (``torchrun``; ``distributed=None`` shards whenever a process group of more than one rank is up): the
+call is then a collective that every rank must make (a rank-0-only evaluation passes ``distributed=False``). Every
+rank passes the same full (x, y) and the same plain module with identical weights (no DDP wrapper needed; a DDP or
+DataParallel wrapper is unwrapped; keeping the weights and BN buffers in sync is the caller's job — the trainer
+broadcasts its buffers before evaluating). Rank k evaluates the contiguous shard ``fastat.distributed.shard_range(N,
+k, world, align=BLOCK)``: shards start on `_starts` block boundaries and the shard's start bank is told its global
+block offset, so every sample gets the random starts it gets in one process and its per-sample results are those of a
+single-process run (bit-identical wherever the model's per-row outputs do not depend on batch composition, the same
+condition as for chunking above). The per-sample tensors are gathered in the original order and the accuracies
+recomputed from them, so every rank returns the same full `PGDResult`; ``seconds`` is the slowest rank's,
+``forward_rows`` the sum over ranks, ``settings["batch_size"]`` the largest rank's rows per forward and
+``settings["world_size"]`` the number of ranks that shared the work. A rank with an empty shard (fewer blocks than
+ranks) still joins the collectives. Errors in the arguments are raised on every rank before any collective; ranks
+that disagree on N or the labels all raise ValueError.
 """
 
 from __future__ import annotations
@@ -33,7 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed as fdist
 from .. import ops
+from . import _starts
 from ._common import (PRECISIONS, check_choice, check_inputs, check_int, check_positive, eval_mode, input_gradient,
                       logits_of, model_device)
 from ._pgd_batched import BatchedPGD, Settings
@@ -53,7 +70,8 @@ class PGDResult:
 
     ``robust_acc``/``robust`` follow ``accounting``; both accountings are always present. ``restart_loss`` and
     ``restart_correct`` (N, R) hold each restart's final CE and correctness; ``forward_rows`` counts rows forwarded
-    by attack iterations (the work done); ``seconds`` is the wall time, synchronised.
+    by attack iterations (the work done); ``seconds`` is the wall time, synchronised. Distributed: the same full
+    result on every rank, with ``seconds`` the slowest rank's and ``forward_rows`` summed over ranks.
     """
 
     clean_acc: float
@@ -93,12 +111,14 @@ def pgd_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: fl
                    restarts: int = 10, accounting: str = "max_loss", early_stop: bool = True, precision: str = "fp32",
                    batch_size: int | None = None, seed: int = 0, impl: str = "batched", *,
                    device: str | torch.device | None = None, compact_every: int = 2,
-                   progress: bool = False) -> PGDResult:
+                   progress: bool = False, distributed: bool | None = None) -> PGDResult:
     """PGD-``steps``-``restarts`` robust accuracy of ``model`` on (x, y) in the ℓ∞ ball of radius ε.
 
     Args:
-        model: maps (B, C, H, W) inputs in [0, 1] to logits (normalisation inside); run in eval mode.
-        x, y: N inputs in [0, 1] (any device; moved in blocks) and their int labels.
+        model: maps (B, C, H, W) inputs in [0, 1] to logits (normalisation inside); run in eval mode. Under a
+            process group every rank must hold identical weights (a DDP wrapper is unwrapped).
+        x, y: N inputs in [0, 1] (any device; moved in blocks) and their int labels; the same full set on every
+            rank when distributed.
         eps, alpha: ε and the step α, in [0, 1] pixel units (the references use α = 2/255 or ε/4).
         steps, restarts: PGD iterations per restart and number of random restarts.
         accounting: which accounting fills ``robust_acc``/``robust`` ("max_loss" official, or "any").
@@ -110,7 +130,10 @@ def pgd_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: fl
         impl: "batched" (pool with compaction) or "plain" (restarts one after another).
         device: where to run (default: the model's device).
         compact_every: iterations between pool compactions (batched only).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only when distributed).
+        distributed: shard the samples over the torch.distributed process group and gather the results (see the
+            module docstring). None: when a group of more than one rank is initialised; False: evaluate every sample
+            on this rank; True: require an initialised process group.
     """
     fn = "pgd_robustness"
     check_inputs(fn, x, y)
@@ -124,10 +147,17 @@ def pgd_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: fl
     check_choice(fn, "impl", impl, IMPLS)
     if batch_size is not None:
         check_int(fn, "batch_size", batch_size, 1)
+    world = resolve_world(fn, distributed)
+    model = plain_module(model)
     dev = torch.device(device) if device is not None else model_device(model)
     n = int(x.shape[0])
-    bank = StartBank(x, y, eps, seed, dev)
-    bar = _progress_bar(progress, n * restarts, f"PGD-{steps}-{restarts} ({impl})")
+    lo, hi = 0, n
+    if world.enabled:
+        check_same_samples(fn, x, y)
+        lo, hi = fdist.shard_range(n, world.rank, world.world_size, align=_starts.BLOCK)
+    bank = StartBank(x[lo:hi], y[lo:hi], eps, seed, dev, first_block=lo // _starts.BLOCK)
+    tag = f", rank 0 of {world.world_size}" if world.enabled else ""
+    bar = _progress_bar(progress and world.is_main, (hi - lo) * restarts, f"PGD-{steps}-{restarts} ({impl}{tag})")
     with eval_mode(model):
         _sync(dev)
         t0 = time.perf_counter()
@@ -139,20 +169,23 @@ def pgd_robustness(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: fl
             loss, correct, clean, work = engine.loss, engine.correct, engine.clean, engine.forward_rows
         else:
             loss, correct, clean, work = _plain(model, bank, cfg, bar)
-        robust_ml, robust_any = aggregate_restarts(loss, correct)
         _sync(dev)
         seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    robust_ml, robust_any, clean = robust_ml.cpu(), robust_any.cpu(), clean.cpu()
+    loss, correct, clean = loss.cpu(), correct.cpu(), clean.cpu()
+    if world.enabled:
+        loss, correct, clean, (seconds, work, rows) = _gather_results(loss, correct, clean, seconds, work,
+                                                                      rows if hi > lo else None)
+    robust_ml, robust_any = aggregate_restarts(loss, correct)
     acc = lambda t: float(t.float().mean())  # noqa: E731
     settings = {"eps": float(eps), "alpha": float(alpha), "steps": steps, "restarts": restarts,
                 "early_stop": bool(early_stop), "precision": precision, "impl": impl, "seed": seed,
-                "batch_size": rows}
+                "batch_size": rows, "world_size": world.world_size}
     primary = robust_ml if accounting == "max_loss" else robust_any
     return PGDResult(clean_acc=acc(clean), robust_acc=acc(primary), robust=primary, accounting=accounting,
                      robust_acc_max_loss=acc(robust_ml), robust_acc_any=acc(robust_any), robust_max_loss=robust_ml,
-                     robust_any=robust_any, clean=clean, restart_loss=loss.cpu(), restart_correct=correct.cpu(),
+                     robust_any=robust_any, clean=clean, restart_loss=loss, restart_correct=correct,
                      seconds=seconds, settings=settings, forward_rows=work)
 
 
@@ -192,7 +225,7 @@ def _plain(model: nn.Module, bank: StartBank, cfg: Settings, bar) -> tuple[Tenso
 
 def _auto_rows(model: nn.Module, bank: StartBank, precision: str) -> int:
     """Rows per forward that fit: measured from one probe forward/backward on CUDA; a fixed 256 on the CPU."""
-    if bank.device.type != "cuda":
+    if bank.device.type != "cuda" or bank.n == 0:
         return CPU_AUTO_ROWS
     probe = min(64, bank.n)
     xb, yb = bank.block(0)
@@ -207,6 +240,50 @@ def _auto_rows(model: nn.Module, bank: StartBank, precision: str) -> int:
     # half the free memory: the pool's own tensors (x, δ, gathers at compaction) need room too
     rows = int(0.5 * free // (per_row + 4 * xb[0].numel() * 4))
     return max(8, min(rows, MAX_AUTO_ROWS))
+
+
+# ------------------------------------------------------------------------ distributed helpers (autoattack.py too)
+
+def resolve_world(fn: str, distributed: bool | None) -> fdist.Dist:
+    """The process group to shard over: ``fastat.distributed.current()``, or a world of one (see ``distributed``)."""
+    import torch.distributed as dist
+
+    if distributed is not None and not isinstance(distributed, bool):
+        raise ValueError(f"{fn}: argument 'distributed' must be None, True or False, got {distributed!r}")
+    if distributed is False:
+        return fdist.Dist()
+    if distributed and not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(f"{fn}: argument 'distributed' is True but no torch.distributed process group is "
+                         f"initialised (launch with torchrun and call fastat.distributed.init first)")
+    return fdist.current()
+
+
+def plain_module(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel/DataParallel wrapper (evaluation needs no gradient sync)."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+gather_rows = fdist.all_gather_rows  # CPU tensors included, under NCCL too
+
+
+def check_same_samples(fn: str, x: Tensor, y: Tensor) -> None:
+    """Every rank must pass the same N samples (checked: N and the label sum); raises on every rank otherwise."""
+    mine = torch.tensor([[x.shape[0], int(y.long().sum())]], dtype=torch.int64)
+    every = gather_rows(mine)
+    if not bool((every == mine).all()):
+        raise ValueError(f"{fn}: arguments 'x' and 'y' must be the same full set on every rank when distributed; "
+                         f"(N, label sum) per rank: {every.tolist()}")
+
+
+def _gather_results(loss: Tensor, correct: Tensor, clean: Tensor, seconds: float, work: int,
+                    rows: int | None) -> tuple[Tensor, Tensor, Tensor, tuple[float, int, int | None]]:
+    """Every rank's shard of (loss, correct, clean) in rank order, and (max seconds, summed work, max rows)."""
+    loss = gather_rows(loss)
+    flags = gather_rows(torch.cat([clean[:, None], correct], 1).to(torch.uint8)).bool()
+    stats = gather_rows(torch.tensor([[seconds, work, -1 if rows is None else rows]], dtype=torch.float64))
+    used = [int(r) for r in stats[:, 2].tolist() if r >= 0]
+    return loss, flags[:, 1:], flags[:, 0], (float(stats[:, 0].max()), int(stats[:, 1].sum()), max(used))
 
 
 def _sync(dev: torch.device) -> None:
