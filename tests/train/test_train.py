@@ -193,3 +193,27 @@ def test_cli_train_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert png.exists() and "fgsm_rs" in out and "n_fgsm" in out
     assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_final_evaluation_reports_last_best_and_ema(tmp_path, monkeypatch, capsys):
+    accs = iter([0.5, 0.3])  # epoch 1 is the best: best.pt != the last weights
+    real = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model=None: {**real(self, model), "pgd_acc": next(accs)}
+                        if model is None else real(self, model))
+    t = fit(method="fgsm", epochs=2, out=str(tmp_path), ema=0.9, final_eval="pgd", final_n=24, **TINY)
+    report = json.loads((tmp_path / "final_eval.json").read_text())
+    assert report == t.final and report["n"] == 24 and report["steps"] == 50 and report["restarts"] == 10
+    assert set(report["models"]) == {"last", "best", "ema"}
+    assert report["models"]["best"]["epoch"] == 1 and report["models"]["last"]["epoch"] == 2
+    for r in report["models"].values():
+        assert 0 <= r["pgd_acc"] <= r["clean_acc"] + 1e-9 and r["pgd_any_acc"] <= r["pgd_acc"]
+    assert "final evaluation: PGD-50-10" in capsys.readouterr().out
+    # a finished run resumed with --final-eval only evaluates (final_eval is free to change on resume)
+    (tmp_path / "final_eval.json").unlink()
+    again = Trainer(TrainConfig(method="fgsm", epochs=2, out=str(tmp_path), ema=0.9, final_eval="pgd", final_n=8,
+                                **TINY))
+    assert again.resume() and again.epoch == 2
+    again.fit()
+    assert json.loads((tmp_path / "final_eval.json").read_text())["n"] == 8
+    with pytest.raises(ConfigError, match="final_eval"):
+        TrainConfig(final_eval="aa").validate()

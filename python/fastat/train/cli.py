@@ -59,6 +59,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--co-steps", type=int, default=10)
     p.add_argument("--co-drop", type=float, default=0.2)
     p.add_argument("--on-co", default="log", choices=["log", "stop", "rollback"])
+    p.add_argument("--final-eval", default="none", choices=["none", "pgd", "pgd+aa"],
+                   help="after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA weights on "
+                        "--final-n test images, to final_eval.json (also on a finished run with --resume)")
+    p.add_argument("--final-n", type=int, default=1000)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -85,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        label_smoothing=args.label_smoothing, ema=args.ema, cuda_graph=args.cuda_graph,
                        eval_n=args.eval_n,
                        eval_steps=args.eval_steps, co_batch=args.co_batch, co_steps=args.co_steps,
-                       co_drop=args.co_drop, on_co=args.on_co, progress=not args.no_progress)
+                       co_drop=args.co_drop, on_co=args.on_co, progress=not args.no_progress,
+                       final_eval=args.final_eval, final_n=args.final_n)
 
 
 def run(args: argparse.Namespace) -> int:

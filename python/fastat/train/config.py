@@ -12,6 +12,7 @@ from .monitor import CO_ACTIONS
 from .schedules import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+FINAL_EVALS = ("none", "pgd", "pgd+aa")
 
 __all__ = ["PRECISIONS", "ConfigError", "TrainConfig", "parse_number", "parse_value"]
 
@@ -85,6 +86,8 @@ class TrainConfig:
     progress: bool = True
     checkpoint: bool = True
     plot: bool = True                    # rewrite curves.png after every epoch
+    final_eval: str = "none"             # after training: "pgd" (PGD-50-10) or "pgd+aa" (+ AutoAttack) on last/best/EMA
+    final_n: int = 1000                  # test images for the final evaluation
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,7 +113,7 @@ class TrainConfig:
             raise ConfigError(f"unknown dataset {self.dataset!r}: {exc}") from None
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 < self.eps <= 1):
             raise ConfigError(f"argument 'eps' must be in (0, 1] (pixel units, e.g. 8/255), got {self.eps!r}")
-        for name in ("epochs", "batch_size", "eval_n", "co_batch"):
+        for name in ("epochs", "batch_size", "eval_n", "co_batch", "final_n"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"argument '{name}' must be a positive int, got {v!r}")
@@ -161,5 +164,13 @@ class TrainConfig:
                               "device on the host every step)")
         if self.cuda_graph and self.device is not None and not self.device.startswith("cuda"):
             raise ConfigError(f"argument 'cuda_graph' needs a CUDA device (got device {self.device!r})")
+        if self.final_eval not in FINAL_EVALS:
+            raise ConfigError(f"argument 'final_eval' must be one of {', '.join(FINAL_EVALS)}, got {self.final_eval!r}")
+        if self.final_eval == "pgd+aa":
+            from ..eval import autoattack_available
+
+            if not autoattack_available():
+                raise ConfigError("argument 'final_eval' = 'pgd+aa' needs the 'pyautoattack' package (pip install "
+                                  "pyautoattack; Python >= 3.10)")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ConfigError(f"argument 'ema' must be a decay in (0, 1), got {self.ema!r}")

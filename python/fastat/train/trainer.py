@@ -75,7 +75,9 @@ def default_model(device_type: str) -> str:
 
 # Config keys a resumed run may change: they do not alter the training trajectory (output, progress, evaluation).
 RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eval_steps", "eval_restarts", "on_co",
-                         "max_rollbacks"})
+                         "max_rollbacks", "final_eval", "final_n"})
+FINAL = "final_eval.json"
+FINAL_STEPS, FINAL_RESTARTS = 50, 10
 
 
 class Trainer:
@@ -172,6 +174,7 @@ class Trainer:
         if self.ema is not None:
             for p in self.ema.parameters():
                 p.requires_grad_(False)
+        self.test_set = test
         n_eval = min(cfg.eval_n, len(test))
         self.x_eval = test.images[:n_eval].float().div(255).to(self.device)
         self.y_eval = test.labels[:n_eval].long().to(self.device)
@@ -192,6 +195,7 @@ class Trainer:
         self.eager_steps = 0   # steps run eagerly / replayed from the captured graph (graph mode reports both)
         self.graph_replays = 0
         self.graph_mode_failed: str | None = None  # why a capture failed (graph mode then trains eagerly)
+        self.final: dict[str, Any] | None = None  # `final_evaluation`'s report
 
     def _join_processes(self) -> dist_.Dist:
         """Under torchrun (WORLD_SIZE > 1): join the process group and take the GPU of this rank's LOCAL_RANK."""
@@ -591,7 +595,56 @@ class Trainer:
                 self._say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): stopping")
                 self._log({"event": "stop", "at_epoch": epoch})
                 break
+        if cfg.final_eval != "none" and self.final is None:
+            self.final_evaluation()
         return self.history
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """PGD-50-10 (α = ε/4, fp32, seed 0) and, with ``final_eval="pgd+aa"``, standard AutoAttack on the first
+        ``final_n`` test images, for the last weights, the best-PGD epoch's (``best.pt``, Rice et al.'s early
+        stopping; "best vs last" is what CO hides) and the EMA weights. Written to ``final_eval.json`` and printed;
+        also kept in ``self.final``. Sharded over the ranks under torchrun."""
+        from ..eval import pgd_robustness, run_autoattack
+
+        cfg = self.cfg
+        n = min(cfg.final_n, len(self.test_set))
+        x = self.test_set.images[:n].float().div(255).to(self.device)
+        y = self.test_set.labels[:n].long().to(self.device)
+        self._broadcast_model_buffers()
+        models: dict[str, tuple[nn.Module, int]] = {"last": (self.model, self.epoch)}
+        if self.out is not None and (self.out / BEST).exists():
+            best = load_checkpoint(self.out / BEST, map_location=self.device, weights_only=False)
+            if best["epoch"] != self.epoch:
+                model = copy.deepcopy(self.model)
+                model.load_state_dict(best["model"])
+                models["best"] = (model, int(best["epoch"]))
+            else:
+                models["best"] = (self.model, self.epoch)
+        if self.ema is not None:
+            models["ema"] = (self.ema, self.epoch)
+        results: dict[str, dict[str, Any]] = {}
+        for name, (model, epoch) in models.items():
+            if name == "best" and model is self.model:
+                results[name] = dict(results["last"])
+                continue
+            r = pgd_robustness(model, x, y, cfg.eps, cfg.eps / 4, steps=FINAL_STEPS, restarts=FINAL_RESTARTS,
+                               seed=0, progress=cfg.progress and self.dist.is_main)
+            res = {"epoch": epoch, "clean_acc": r.clean_acc, "pgd_acc": r.robust_acc_max_loss,
+                   "pgd_any_acc": r.robust_acc_any, "pgd_seconds": r.seconds}
+            if cfg.final_eval == "pgd+aa":
+                aa = run_autoattack(model, x, y, cfg.eps, version="standard", device=self.device, seed=0)
+                res.update({"autoattack_acc": aa.robust_acc, "autoattack_seconds": aa.seconds})
+            results[name] = res
+        self.final = {"n": n, "eps": cfg.eps, "alpha": cfg.eps / 4, "steps": FINAL_STEPS, "restarts": FINAL_RESTARTS,
+                      "accounting": "max_loss (official); pgd_any_acc: any restart", "precision": "fp32",
+                      "world_size": self.dist.world_size, "models": results}
+        if self.dist.is_main:
+            if self.out is not None:
+                import json
+
+                (self.out / FINAL).write_text(json.dumps(self.final, indent=2) + "\n")
+            print(_final_table(self.final), flush=True)
+        return self.final
 
     def _roll_back(self, epoch: int, co_acc: float) -> None:
         """Restore ``last_good.pt``, keep the hyper-parameters and roll-back events since, strengthen the method."""
@@ -637,6 +690,20 @@ class Trainer:
         print(f"epoch {r['epoch']:3d} loss {r['train_loss']:.4f} clean {r['clean_acc']:.3f} "
               f"pgd {r['pgd_acc']:.3f}{ema} co-check {r['co_pgd_acc']:.3f}{' CO!' if r['co'] else ''} "
               f"train {r['train_seconds']:.1f}s eval {r['eval_seconds']:.1f}s", flush=True)
+
+
+def _final_table(report: dict[str, Any]) -> str:
+    aa = any("autoattack_acc" in r for r in report["models"].values())
+    head = f"final evaluation: PGD-{report['steps']}-{report['restarts']} (alpha = eps/4) on {report['n']} test images"
+    lines = [head, f"{'weights':8s} {'epoch':>5s} {'clean':>7s} {'PGD':>7s} {'PGD any':>8s}"
+             + ("  AutoAttack" if aa else "")]
+    for name, r in report["models"].items():
+        row = (f"{name:8s} {r['epoch']:5d} {100 * r['clean_acc']:6.2f}% {100 * r['pgd_acc']:6.2f}% "
+               f"{100 * r['pgd_any_acc']:7.2f}%")
+        if "autoattack_acc" in r:
+            row += f"  {100 * r['autoattack_acc']:9.2f}%"
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def fit(config: TrainConfig | None = None, *, model: nn.Module | None = None, resume: bool = False,
