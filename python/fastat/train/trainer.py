@@ -15,9 +15,9 @@ contiguous share of every batch one process would draw, so the same config train
 training forward/backward goes through DDP, exactly one of each per step (a GradAlign regulariser's double-backprop
 graph on the plain module joins the same backward). The loss is scaled so the averaged gradient is the global-batch
 mean even when the last batch splits unevenly. Per-example state (ATAS δ/v, APART ω) is replicated: after each step
-the ranks exchange the rows they updated (exact one-process semantics; fine for data sets that fit on one GPU); it
-is allocated before training (`Method.prepare`) and rank 0's draw, the one-process draw, is broadcast then and after
-each `on_epoch_start` (ATAS resets). BatchNorm statistics
+the ranks exchange the rows they updated (exact one-process semantics; fine for data sets that fit on one GPU); under
+torchrun it is allocated before training (`Method.prepare`) and rank 0's draw, the one-process draw, is broadcast then
+and after each `on_epoch_start` (ATAS resets). BatchNorm statistics
 stay per rank (no SyncBN, which breaks GradAlign's double backward) and DDP broadcasts rank 0's buffers at each
 forward; before evaluating, rank 0's buffers are broadcast again, then the evaluation is sharded and gathered
 (`fastat.eval.pgd_robustness`). Rank 0 writes metrics, plots and checkpoints (which carry every rank's RNG state);
@@ -150,13 +150,15 @@ class Trainer:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             torch.manual_seed(cfg.seed + 1000003 * self.dist.rank)  # rank 0 keeps the one-process stream
-        from ..batch import BatchInfo
+            # per-example state now, not on the first perturb, so rank 0's draw (the one a single process makes
+            # there: nothing in between uses the global RNG) can be broadcast before any rank reads it
+            from ..batch import BatchInfo
 
-        c, (h, w) = int(train.images.shape[1]), self.loader.image_size
-        self.method.prepare(BatchInfo(index=torch.zeros(0, dtype=torch.int64, device=self.device),
-                                      num_examples=self.loader.num_examples, pad=self.loader.pad),
-                            torch.zeros(0, c, h, w, device=self.device))
-        self._broadcast_example_state()  # per-example state drawn by rank 0 (the one-process draw) everywhere
+            c, (h, w) = int(train.images.shape[1]), self.loader.image_size
+            self.method.prepare(BatchInfo(index=torch.zeros(0, dtype=torch.int64, device=self.device),
+                                          num_examples=self.loader.num_examples, pad=self.loader.pad),
+                                torch.zeros(0, c, h, w, device=self.device))
+            self._broadcast_example_state()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self._lr(cfg.lr_max), momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, **self._sgd_kw())
         self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, steps, peak=cfg.lr_peak,
