@@ -21,6 +21,24 @@ def tiny_model(bn: bool) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _fixed_noise_gradalign(method):
+    """GradAlign whose noise η = ε·sin(997·x) depends on the sample, not on the RNG stream or the batch split, so a
+    sharded run can be compared with one process through the double-backprop regulariser."""
+    from fastat.methods import GradAlign
+    from fastat.methods.base import attack_mode, input_grad, leaf
+    from fastat.methods.gradalign import gradient_alignment
+
+    class FixedNoise(GradAlign):
+        def extra_loss(self, model, x, y, x_adv, batch=None):
+            xf = x.detach().float()
+            eta = self.eps * torch.sin(997.0 * xf + 1.0)
+            with attack_mode(model, self.attack_bn_mode), torch.enable_grad():
+                grad2 = input_grad(model, leaf(xf + eta), y, create_graph=True)
+                return self.lam * (1.0 - gradient_alignment(self._grad1, grad2))
+
+    return FixedNoise(eps=method.eps, alpha=method.alpha, lam=method.lam)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -31,6 +49,8 @@ def main() -> None:
     p.add_argument("--bn", action="store_true")
     p.add_argument("--kill-in-epoch", type=int, default=0, help="raise KeyboardInterrupt at the start of this epoch")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--fixed-noise", action="store_true",
+                   help="GradAlign: the regulariser's noise as a function of each sample's pixels (not the RNG)")
     p.add_argument("--co-in-epoch", type=int, default=0, help="the CO check fails in this epoch (on rank 0 only)")
     p.add_argument("--hp", default="{}", help="method kwargs as JSON")
     p.add_argument("--cfg", default="{}", help="more TrainConfig fields as JSON")
@@ -40,6 +60,8 @@ def main() -> None:
                       progress=False, plot=False, lr_max=0.05, out=f"{a.out}/run",
                       method_kwargs=json.loads(a.hp), **json.loads(a.cfg))
     t = Trainer(cfg, model=tiny_model(a.bn))
+    if a.fixed_noise:
+        t.method = _fixed_noise_gradalign(t.method)
     if a.resume:
         assert t.resume()
     if a.co_in_epoch:
