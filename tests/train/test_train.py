@@ -217,3 +217,16 @@ def test_final_evaluation_reports_last_best_and_ema(tmp_path, monkeypatch, capsy
     assert json.loads((tmp_path / "final_eval.json").read_text())["n"] == 8
     with pytest.raises(ConfigError, match="final_eval"):
         TrainConfig(final_eval="aa").validate()
+
+
+def test_cli_values_include_json_lists():
+    from fastat.train import parse_value
+
+    assert parse_value("[]", "noise_modules") == [] and parse_value("[1, 2]") == [1, 2]
+    assert parse_value("8/255") == pytest.approx(8 / 255) and parse_value("true") is True
+    with pytest.raises(ConfigError, match="noise_modules"):
+        parse_value("[1,", "noise_modules")
+    cfg = {**TINY, "model": "preact18", "model_kwargs": {}}
+    assert len(Trainer(TrainConfig(method="apart", epochs=1, **cfg)).method.parameters()) == 2 + 8  # 8 noise sites
+    t = Trainer(TrainConfig(method="apart", epochs=1, method_kwargs={"noise_modules": parse_value("[]")}, **cfg))
+    assert t.method.noise_modules == [] and len(t.method.parameters()) == 2  # no layer-wise α_b

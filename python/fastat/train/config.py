@@ -36,8 +36,16 @@ def parse_number(text: Any, name: str = "value") -> float:
 
 
 def parse_value(text: str, name: str = "value") -> Any:
-    """A command-line value: true/false/none, an int, a number (0.2, 8/255), else the string itself."""
+    """A command-line value: true/false/none, an int, a number (0.2, 8/255), a JSON list (e.g. APART's
+    ``noise_modules=[]``), else the string itself."""
     low = str(text).strip().lower()
+    if low.startswith("["):
+        import json
+
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ConfigError(f"argument '{name}' looks like a list but is not valid JSON: {text!r}") from None
     if low in ("true", "false", "none"):
         return {"true": True, "false": False, "none": None}[low]
     for conv in (int, lambda v: parse_number(v, name)):
