@@ -2,7 +2,8 @@
 
 ``torchrun --nproc_per_node=N -m fastat train|eval ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; `init` starts the
 process group from them (NCCL for CUDA devices, gloo for the CPU; ``FASTAT_DIST_BACKEND`` overrides, e.g. gloo to run
-several ranks on one GPU in a test). Without those variables everything here is a no-op on a world of one process,
+several ranks on one GPU in a test; ``FASTAT_DIST_TIMEOUT`` is how many seconds a collective may wait, default 3600).
+Without those variables everything here is a no-op on a world of one process,
 so callers never branch on "distributed or not".
 
 Collectives used by fastat are few and explicit: sums of metric counters (`all_reduce_sum`), row exchanges of
@@ -11,6 +12,7 @@ per-example state (`all_gather_rows`), broadcasts from rank 0 (`broadcast_`, `br
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +61,23 @@ def _env_int(name: str) -> int:
         raise ValueError(f"fastat.distributed: environment variable {name} must be an int, got {value!r}") from None
 
 
+DEFAULT_TIMEOUT_S = 3600
+
+
+def _timeout_seconds() -> float:
+    """How long a collective may wait for the slowest rank: ``FASTAT_DIST_TIMEOUT`` seconds, default one hour (NCCL's
+    own default, 10 minutes, is shorter than the spread between ranks of a sharded AutoAttack run)."""
+    value = os.environ.get("FASTAT_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"fastat.distributed: FASTAT_DIST_TIMEOUT must be a number of seconds, got {value!r}") \
+            from None
+    if not seconds > 0:
+        raise ValueError(f"fastat.distributed: FASTAT_DIST_TIMEOUT must be > 0, got {value!r}")
+    return seconds
+
+
 def current() -> Dist:
     """The initialised process group's rank and size, or a world of one."""
     import torch.distributed as dist
@@ -88,7 +107,7 @@ def init(device_type: str, backend: str | None = None) -> Dist:
     if backend not in BACKENDS:
         raise ValueError(f"fastat.distributed: argument 'backend' must be one of {BACKENDS}, got {backend!r}")
     rank, world, local = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {"timeout": datetime.timedelta(seconds=_timeout_seconds())}
     if backend == "nccl":
         torch.cuda.set_device(local)
         kw["device_id"] = torch.device("cuda", local)

@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=63)
     p.add_argument("--bn", action="store_true")
+    p.add_argument("--built", action="store_true",
+                   help="the Trainer builds a small CNN without BatchNorm (its init draws from the global RNG)")
     p.add_argument("--kill-in-epoch", type=int, default=0, help="raise KeyboardInterrupt at the start of this epoch")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--fixed-noise", action="store_true",
@@ -59,7 +61,9 @@ def main() -> None:
                       batch_size=a.batch_size, device="cpu", eval_n=40, eval_steps=2, co_batch=20, co_steps=1,
                       progress=False, plot=False, lr_max=0.05, out=f"{a.out}/run",
                       method_kwargs=json.loads(a.hp), **json.loads(a.cfg))
-    t = Trainer(cfg, model=tiny_model(a.bn))
+    if a.built:
+        cfg.model, cfg.model_kwargs = "small-cnn", {"batch_norm": False, "width": 4, "hidden": 16}
+    t = Trainer(cfg, model=None if a.built else tiny_model(a.bn))
     if a.fixed_noise:
         t.method = _fixed_noise_gradalign(t.method)
     if a.resume:
@@ -67,8 +71,8 @@ def main() -> None:
     if a.co_in_epoch:
         real_check, calls = t.monitor.check, []
 
-        def check(model, precision):
-            acc, co = real_check(model, precision)
+        def check(model, precision, **kw):
+            acc, co = real_check(model, precision, **kw)
             calls.append(1)
             return (0.0, True) if len(calls) == a.co_in_epoch and t.dist.rank == 0 else (acc, co)
 
@@ -90,7 +94,8 @@ def main() -> None:
         t.fit()
     result = {"model": t.model.state_dict(), "buffers": [b.clone() for b in t.method.example_buffers()],
               "history": t.history, "params": [p.detach().clone() for p in t.method.parameters()],
-              "rank": t.dist.rank, "world_size": t.dist.world_size, "steps": t.eager_steps}
+              "rank": t.dist.rank, "world_size": t.dist.world_size, "steps": t.eager_steps,
+              "final": t.final}
     torch.save(result, f"{a.out}/result_rank{t.dist.rank}.pt")
 
 

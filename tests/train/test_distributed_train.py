@@ -48,6 +48,8 @@ def test_two_ranks_match_one_process(tmp_path, method):
     # batch 63 over 2 ranks: 31 + 32 per step (uneven shares), last global batch 61 = 30 + 31. GradAlign: its double-
     # backprop regulariser runs on the plain module and joins the DDP backward (pytorch#47562-style pitfalls)
     args = ("--method", method, "--hp", HP.get(method, "{}")) + (("--fixed-noise",) if method == "gradalign" else ())
+    if method == "atas":  # a model the Trainer builds: its init consumes the global RNG before ATAS draws δ, and rank
+        args += ("--built",)  # 0 must continue that stream (not re-seed) to draw the δ one process draws
     ref = one_process(tmp_path / "one", *args)
     r0, r1 = two_ranks(tmp_path / "two", *args)
     assert r0["world_size"] == 2 and r0["steps"] == ref["steps"] == 8  # 4 global batches x 2 epochs
@@ -76,10 +78,34 @@ def test_batchnorm_ranks_agree_and_resume(tmp_path):
 
 def test_rollback_follows_rank_0(tmp_path):
     # CO flagged on rank 0 only, in epoch 2: every rank rolls back to epoch 1 and raises q the same way
+    # then the final evaluation, sharded (20 images: rank 0's PGD shard is empty) and the same on every rank
     r0, r1 = two_ranks(tmp_path, "--method", "zerograd", "--bn", "--epochs", "2", "--co-in-epoch", "2",
-                       "--cfg", '{"on_co": "rollback"}')
+                       "--cfg", '{"on_co": "rollback", "final_eval": "pgd", "final_n": 20}')
     events = [(h["event"], h.get("epoch", h.get("at_epoch"))) for h in r0["history"]]
     assert events == [("epoch", 1), ("rollback", 2), ("epoch", 2)]
     assert r0["history"] == r1["history"]
     assert r0["history"][1]["change"] == "q 0.35 -> 0.45"
     assert_close_state(r0, r1, atol=0)
+    assert r0["final"] == r1["final"] and r0["final"]["world_size"] == 2 and r0["final"]["n"] == 20
+    assert set(r0["final"]["models"]) == {"last", "best"}
+
+
+def test_too_few_gpus_is_a_config_error_before_joining(monkeypatch):
+    # NCCL's init would fail on cuda:LOCAL_RANK with a bare CUDA error; gloo ranks may share a GPU
+    import types
+
+    from fastat import distributed
+    from fastat.train import ConfigError
+    from fastat.train.trainer import Trainer
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("FASTAT_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed, "init", lambda *a, **k: pytest.fail("joined the process group"))
+    stub = types.SimpleNamespace(device=torch.device("cuda"), cfg=types.SimpleNamespace(device="cuda"))
+    with pytest.raises(ConfigError, match="LOCAL_RANK 1 but only 1 CUDA devices"):
+        Trainer._join_processes(stub)
+    monkeypatch.setenv("FASTAT_DIST_BACKEND", "gloo")
+    monkeypatch.setattr(distributed, "init", lambda *a, **k: distributed.Dist(1, 2, 1))
+    assert Trainer._join_processes(stub).rank == 1 and stub.device == torch.device("cuda", 0)

@@ -101,7 +101,7 @@ def test_repeated_rollbacks_stop_at_max_rollbacks(tmp_path, monkeypatch):
     from fastat.train import monitor
 
     calls = iter([(0.5, False)] + [(0.1, True)] * 20)  # epoch 1 good, then collapse every time
-    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32": next(calls))
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32", **kw: next(calls))
     t = fit(method="zerograd", epochs=2, out=str(tmp_path), on_co="rollback", max_rollbacks=3,
             method_kwargs={"q": 0.35}, **TINY)
     events = [r for r in t.history if r.get("event") == "rollback"]
@@ -146,7 +146,7 @@ def test_rollback_raises_q(tmp_path, monkeypatch):
     from fastat.train import monitor
 
     calls = iter([(0.5, False), (0.1, True), (0.5, False)])
-    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32": next(calls))
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32", **kw: next(calls))
     t = fit(method="zerograd", epochs=2, out=str(tmp_path), on_co="rollback", method_kwargs={"q": 0.35}, **TINY)
     events = [r for r in t.history if r.get("event") == "rollback"]
     assert len(events) == 1 and "q 0.35 -> 0.45" in events[0]["change"]
@@ -157,7 +157,7 @@ def test_on_co_stop(tmp_path, monkeypatch):
     from fastat.train import monitor
 
     calls = iter([(0.5, False), (0.0, True)])
-    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32": next(calls))
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32", **kw: next(calls))
     t = fit(method="fgsm", epochs=3, out=str(tmp_path), on_co="stop", **TINY)
     assert t.epoch == 2 and t.history[-1]["event"] == "stop"
 
@@ -230,3 +230,28 @@ def test_cli_values_include_json_lists():
     assert len(Trainer(TrainConfig(method="apart", epochs=1, **cfg)).method.parameters()) == 2 + 8  # 8 noise sites
     t = Trainer(TrainConfig(method="apart", epochs=1, method_kwargs={"noise_modules": parse_value("[]")}, **cfg))
     assert t.method.noise_modules == [] and len(t.method.parameters()) == 2  # no layer-wise α_b
+
+
+def test_resume_sets_only_the_cuda_rng_states_of_present_devices(tmp_path, monkeypatch):
+    # rank 0 of a torchrun job on 8 GPUs saves 8 CUDA generator states; a resume on a 1-GPU machine sets the first
+    t = fit(method="fgsm", epochs=1, out=str(tmp_path), **TINY)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ck["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8) for _ in range(8)]
+    got = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", got.extend)
+    t._restore(ck)
+    assert len(got) == 1
+
+
+def test_broken_torchrun_environment_is_one_config_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="RANK is not set; launch with torchrun"):
+        Trainer(TrainConfig(method="fgsm", epochs=1, **TINY))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("FASTAT_DIST_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="FASTAT_DIST_TIMEOUT must be a number"):
+        Trainer(TrainConfig(method="fgsm", epochs=1, **TINY))

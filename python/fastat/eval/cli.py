@@ -99,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastat eval: error: {exc}", file=sys.stderr)
         return 2
     owns_group = world > 1 and not fdist.current().enabled  # leave a caller's process group up
-    rank = fdist.init(job.device.type) if world > 1 else fdist.Dist()
+    try:
+        rank = fdist.init(job.device.type) if world > 1 else fdist.Dist()
+    except ValueError as exc:  # RANK/LOCAL_RANK missing or malformed, a bad FASTAT_DIST_TIMEOUT
+        print(f"fastat eval: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     try:
         report = _evaluate(args, job, rank)
         if rank.is_main:

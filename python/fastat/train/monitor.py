@@ -32,12 +32,14 @@ class COMonitor:
     best: float = -1.0
     history: list[float] = field(default_factory=list)
 
-    def check(self, model: nn.Module, precision: str = "fp32") -> tuple[float, bool]:
-        """(PGD accuracy on the fixed batch, whether it signals catastrophic overfitting)."""
+    def check(self, model: nn.Module, precision: str = "fp32", *, distributed: bool | None = None
+              ) -> tuple[float, bool]:
+        """(PGD accuracy on the fixed batch, whether it signals catastrophic overfitting). ``distributed`` as in
+        `fastat.eval.pgd_robustness` (the trainer passes whether it trains under torchrun)."""
         from ..eval import pgd_robustness
 
         res = pgd_robustness(model, self.x, self.y, self.eps, self.eps / 4, steps=self.steps, restarts=1,
-                             precision="bf16" if precision == "bf16" else "fp32", seed=1)
+                             precision="bf16" if precision == "bf16" else "fp32", seed=1, distributed=distributed)
         acc = float(res.robust_acc)
         co = self.best >= 0 and (acc < self.best - self.drop or (acc < self.floor <= self.best))
         self.history.append(acc)

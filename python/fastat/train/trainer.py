@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,8 @@ class Trainer:
 
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            torch.manual_seed(cfg.seed + 1000003 * self.dist.rank)  # rank 0 keeps the one-process stream
+            if self.dist.rank:  # rank 0 keeps the one-process stream (model init may have drawn from it already)
+                torch.manual_seed(cfg.seed + 1000003 * self.dist.rank)
             # per-example state now, not on the first perturb, so rank 0's draw (the one a single process makes
             # there: nothing in between uses the global RNG) can be broadcast before any rank reads it
             from ..batch import BatchInfo
@@ -207,13 +209,16 @@ class Trainer:
             if self.device.index is not None:
                 raise ConfigError(f"argument 'device' is {self.cfg.device!r}: under torchrun each rank uses the GPU "
                                   "of its LOCAL_RANK; pass --device cuda (or set CUDA_VISIBLE_DEVICES)")
-            d, n = dist_.init("cuda"), torch.cuda.device_count()
-            if d.local_rank >= n and dist_.backend() != "gloo":
-                raise ConfigError(f"LOCAL_RANK {d.local_rank} but only {n} CUDA devices: start at most {n} "
+            # before joining: NCCL's init takes cuda:LOCAL_RANK, which fails with a bare CUDA error when absent
+            n, local = torch.cuda.device_count(), os.environ.get("LOCAL_RANK", "0")
+            shared = (dist_.backend() or os.environ.get("FASTAT_DIST_BACKEND")) == "gloo"
+            if local.isdigit() and int(local) >= n and not shared:
+                raise ConfigError(f"LOCAL_RANK {local} but only {n} CUDA devices: start at most {n} "
                                   "processes per node")
+            d = _init_group("cuda")
             self.device = torch.device("cuda", d.local_rank % n)  # gloo ranks may share a GPU (a testing aid)
             return d
-        return dist_.init("cpu")
+        return _init_group("cpu")
 
     def _lr(self, value: float) -> float | torch.Tensor:
         """CUDA-graph mode keeps each lr in a device tensor that the captured optimizer step reads."""
@@ -458,7 +463,8 @@ class Trainer:
         self._broadcast_model_buffers()
         res = pgd_robustness(model or self.model, self.x_eval, self.y_eval, cfg.eps, cfg.eps / 4,
                              steps=cfg.eval_steps, restarts=cfg.eval_restarts,
-                             precision="bf16" if cfg.precision == "bf16" else "fp32", seed=0)
+                             precision="bf16" if cfg.precision == "bf16" else "fp32", seed=0,
+                             distributed=self.dist.enabled)
         return {"clean_acc": res.clean_acc, "pgd_acc": res.robust_acc, "eval_seconds": res.seconds}
 
     # ------------------------------------------------------------------------------------------------ state
@@ -514,7 +520,8 @@ class Trainer:
             self.ema.load_state_dict(ck["ema"])
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if "cuda" in ck["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+            # the devices this machine has: rank 0 of a torchrun job on 8 GPUs saved the states of all 8
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"][:torch.cuda.device_count()]])
         ranks = ck["rng"].get("ranks")
         if self.dist.enabled:
             if ranks is not None and len(ranks) == self.dist.world_size:
@@ -576,7 +583,7 @@ class Trainer:
             row.update(self.evaluate())
             if self.ema is not None:
                 row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema).items() if k != "eval_seconds"})
-            co_acc, co = self.monitor.check(self.model, cfg.precision)
+            co_acc, co = self.monitor.check(self.model, cfg.precision, distributed=self.dist.enabled)
             row.update({"co_pgd_acc": co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
                                                            if isinstance(v, (int, float, str)) and k != "method"}})
             if self.dist.enabled:  # one decision for all ranks: rank 0's row (timings differ per rank)
@@ -630,11 +637,12 @@ class Trainer:
                 results[name] = dict(results["last"])
                 continue
             r = pgd_robustness(model, x, y, cfg.eps, cfg.eps / 4, steps=FINAL_STEPS, restarts=FINAL_RESTARTS,
-                               seed=0, progress=cfg.progress and self.dist.is_main)
+                               seed=0, progress=cfg.progress and self.dist.is_main, distributed=self.dist.enabled)
             res = {"epoch": epoch, "clean_acc": r.clean_acc, "pgd_acc": r.robust_acc_max_loss,
                    "pgd_any_acc": r.robust_acc_any, "pgd_seconds": r.seconds}
             if cfg.final_eval == "pgd+aa":
-                aa = run_autoattack(model, x, y, cfg.eps, version="standard", device=self.device, seed=0)
+                aa = run_autoattack(model, x, y, cfg.eps, version="standard", device=self.device, seed=0,
+                                    distributed=self.dist.enabled)
                 res.update({"autoattack_acc": aa.robust_acc, "autoattack_seconds": aa.seconds})
             results[name] = res
         self.final = {"n": n, "eps": cfg.eps, "alpha": cfg.eps / 4, "steps": FINAL_STEPS, "restarts": FINAL_RESTARTS,
@@ -692,6 +700,15 @@ class Trainer:
         print(f"epoch {r['epoch']:3d} loss {r['train_loss']:.4f} clean {r['clean_acc']:.3f} "
               f"pgd {r['pgd_acc']:.3f}{ema} co-check {r['co_pgd_acc']:.3f}{' CO!' if r['co'] else ''} "
               f"train {r['train_seconds']:.1f}s eval {r['eval_seconds']:.1f}s", flush=True)
+
+
+def _init_group(device_type: str) -> dist_.Dist:
+    """`fastat.distributed.init`, with a torchrun environment that lacks or garbles RANK/LOCAL_RANK (or a bad
+    FASTAT_DIST_TIMEOUT) reported as one ConfigError line."""
+    try:
+        return dist_.init(device_type)
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 def _final_table(report: dict[str, Any]) -> str:
