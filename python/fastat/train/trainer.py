@@ -287,10 +287,16 @@ class Trainer:
         return 1.0 if not self.dist.enabled or not g else rows * self.dist.world_size / g
 
     def _average_method_grads(self) -> None:
-        """The method's learnable scalars (APART) live outside the DDP module: average their gradients here."""
-        for p in self.method.parameters():
-            if p.grad is not None:
-                dist_.all_reduce_sum(p.grad).div_(self.dist.world_size)
+        """The method's learnable scalars (APART) live outside the DDP module: average their gradients here, in one
+        all-reduce. Parameters without a gradient are left alone, as the optimiser skips them (every rank runs the
+        same code path, so the same ones have gradients everywhere)."""
+        params = [p for p in self.method.parameters() if p.grad is not None]
+        if not params:
+            return
+        flat = dist_.all_reduce_sum(torch.cat([p.grad.reshape(-1) for p in params]))
+        flat.div_(self.dist.world_size)
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p.grad))
 
     @torch.no_grad()
     def _exchange_example_rows(self, info: Any) -> None:
@@ -299,9 +305,11 @@ class Trainer:
         buffers = self.method.example_buffers()
         if not buffers:
             return
-        index = dist_.all_gather_rows(info.index)
+        g, w = info.global_batch, self.dist.world_size  # each rank's share is known: no count exchange, no sync
+        sizes = None if g is None else [hi - lo for lo, hi in (dist_.shard_range(g, r, w) for r in range(w))]
+        index = dist_.all_gather_rows(info.index, sizes)
         for buf in buffers:
-            buf[index] = dist_.all_gather_rows(buf[info.index].contiguous())
+            buf[index] = dist_.all_gather_rows(buf[info.index].contiguous(), sizes)
 
     @torch.no_grad()
     def _broadcast_example_state(self) -> None:
