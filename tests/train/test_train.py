@@ -255,3 +255,22 @@ def test_broken_torchrun_environment_is_one_config_error(monkeypatch):
     monkeypatch.setenv("FASTAT_DIST_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="FASTAT_DIST_TIMEOUT must be a number"):
         Trainer(TrainConfig(method="fgsm", epochs=1, **TINY))
+
+
+def test_final_evaluation_with_autoattack(tmp_path, monkeypatch, capsys):
+    import types
+
+    import fastat.eval
+
+    calls = []
+
+    def fake_autoattack(model, x, y, eps, **kw):
+        calls.append((x.shape[0], eps, kw["version"], kw["distributed"]))
+        return types.SimpleNamespace(robust_acc=0.125, seconds=1.5)
+
+    monkeypatch.setattr(fastat.eval, "autoattack_available", lambda: True)
+    monkeypatch.setattr(fastat.eval, "run_autoattack", fake_autoattack)
+    t = fit(method="fgsm", epochs=1, out=str(tmp_path), final_eval="pgd+aa", final_n=16, **TINY)
+    assert calls == [(16, 0.2, "standard", False)]  # last == best here: attacked once
+    assert t.final["models"]["last"]["autoattack_acc"] == 0.125 == t.final["models"]["best"]["autoattack_acc"]
+    assert "AutoAttack" in capsys.readouterr().out
