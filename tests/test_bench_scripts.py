@@ -73,7 +73,7 @@ def test_acceptance_rollbacks_stop_at_max(tmp_path, monkeypatch):
     and the report counts them (trainer.rollbacks)."""
     from fastat.train.monitor import COMonitor
 
-    def always_co(self, model, precision="fp32"):
+    def always_co(self, model, precision="fp32", **kw):
         co = self.best >= 0
         self.best = max(self.best, 0.5)
         self.history.append(0.0 if co else 0.5)

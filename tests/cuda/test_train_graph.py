@@ -51,7 +51,7 @@ def test_capture_survives_a_rollback(tmp_path, monkeypatch):
     from fastat.train import monitor
 
     calls = iter([(0.5, False), (0.1, True), (0.5, False)])
-    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32": next(calls))
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32", **kw: next(calls))
     t = _fit("zerograd", True, out=str(tmp_path), on_co="rollback", checkpoint=True, method_kwargs={"q": 0.35})
     assert t.graph_mode_failed is None and t.rollbacks == 1 and t.method.q == pytest.approx(0.45)
 
