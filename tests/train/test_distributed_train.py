@@ -109,3 +109,16 @@ def test_too_few_gpus_is_a_config_error_before_joining(monkeypatch):
     monkeypatch.setenv("FASTAT_DIST_BACKEND", "gloo")
     monkeypatch.setattr(distributed, "init", lambda *a, **k: distributed.Dist(1, 2, 1))
     assert Trainer._join_processes(stub).rank == 1 and stub.device == torch.device("cuda", 0)
+
+
+def test_cli_under_torchrun(tmp_path):
+    # `torchrun -m fastat train`: rank 0 alone prints and writes; the run ends cleanly (process group shut down)
+    proc = torchrun("fastat", "train", "--method", "atas", "--subset", "130", "--batch-size", "64", "--epochs", "1",
+                    "--eval-n", "16", "--eval-steps", "1", "--co-batch", "8", "--co-steps", "1", "--device", "cpu",
+                    "--model", "small-cnn", "--out", str(tmp_path), "--no-progress", module=True)
+    lines = proc.stdout.splitlines()
+    assert sum("fastat train: atas(" in line and "2 processes" in line for line in lines) == 1
+    assert sum(line.split(":", 1)[-1].lstrip().startswith("epoch   1") for line in lines) == 1
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and '"world_size": 2' in rows[0]
+    assert (tmp_path / "checkpoint.pt").exists()
