@@ -38,15 +38,19 @@ def assert_close_state(a: dict, b: dict, atol: float) -> None:
     assert len(a["buffers"]) == len(b["buffers"])
     for x, y in zip(a["buffers"], b["buffers"]):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
+    assert len(a["params"]) == len(b["params"])  # a method's learnable scalars (APART)
+    for x, y in zip(a["params"], b["params"]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
 
 
 HP = {"atas": '{"warmup_epochs": 1, "relative_to_eps": true}', "gradalign": '{"lam": 0.5}'}
 
 
-@pytest.mark.parametrize("method", ["fgsm", "atas", "gradalign"])
+@pytest.mark.parametrize("method", ["fgsm", "atas", "gradalign", "apart"])
 def test_two_ranks_match_one_process(tmp_path, method):
     # batch 63 over 2 ranks: 31 + 32 per step (uneven shares), last global batch 61 = 30 + 31. GradAlign: its double-
-    # backprop regulariser runs on the plain module and joins the DDP backward (pytorch#47562-style pitfalls)
+    # backprop regulariser runs on the plain module and joins the DDP backward (pytorch#47562-style pitfalls). APART:
+    # ω rows exchanged after its backward hook wrote them, its scalars' gradients averaged outside DDP
     args = ("--method", method, "--hp", HP.get(method, "{}")) + (("--fixed-noise",) if method == "gradalign" else ())
     if method == "atas":  # a model the Trainer builds: its init consumes the global RNG before ATAS draws δ, and rank
         args += ("--built",)  # 0 must continue that stream (not re-seed) to draw the δ one process draws
