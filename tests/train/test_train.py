@@ -274,3 +274,12 @@ def test_final_evaluation_with_autoattack(tmp_path, monkeypatch, capsys):
     assert calls == [(16, 0.2, "standard", False)]  # last == best here: attacked once
     assert t.final["models"]["last"]["autoattack_acc"] == 0.125 == t.final["models"]["best"]["autoattack_acc"]
     assert "AutoAttack" in capsys.readouterr().out
+
+
+def test_run_manifest(tmp_path):
+    fit(method="zerograd", epochs=1, out=str(tmp_path), method_kwargs={"q": 0.5}, **TINY)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["config"]["seed"] == 0 and run["config"]["model"] == "small-cnn" and run["hparams"]["q"] == 0.5
+    assert run["train_examples"] == 128 and run["steps_per_epoch"] == 2 and run["eval_n"] == 32
+    assert run["world_size"] == 1 and run["started_at_epoch"] == 0 and run["versions"]["torch"]
+    assert run["method"].startswith("zerograd(") and run["parameters"] > 0

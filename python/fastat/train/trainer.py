@@ -585,6 +585,7 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train until ``epochs``; returns the metrics rows (epochs and CO events)."""
         cfg = self.cfg
+        self.write_manifest()
         while self.epoch < cfg.epochs:
             epoch = self.epoch + 1
             row: dict[str, Any] = {"event": "epoch", "epoch": epoch, **self.train_epoch(epoch)}
@@ -663,6 +664,37 @@ class Trainer:
                 (self.out / FINAL).write_text(json.dumps(self.final, indent=2) + "\n")
             print(_final_table(self.final), flush=True)
         return self.final
+
+    def write_manifest(self) -> dict[str, Any]:
+        """``run.json``: what this run is, for reproducing and comparing runs — the resolved config (seed included),
+        the method with its hyper-parameters, the model, data and evaluation sizes, processes, device, versions and
+        the ops backend. Rewritten each time `fit` starts (``started_at_epoch`` > 0 after a resume)."""
+        import datetime
+        import json
+        import platform
+
+        from .. import __version__, ops
+
+        device = str(self.device)
+        if self.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)})"
+        manifest = {
+            "config": self._resolved_config(self.cfg.to_dict()), "method": self.method.describe(),
+            "hparams": {k: v for k, v in self.method.hparams.items() if isinstance(v, (int, float, str, bool))},
+            "model": self.model_config or {"name": type(self.model).__name__, "custom": True},
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "train_examples": self.loader.num_examples, "steps_per_epoch": len(self.loader),
+            "eval_n": int(self.x_eval.shape[0]), "co_batch": int(self.monitor.x.shape[0]),
+            "world_size": self.dist.world_size, "device": device, "ops_backend": ops.get_backend(),
+            "versions": {"fastat": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                         "cuda": torch.version.cuda},
+            "started_at_epoch": self.epoch,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self.out is not None and self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        return manifest
 
     def _roll_back(self, epoch: int, co_acc: float) -> None:
         """Restore ``last_good.pt``, keep the hyper-parameters and roll-back events since, strengthen the method."""
