@@ -186,12 +186,16 @@ def test_cli_bad_input(capsys, extra, needle):
 
 def test_cli_train_and_plot(tmp_path, capsys):
     for m in ("fgsm_rs", "n_fgsm"):
+        final = ["--final-eval", "pgd", "--final-n", "8"] if m == "n_fgsm" else []
         assert main(BASE + ["--method", m, "--eps", "51/255", "--model", "small-cnn",
-                            "--out", str(tmp_path / m)]) == 0
+                            "--out", str(tmp_path / m), *final]) == 0
+    capsys.readouterr()
     png = tmp_path / "both.png"
     assert main(["plot", str(tmp_path / "fgsm_rs"), str(tmp_path / "n_fgsm"), "-o", str(png)]) == 0
     out = capsys.readouterr().out
     assert png.exists() and "fgsm_rs" in out and "n_fgsm" in out
+    final_rows = [line for line in out.splitlines() if "PGD-50-10, n=8" in line]
+    assert len(final_rows) == 2 and all(line.startswith("n_fgsm") for line in final_rows)  # last and best
     assert main(["plot", str(tmp_path / "missing")]) == 2
 
 
