@@ -1,9 +1,37 @@
-"""Tiny CPU models for the evaluator tests."""
+"""Tiny CPU models, data and checkpoints for the evaluator tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from fastat.checkpoint import save_checkpoint
+from fastat.data import write_idx
+from fastat.models import build_model
+
+# the small CNN of the `fastat eval` CLI tests (Fashion-MNIST shaped)
+CLI_MODEL = {"name": "small-cnn", "in_channels": 1, "num_classes": 10, "input_size": (28, 28), "mean": [0.286],
+             "std": [0.353], "width": 4, "hidden": 16}
+
+
+def write_fake_fmnist(root: Path, n_test: int, n_train: int = 8) -> Path:
+    """Random Fashion-MNIST-shaped IDX files (train and t10k) under ``root``, which is returned."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
+    return root
+
+
+def save_cli_checkpoint(path: Path, epoch: int) -> Path:
+    """A checkpoint of `CLI_MODEL` (seed 0) at ``path``, trained "on" Fashion-MNIST with ε = 0.1."""
+    torch.manual_seed(0)
+    kw = {k: v for k, v in CLI_MODEL.items() if k != "name"}
+    return save_checkpoint(path, model=build_model("small-cnn", **kw), model_config=CLI_MODEL,
+                           dataset="fashion-mnist", eps=0.1, epoch=epoch)
 
 
 def tiny_cnn(classes: int = 5) -> nn.Module:

@@ -5,37 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from fastat.checkpoint import save_checkpoint
-from fastat.data import write_idx
 from fastat.eval import cli
-from fastat.models import build_model
 
-CONFIG = dict(name="small-cnn", in_channels=1, num_classes=10, input_size=(28, 28), mean=[0.286], std=[0.353],
-              width=4, hidden=16)
+from ._models import save_cli_checkpoint, write_fake_fmnist
 
 
 @pytest.fixture(scope="module")
 def fake_fmnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("t10k", 24)):
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
-    return root
+    return write_fake_fmnist(tmp_path_factory.mktemp("fmnist"), n_test=24)
 
 
 @pytest.fixture()
 def ckpt(tmp_path):
-    torch.manual_seed(0)
-    kw = {k: v for k, v in CONFIG.items() if k != "name"}
-    path = tmp_path / "runs" / "demo" / "checkpoint.pt"
-    save_checkpoint(path, model=build_model("small-cnn", **kw), model_config=CONFIG, dataset="fashion-mnist",
-                    eps=0.1, epoch=2)
-    return path
+    return save_cli_checkpoint(tmp_path / "runs" / "demo" / "checkpoint.pt", epoch=2)
 
 
 def test_number_parses_fractions():

@@ -9,16 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from _torchrun import needs_gloo, torchrun  # tests/ is on sys.path (rootdir conftest)
-from fastat.checkpoint import save_checkpoint
-from fastat.data import write_idx
 from fastat.eval import autoattack_available, cli, pgd_robustness, run_autoattack
-from fastat.models import build_model
 
-from ._models import tiny_cnn, tiny_data
+from ._models import save_cli_checkpoint, tiny_cnn, tiny_data, write_fake_fmnist
 
 SCRIPT = Path(__file__).with_name("_dist_eval_script.py")
 PGD = {"eps": 0.1, "alpha": 0.025, "steps": 3, "restarts": 2, "seed": 3}
@@ -144,24 +140,11 @@ def test_rank_device_rules(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 
-CONFIG = {"name": "small-cnn", "in_channels": 1, "num_classes": 10, "input_size": (28, 28), "mean": [0.286],
-          "std": [0.353], "width": 4, "hidden": 16}
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A fake Fashion-MNIST (300 test images: a full block for rank 0, a partial one for rank 1) and a checkpoint."""
-    root = tmp_path_factory.mktemp("dist_cli")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("t10k", 300)):
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
-    torch.manual_seed(0)
-    kw = {k: v for k, v in CONFIG.items() if k != "name"}
-    path = root / "runs" / "demo" / "checkpoint.pt"
-    save_checkpoint(path, model=build_model("small-cnn", **kw), model_config=CONFIG, dataset="fashion-mnist",
-                    eps=0.1, epoch=1)
-    return root, path
+    root = write_fake_fmnist(tmp_path_factory.mktemp("dist_cli"), n_test=300)
+    return root, save_cli_checkpoint(root / "runs" / "demo" / "checkpoint.pt", epoch=1)
 
 
 def _cli_args(root: Path, ckpt: Path, out: Path) -> list[str]:
