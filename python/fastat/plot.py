@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "final_eval_table", "final_table", "run"]
+__all__ = ["add_parser", "final_table", "run"]
 
 
 def final_table(runs: dict[str, list[dict]]) -> str:
@@ -24,31 +24,6 @@ def final_table(runs: dict[str, list[dict]]) -> str:
     return tabulate(rows, headers=["run", "epochs", "clean %", "PGD %", "best PGD %", "s/epoch"])
 
 
-def final_eval_table(folders: dict[str, Path]) -> str | None:
-    """The ``final_eval.json`` of each run folder that has one, a row per evaluated weights; None if none has."""
-    import json
-
-    from tabulate import tabulate
-
-    rows, aa = [], False
-    for name, folder in folders.items():
-        path = folder / "final_eval.json"
-        if not path.is_file():
-            continue
-        report = json.loads(path.read_text())
-        tag = f"PGD-{report['steps']}-{report['restarts']}, n={report['n']}"
-        for weights, r in report["models"].items():
-            aa = aa or "autoattack_acc" in r
-            rows.append([name, weights, r["epoch"], f"{100 * r['clean_acc']:.1f}", f"{100 * r['pgd_acc']:.1f}",
-                         f"{100 * r['pgd_any_acc']:.1f}", tag,
-                         f"{100 * r['autoattack_acc']:.1f}" if "autoattack_acc" in r else "-"])
-    if not rows:
-        return None
-    headers = ["run", "weights", "epoch", "clean %", "PGD %", "PGD any %", "final eval", "AutoAttack %"]
-    return tabulate([r if aa else r[:-1] for r in rows], headers=headers if aa else headers[:-1],
-                    disable_numparse=True)
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("plot", help="overlay training curves of run folders into one PNG")
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
@@ -59,7 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train.records import plot_curves, read_metrics
+    import json
+
+    from .train.records import final_eval_table, plot_curves, read_metrics
 
     runs = {}
     for r in args.runs:
@@ -74,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
         runs[Path(r).name] = rows
     out = plot_curves(runs, args.output, args.title)
     print(final_table(runs))
-    final = final_eval_table({Path(r).name: Path(r) for r in args.runs if Path(r).is_dir()})
-    if final is not None:
-        print("\n" + final)
+    finals = {Path(r).name: json.loads((Path(r) / "final_eval.json").read_text()) for r in args.runs
+              if (Path(r) / "final_eval.json").is_file()}
+    if finals:
+        print("\n" + final_eval_table(finals))
     print(f"wrote {out}")
     return 0

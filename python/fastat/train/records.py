@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsWriter", "read_metrics", "plot_curves"]
+__all__ = ["MetricsWriter", "final_eval_table", "plot_curves", "read_metrics"]
 
 
 class MetricsWriter:
@@ -41,6 +41,24 @@ class MetricsWriter:
                 plot_curves({self.out.name: epochs}, self.out / "curves.png")
             except Exception:  # a plotting problem must never stop training
                 pass
+
+
+def final_eval_table(reports: dict[str, dict[str, Any]]) -> str:
+    """A text table of `Trainer.final_evaluation` reports (``final_eval.json``), keyed by run name: one row per run
+    and evaluated weights (last, best, EMA), accuracies in %."""
+    aa = any("autoattack_acc" in r for report in reports.values() for r in report["models"].values())
+    w = max(3, *(len(name) for name in reports))
+    lines = [f"{'run':<{w}} {'weights':8s} {'epoch':>5s} {'clean %':>8s} {'PGD %':>8s} {'PGD any %':>10s}"
+             + (f" {'AutoAttack %':>13s}" if aa else "") + "  final eval"]
+    for name, report in reports.items():
+        tag = f"PGD-{report['steps']}-{report['restarts']}, n={report['n']}"
+        for weights, r in report["models"].items():
+            line = (f"{name:<{w}} {weights:8s} {r['epoch']:5d} {100 * r['clean_acc']:8.2f} {100 * r['pgd_acc']:8.2f} "
+                    f"{100 * r['pgd_any_acc']:10.2f}")
+            if aa:
+                line += f" {100 * r['autoattack_acc']:13.2f}" if "autoattack_acc" in r else f" {'-':>13s}"
+            lines.append(f"{line}  {tag}")
+    return "\n".join(lines)
 
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:

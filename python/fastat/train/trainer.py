@@ -48,7 +48,7 @@ from .. import distributed as dist_
 from ..checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .monitor import COMonitor, strengthen
-from .records import MetricsWriter
+from .records import MetricsWriter, final_eval_table
 from .schedules import make_scheduler
 
 __all__ = ["Trainer", "fit"]
@@ -662,7 +662,8 @@ class Trainer:
                 import json
 
                 (self.out / FINAL).write_text(json.dumps(self.final, indent=2) + "\n")
-            print(_final_table(self.final), flush=True)
+            print(f"final evaluation: PGD-{FINAL_STEPS}-{FINAL_RESTARTS} (alpha = eps/4) on {n} test images\n"
+                  + final_eval_table({self.out.name if self.out is not None else "run": self.final}), flush=True)
         return self.final
 
     def write_manifest(self) -> dict[str, Any]:
@@ -749,20 +750,6 @@ def _init_group(device_type: str) -> dist_.Dist:
         return dist_.init(device_type)
     except ValueError as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
-
-
-def _final_table(report: dict[str, Any]) -> str:
-    aa = any("autoattack_acc" in r for r in report["models"].values())
-    head = f"final evaluation: PGD-{report['steps']}-{report['restarts']} (alpha = eps/4) on {report['n']} test images"
-    lines = [head, f"{'weights':8s} {'epoch':>5s} {'clean':>7s} {'PGD':>7s} {'PGD any':>8s}"
-             + ("  AutoAttack" if aa else "")]
-    for name, r in report["models"].items():
-        row = (f"{name:8s} {r['epoch']:5d} {100 * r['clean_acc']:6.2f}% {100 * r['pgd_acc']:6.2f}% "
-               f"{100 * r['pgd_any_acc']:7.2f}%")
-        if "autoattack_acc" in r:
-            row += f"  {100 * r['autoattack_acc']:9.2f}%"
-        lines.append(row)
-    return "\n".join(lines)
 
 
 def fit(config: TrainConfig | None = None, *, model: nn.Module | None = None, resume: bool = False,
