@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Dist", "all_gather_object", "all_gather_rows", "all_reduce_sum", "backend", "barrier", "broadcast_",
-           "broadcast_object", "current", "env_world_size", "init", "shard_range", "shutdown"]
+           "broadcast_object", "current", "env_world_size", "init", "local_cuda_index", "shard_range", "shutdown"]
 
 BACKENDS = ("nccl", "gloo")
 
@@ -122,6 +122,22 @@ def backend() -> str | None:
     if dist.is_available() and dist.is_initialized():
         return str(dist.get_backend())
     return None
+
+
+def local_cuda_index() -> int:
+    """The GPU of this torchrun process: LOCAL_RANK. More processes on the node (LOCAL_WORLD_SIZE) than visible GPUs
+    is a ValueError (checked before joining: NCCL's init would fail on cuda:LOCAL_RANK with a bare CUDA error),
+    unless the backend is gloo (``FASTAT_DIST_BACKEND=gloo``), whose ranks may share GPUs: LOCAL_RANK mod count."""
+    local = _env_int("LOCAL_RANK")
+    count = torch.cuda.device_count()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))
+    if per_node > count:
+        if (backend() or os.environ.get("FASTAT_DIST_BACKEND")) != "gloo":
+            raise ValueError(f"LOCAL_RANK {local} but only {count} CUDA devices for the {per_node} processes on "
+                             f"this node: start at most {count} per node (--nproc_per_node={count}), or set "
+                             "FASTAT_DIST_BACKEND=gloo to let ranks share GPUs")
+        return local % count
+    return local
 
 
 def shutdown() -> None:

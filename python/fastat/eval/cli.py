@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed as fdist
 from ._common import PRECISIONS
 from .pgd import IMPLS
 
@@ -90,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
 
     Under torchrun (WORLD_SIZE > 1) every rank runs this: all input checks come before the process group starts,
     and only rank 0 prints the table and writes eval.json."""
-    from .. import distributed as fdist
-
     world = fdist.env_world_size()
     try:
         job = _prepare(args, world)
@@ -221,21 +220,16 @@ def _rank_device(name: str | None) -> torch.device:
     local_text = os.environ.get("LOCAL_RANK", "")
     if not local_text.isdigit():
         raise EvalInputError(f"WORLD_SIZE > 1 but LOCAL_RANK is {local_text or 'not set'}; launch with torchrun")
-    local = int(local_text)
     if name is not None and name.strip().lower().startswith("cuda:"):
         raise EvalInputError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; "
                              f"pass --device cuda or leave --device out")
     dev = _device(name)
     if dev.type != "cuda":
         return dev
-    count = torch.cuda.device_count()
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))
-    if per_node > count:
-        if os.environ.get("FASTAT_DIST_BACKEND") == "gloo":
-            return torch.device("cuda", local % count)
-        raise EvalInputError(f"torchrun started {per_node} processes on this node but only {count} CUDA device(s) "
-                             f"are visible; use --nproc_per_node={count} (or --device cpu)")
-    return torch.device("cuda", local)
+    try:
+        return torch.device("cuda", fdist.local_cuda_index())
+    except ValueError as exc:
+        raise EvalInputError(f"{exc} (or --device cpu)") from None
 
 
 def _number(flag: str, text: str) -> float:

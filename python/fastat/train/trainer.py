@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -209,14 +208,12 @@ class Trainer:
             if self.device.index is not None:
                 raise ConfigError(f"argument 'device' is {self.cfg.device!r}: under torchrun each rank uses the GPU "
                                   "of its LOCAL_RANK; pass --device cuda (or set CUDA_VISIBLE_DEVICES)")
-            # before joining: NCCL's init takes cuda:LOCAL_RANK, which fails with a bare CUDA error when absent
-            n, local = torch.cuda.device_count(), os.environ.get("LOCAL_RANK", "0")
-            shared = (dist_.backend() or os.environ.get("FASTAT_DIST_BACKEND")) == "gloo"
-            if local.isdigit() and int(local) >= n and not shared:
-                raise ConfigError(f"LOCAL_RANK {local} but only {n} CUDA devices: start at most {n} "
-                                  "processes per node")
+            try:
+                index = dist_.local_cuda_index()  # before joining the group
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
             d = _init_group("cuda")
-            self.device = torch.device("cuda", d.local_rank % n)  # gloo ranks may share a GPU (a testing aid)
+            self.device = torch.device("cuda", index)
             return d
         return _init_group("cpu")
 
