@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from _torchrun import needs_gloo, torchrun  # noqa: E402
+from _torchrun import needs_gloo, torchrun  # tests/ is on sys.path (rootdir conftest)
 
 SCRIPT = Path(__file__).with_name("_ddp_run.py")
 pytestmark = [needs_gloo]

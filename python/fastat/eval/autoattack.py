@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import distributed as fdist
 from ._common import check_inputs, check_positive, eval_mode, model_device
-from .pgd import check_same_samples, gather_rows, plain_module, resolve_world
+from .pgd import check_same_samples, plain_module, resolve_world
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
@@ -177,8 +177,8 @@ def _gather(robust: Tensor, clean: Tensor, seconds: float, per_attack: dict[str,
     counts = [float(round(per_attack[a] * n)) if a in per_attack else 0.0 for a in order]
     logged = [float(a in per_attack) for a in order]
     mine = torch.tensor([[seconds, n, *counts, *logged]], dtype=torch.float64)
-    every = gather_rows(mine)
-    flags = gather_rows(torch.stack([robust, clean], 1).to(torch.uint8)).bool()
+    every = fdist.all_gather_rows(mine)
+    flags = fdist.all_gather_rows(torch.stack([robust, clean], 1))
     total, k = int(every[:, 1].sum()), len(order)
     pooled = {a: float(every[:, 2 + i].sum()) / total for i, a in enumerate(order) if every[:, 2 + k + i].any()}
     return flags[:, 0], flags[:, 1], float(every[:, 0].max()), pooled

@@ -264,13 +264,10 @@ def plain_module(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, wrappers) else model
 
 
-gather_rows = fdist.all_gather_rows  # CPU tensors included, under NCCL too
-
-
 def check_same_samples(fn: str, x: Tensor, y: Tensor) -> None:
     """Every rank must pass the same N samples (checked: N and the label sum); raises on every rank otherwise."""
     mine = torch.tensor([[x.shape[0], int(y.long().sum())]], dtype=torch.int64)
-    every = gather_rows(mine)
+    every = fdist.all_gather_rows(mine)
     if not bool((every == mine).all()):
         raise ValueError(f"{fn}: arguments 'x' and 'y' must be the same full set on every rank when distributed; "
                          f"(N, label sum) per rank: {every.tolist()}")
@@ -279,9 +276,9 @@ def check_same_samples(fn: str, x: Tensor, y: Tensor) -> None:
 def _gather_results(loss: Tensor, correct: Tensor, clean: Tensor, seconds: float, work: int,
                     rows: int | None) -> tuple[Tensor, Tensor, Tensor, tuple[float, int, int | None]]:
     """Every rank's shard of (loss, correct, clean) in rank order, and (max seconds, summed work, max rows)."""
-    loss = gather_rows(loss)
-    flags = gather_rows(torch.cat([clean[:, None], correct], 1).to(torch.uint8)).bool()
-    stats = gather_rows(torch.tensor([[seconds, work, -1 if rows is None else rows]], dtype=torch.float64))
+    loss = fdist.all_gather_rows(loss)
+    flags = fdist.all_gather_rows(torch.cat([clean[:, None], correct], 1))
+    stats = fdist.all_gather_rows(torch.tensor([[seconds, work, -1 if rows is None else rows]], dtype=torch.float64))
     used = [int(r) for r in stats[:, 2].tolist() if r >= 0]
     return loss, flags[:, 1:], flags[:, 0], (float(stats[:, 0].max()), int(stats[:, 1].sum()), max(used))
 

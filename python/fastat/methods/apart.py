@@ -48,8 +48,8 @@ class APART(Method):
     """APART: δ₀ = Π_ε(α_ω·ω_i), one learnable FGSM step δ = Π_ε(δ₀ + α·sign(g_x)), x_adv = clip(x + δ, 0, 1).
 
     State: learnable scalars α (step, init 1e-4) and α_ω (init scale, init 1e-4), one scalar α_b (init 0) per module
-    in ``noise_modules`` (given, or adopted from the model by `attach`), and a per-example buffer ω (N, C, H+2p, W+2p) initialised 1e-3·N(0, 1), cropped and
-    flipped with the image (`BatchInfo` offsets/flips).
+    in ``noise_modules`` (given, or adopted from the model by `attach`), and a per-example buffer ω (N, C, H+2p,
+    W+2p) initialised 1e-3·N(0, 1), cropped and flipped with the image (`BatchInfo` offsets/flips).
 
     Per batch:
 

@@ -150,7 +150,7 @@ class Trainer:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.dist.rank:  # rank 0 keeps the one-process stream (model init may have drawn from it already)
-                torch.manual_seed(cfg.seed + 1000003 * self.dist.rank)
+                self._seed_rank_stream()
             # per-example state now, not on the first perturb, so rank 0's draw (the one a single process makes
             # there: nothing in between uses the global RNG) can be broadcast before any rank reads it
             from ..batch import BatchInfo
@@ -278,6 +278,10 @@ class Trainer:
             self._add(f"method_{k}", torch.as_tensor(v, device=self.device).float().mean() * b)
 
     # ------------------------------------------------------------------------------------------------ several processes
+    def _seed_rank_stream(self, offset: int = 0) -> None:
+        """This rank's own random stream (ranks >= 1; rank 0 keeps the one-process stream)."""
+        torch.manual_seed(self.cfg.seed + 1000003 * self.dist.rank + offset)
+
     def _share(self, rows: int, info: Any) -> float:
         """rows · world / global batch: 1 when the ranks split the batch evenly (always in one process)."""
         g = getattr(info, "global_batch", None)
@@ -478,7 +482,7 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         if self.dist.enabled:  # every rank's streams (a collective: all ranks call `save`)
-            mine = {"torch": torch.get_rng_state()}
+            mine = {"torch": rng["torch"]}
             if self.device.type == "cuda":
                 mine["cuda"] = torch.cuda.get_rng_state(self.device)
             rng["ranks"] = dist_.all_gather_object(mine)
@@ -535,7 +539,7 @@ class Trainer:
                 if "cuda" in mine and self.device.type == "cuda":
                     torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
             else:  # written by another number of processes: fresh per-rank streams (not bit-identical)
-                torch.manual_seed(self.cfg.seed + 1000003 * self.dist.rank + int(ck["epoch"]))
+                self._seed_rank_stream(int(ck["epoch"]))
         self.history = list(ck["history"])
         if self.writer is not None:
             self.writer.rows = list(self.history)
