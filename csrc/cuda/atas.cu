@@ -13,8 +13,9 @@
 //    cluster barrier that orders it after every block's read of the old v. The update then re-reads the slice of g
 //    (from L2: the block has just streamed it) with x_adv and x and writes out and the buffer window. Warmup skips
 //    the reduction.
-//  * split (GPUs without clusters, a cluster that does not fit (cudaOccupancyMaxActiveClusters = 0) or whose launch is
-//    refused, rows of 2^31 elements or more): two launches, the only path that needs scratch memory:
+//  * split (GPUs without clusters unless the batch alone fills the GPU with one block per row, a cluster that does not
+//    fit (cudaOccupancyMaxActiveClusters = 0) or whose launch is refused, rows of 2^31 elements or more): two
+//    launches, the only path that needs scratch memory:
 //    (1) per (row, 16384-element chunk) an fp64 partial of Σg² and the old v_buf[idx_b] copied to scratch; (2) per
 //    (plane, tile) the update: every block sums its row's partials in a fixed order, forms v and the step, and the
 //    first block of the row stores v (kernel 2 never reads v_buf, so there is no read/write race).
@@ -249,9 +250,9 @@ __global__ void __launch_bounds__(kThreads)
 int64_t norm_chunks(int64_t n) { return (n + kNormChunk - 1) / kNormChunk; }
 
 // Planes of up to 2^31 - 1 - kPlaneTile elements, so that the int element loops of the gather and update kernels
-// (e += kThreads) cannot overflow.
+// (e += kThreads) cannot overflow. Images of no elements (C, H or W = 0) are valid, as in the reference.
 bool shape_ok(const AtasShape& s) {
-  return s.channels > 0 && s.height > 0 && s.width > 0 && s.num_examples > 0 && s.buf_height >= s.height &&
+  return s.channels >= 0 && s.height >= 0 && s.width >= 0 && s.num_examples > 0 && s.buf_height >= s.height &&
          s.buf_width >= s.width && s.height * s.width <= 2147483647 - kPlaneTile;
 }
 
@@ -263,6 +264,7 @@ cudaError_t launch_atas_gather(const void* delta_buf, DType buf_dtype, const int
   if (s.batch <= 0) return cudaSuccess;
   if (!shape_ok(s)) return cudaErrorInvalidValue;
   const int64_t tiles = (s.height * s.width + kPlaneTile - 1) / kPlaneTile;
+  if (s.channels * tiles == 0) return cudaSuccess;  // empty images: nothing to gather (and no 0-block grid)
   if (s.batch * s.channels * tiles > kMaxGridX) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(s.batch * s.channels * tiles));
   FASTAT_CUDA_DISPATCH(dtype, D, FASTAT_CUDA_DISPATCH(buf_dtype, B, {
@@ -293,12 +295,13 @@ constexpr int64_t kMinSliceNumel = 1024;  // a row is split into slices of at le
 constexpr int64_t kMaxFusedRow = int64_t{1} << 31;
 
 // Blocks per row of the fused path: enough blocks in all to give each SM ~8 (2048 threads), at most kMaxCluster per
-// row, and no slice under kMinSliceNumel elements. 1 (no cluster) without cluster support.
+// row, and no slice under kMinSliceNumel elements. Without cluster support only 1 is possible: then 0 (take the split
+// path) where the rows would want more, since one block per row would leave most of the GPU idle.
 int fused_blocks_per_row(int64_t batch, int64_t n, bool clusters) {
-  if (!clusters) return 1;
   const int64_t want = (8 * static_cast<int64_t>(current_sm_count()) + batch - 1) / batch;
   const int64_t most = std::max<int64_t>(1, n / kMinSliceNumel);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, kMaxCluster})));
+  const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, kMaxCluster})));
+  return clusters || blocks == 1 ? blocks : 0;
 }
 
 // Launches the fused kernel with `blocks` blocks per row. *done = false (nothing launched, no error pending) where a
@@ -342,9 +345,10 @@ cudaError_t launch_atas_step_fused(const AtasStepOperands& op, AtasShape s, Atas
   }
   if (!shape_ok(s)) return cudaErrorInvalidValue;
   const int64_t n = s.channels * s.height * s.width;
-  if (requested_path() == AtasPath::kSplit || n >= kMaxFusedRow) return cudaSuccess;
-  const int blocks = fused_blocks_per_row(s.batch, n, cluster_launch_supported());
-  if (s.batch * blocks > kMaxGridX) return cudaSuccess;
+  // Rows of no elements (v is still updated) have no work units for the split path: one block per row here.
+  if (n > 0 && (requested_path() == AtasPath::kSplit || n >= kMaxFusedRow)) return cudaSuccess;
+  const int blocks = n == 0 ? 1 : fused_blocks_per_row(s.batch, n, cluster_launch_supported());
+  if (blocks == 0 || s.batch * blocks > kMaxGridX) return cudaSuccess;
   FASTAT_CUDA_DISPATCH(op.grad_dtype, G, FASTAT_CUDA_DISPATCH(op.dtype, D, FASTAT_CUDA_DISPATCH(op.buf_dtype, B, {
     return launch_fused<G, D, B>(op, s, params, n, blocks, done, stream);
   })))
@@ -363,6 +367,7 @@ cudaError_t launch_atas_step_split(const AtasStepOperands& op, AtasShape s, Atas
   if (s.batch <= 0) return cudaSuccess;
   if (!shape_ok(s)) return cudaErrorInvalidValue;
   const int64_t n = s.channels * s.height * s.width;
+  if (n == 0) return cudaErrorInvalidValue;  // launch_atas_step_fused always takes rows of no elements
   const int64_t chunks = norm_chunks(n);
   const int64_t tiles = (s.height * s.width + kPlaneTile - 1) / kPlaneTile;
   if (s.batch * s.channels * tiles > kMaxGridX || s.batch * chunks > kMaxGridX) return cudaErrorInvalidValue;

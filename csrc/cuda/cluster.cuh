@@ -57,11 +57,19 @@ struct ClusterLaunch {
 // blocks, threads, smem_bytes). Launchers take their non-cluster path up front when it answers no, rather than rely on
 // a refused launch (under CUDA-graph capture a launch that cannot run may only fail at replay). A failed query answers
 // "try": the caller still falls back if the launch itself is refused. Dynamic shared memory above 48 KB must have been
-// opted in to before asking.
+// opted in to before asking. Also "no" where the code the device runs for `kernel` was compiled for an architecture
+// without clusters (a build for, say, TORCH_CUDA_ARCH_LIST="8.0+PTX" JIT-compiled on an H100): its cluster branch is
+// a __trap() (cluster_position), which would kill the CUDA context.
 inline bool cluster_fits(const void* kernel, int blocks, int threads, int64_t smem_bytes) {
   static HostMemo memo;
   const int64_t shape = static_cast<int64_t>(threads) << 16 | blocks;
   return memo.get(kernel, shape, smem_bytes, [&] {
+           cudaFuncAttributes attr;
+           if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+             (void)cudaGetLastError();
+           } else if (attr.ptxVersion > 0 && attr.ptxVersion < 90) {
+             return 0;
+           }
            const ClusterLaunch launch(static_cast<unsigned>(blocks), blocks, threads, smem_bytes, nullptr);
            int clusters = 0;
            if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &launch.config) != cudaSuccess) {

@@ -79,10 +79,12 @@ struct AtasStepOperands {
 // out = clamp(min(max(x_adv + step·sign(g), x - eps), x + eps), 0, 1); the window of delta_buf[index] = out - x.
 // Two launchers, tried in this order (see atas.cu):
 //  * launch_atas_step_fused enqueues the one-launch path where it can run and sets *done = true (also when there is
-//    nothing to do); where it cannot (no cluster support or fit, rows of 2^31 elements or more, a refused launch,
-//    FASTAT_CUDA_ATAS_PATH=split) it enqueues nothing, sets *done = false and returns cudaSuccess;
+//    nothing to do, and always for images of no elements, whose v is still updated); where it cannot (no cluster
+//    support or fit, rows of 2^31 elements or more, a refused launch, FASTAT_CUDA_ATAS_PATH=split) it enqueues
+//    nothing, sets *done = false and returns cudaSuccess;
 //  * then launch_atas_step_split does the work in two launches with `workspace`, atas_step_split_workspace_bytes(...)
-//    bytes (0 when warmup: nullptr is fine), 16-byte aligned. Only this path needs scratch.
+//    bytes (0 when warmup: nullptr is fine), 16-byte aligned. Only this path needs scratch. Rows of 0 elements:
+//    cudaErrorInvalidValue (the fused launcher takes them).
 cudaError_t launch_atas_step_fused(const AtasStepOperands& op, AtasShape shape, AtasStepParams params, bool* done,
                                    cudaStream_t stream);
 int64_t atas_step_split_workspace_bytes(int64_t batch, int64_t row_numel, bool warmup);

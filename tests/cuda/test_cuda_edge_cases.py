@@ -115,6 +115,25 @@ def test_atas_step_more_rows_than_a_grid_y_dimension(warmup, poisoned_allocation
     _atas_step_both(s.args, dict(s.kwargs, **SATURATED))
 
 
+@pytest.mark.usefixtures("atas_path")
+@pytest.mark.parametrize("shape", [(3, 0, 4, 4), (3, 2, 0, 4), (3, 2, 4, 0)])
+def test_atas_ops_on_images_of_no_elements(shape):
+    """C, H or W = 0: nothing is gathered or written, but atas_step still updates v (‖g‖² = 0), as the reference does
+    (the CUDA launchers once refused such shapes; every path, split included, must take them)."""
+    b, c, h, w = shape
+    gen = _gen(b, c * 100 + h * 10 + w)
+    x = torch.rand(shape, generator=gen, device=DEV)
+    buf = torch.randn(5, c, h + 2, w + 2, generator=gen, device=DEV)
+    v_buf = torch.rand(5, generator=gen, device=DEV)
+    index = torch.tensor([0, 2, 4], device=DEV)
+    offsets = torch.tensor([[0, 1], [2, 2], [1, 0]], device=DEV)
+    flips = torch.tensor([True, False, True], device=DEV)
+    assert_exact(F.atas_gather(buf, index, offsets, flips, x), reference.atas_gather(buf, index, offsets, flips, x))
+    for warmup in (False, True):
+        kwargs = dict(eps=EPS, c=0.01, beta=0.5, gamma_over_c=2 * EPS, step_min=EPS / 8, step_max=EPS, warmup=warmup)
+        _atas_step_both((buf, v_buf, index, offsets, flips, torch.randn_like(x), x, x), kwargs)
+
+
 # ----------------------------------------------------------------------------------------------- streams, devices
 
 
