@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Iterable
 
 from .config import ConfigError, TrainConfig, parse_number, parse_value
 
-__all__ = ["add_parser", "run", "config_from_args"]
+__all__ = ["add_parser", "add_train_arguments", "config_from_args", "run"]
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -22,48 +22,63 @@ def _kv(text: str) -> tuple[str, Any]:
     return k.strip(), parse_value(v, k.strip())
 
 
+def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ()) -> argparse.ArgumentParser:
+    """Add every ``fastat train`` flag to ``p`` except those in ``exclude`` (dests: "method", "seed", "out", ...);
+    ``fastat sweep`` shares them this way. `config_from_args` turns the parsed flags into a `TrainConfig`."""
+    skip = set(exclude)
+
+    def add(*names: str, **kw: Any) -> None:
+        if names[0].lstrip("-").replace("-", "_") not in skip:
+            p.add_argument(*names, **kw)
+
+    add("--method", required=True, help="fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, apart, pgd")
+    add("--dataset", default="fashion-mnist")
+    add("--data-root", default=None)
+    add("--eps", default="0.2", help="ε in pixel units: 0.2 or 8/255")
+    add("--alpha", default=None, help="step size (number or fraction; default: the method's)")
+    add("--q", default=None, help="ZeroGrad quantile in [0, 1]")
+    add("--hp", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+        help="any other method hyper-parameter, repeatable (e.g. --hp steps=10)")
+    add("--epochs", type=int, default=10)
+    add("--model", default=None,
+        help="preact18, wrn28-10, wrn34-10, small-cnn (default: preact18 on CUDA, small-cnn on CPU)")
+    add("--batch-size", type=int, default=512, help="global batch (summed over torchrun ranks)")
+    add("--subset", type=int, default=None, help="train on the first N training images")
+    add("--lr-schedule", default="cyclic", choices=["cyclic", "piecewise", "multistep", "constant"])
+    add("--lr-max", type=float, default=0.2)
+    add("--lr-peak", type=float, default=0.4, help="cyclic: fraction of the run at the peak")
+    add("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
+    add("--precision", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    add("--device", default=None, metavar="cpu|cuda|cuda:N")
+    add("--seed", type=int, default=0)
+    add("--out", default=None, help="run folder (metrics, curves.png, checkpoints)")
+    add("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add("--label-smoothing", type=float, default=0.0)
+    add("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999)")
+    add("--cuda-graph", action="store_true",
+        help="capture the whole training step in a CUDA graph once per epoch and replay it (bf16/fp32; "
+             "removes launch overhead, which dominates at small batches)")
+    add("--compile", nargs="?", const="default", default=None, metavar="MODE",
+        help="torch.compile the model (default, max-autotune or max-autotune-no-cudagraphs); the "
+             "attacks' forwards, the training forward and their backwards run compiled, GradAlign's "
+             "double backprop stays eager")
+    add("--eval-n", type=int, default=2000, help="test images for the per-epoch PGD evaluation")
+    add("--eval-steps", type=int, default=20)
+    add("--co-batch", type=int, default=256)
+    add("--co-steps", type=int, default=10)
+    add("--co-drop", type=float, default=0.2)
+    add("--on-co", default="log", choices=["log", "stop", "rollback"])
+    add("--final-eval", default="none", choices=["none", "pgd", "pgd+aa"],
+        help="after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA weights on "
+             "--final-n test images, to final_eval.json (also on a finished run with --resume)")
+    add("--final-n", type=int, default=1000)
+    add("--no-progress", action="store_true")
+    return p
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="adversarial training (FGSM-RS, N-FGSM, ZeroGrad, ATAS, PGD-AT, ...)")
-    p.add_argument("--method", required=True, help="fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, "
-                                                   "apart, pgd")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--eps", default="0.2", help="ε in pixel units: 0.2 or 8/255")
-    p.add_argument("--alpha", default=None, help="step size (number or fraction; default: the method's)")
-    p.add_argument("--q", default=None, help="ZeroGrad quantile in [0, 1]")
-    p.add_argument("--hp", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="any other method hyper-parameter, repeatable (e.g. --hp steps=10)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--model", default=None, help="preact18, wrn28-10, wrn34-10, small-cnn (default: preact18 on "
-                                                 "CUDA, small-cnn on CPU)")
-    p.add_argument("--batch-size", type=int, default=512, help="global batch (summed over torchrun ranks)")
-    p.add_argument("--subset", type=int, default=None, help="train on the first N training images")
-    p.add_argument("--lr-schedule", default="cyclic", choices=["cyclic", "piecewise", "multistep", "constant"])
-    p.add_argument("--lr-max", type=float, default=0.2)
-    p.add_argument("--lr-peak", type=float, default=0.4, help="cyclic: fraction of the run at the peak")
-    p.add_argument("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
-    p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
-                   help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default=None, metavar="cpu|cuda|cuda:N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (metrics, curves.png, checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="capture the whole training step in a CUDA graph once per epoch and replay it (bf16/fp32; "
-                        "removes launch overhead, which dominates at small batches)")
-    p.add_argument("--eval-n", type=int, default=2000, help="test images for the per-epoch PGD evaluation")
-    p.add_argument("--eval-steps", type=int, default=20)
-    p.add_argument("--co-batch", type=int, default=256)
-    p.add_argument("--co-steps", type=int, default=10)
-    p.add_argument("--co-drop", type=float, default=0.2)
-    p.add_argument("--on-co", default="log", choices=["log", "stop", "rollback"])
-    p.add_argument("--final-eval", default="none", choices=["none", "pgd", "pgd+aa"],
-                   help="after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA weights on "
-                        "--final-n test images, to final_eval.json (also on a finished run with --resume)")
-    p.add_argument("--final-n", type=int, default=1000)
-    p.add_argument("--no-progress", action="store_true")
+    add_train_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -87,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,
                        device=dev, seed=args.seed, out=args.out, method_kwargs=mkw,
                        label_smoothing=args.label_smoothing, ema=args.ema, cuda_graph=args.cuda_graph,
+                       compile=args.compile,
                        eval_n=args.eval_n,
                        eval_steps=args.eval_steps, co_batch=args.co_batch, co_steps=args.co_steps,
                        co_drop=args.co_drop, on_co=args.on_co, progress=not args.no_progress,

@@ -12,9 +12,10 @@ from .monitor import CO_ACTIONS
 from .schedules import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
 FINAL_EVALS = ("none", "pgd", "pgd+aa")
 
-__all__ = ["PRECISIONS", "ConfigError", "TrainConfig", "parse_number", "parse_value"]
+__all__ = ["COMPILE_MODES", "PRECISIONS", "ConfigError", "TrainConfig", "parse_number", "parse_value"]
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float | None = None             # EMA decay (e.g. 0.999); None: off
     cuda_graph: bool = False             # capture each epoch's training step in a CUDA graph and replay it
+    compile: str | None = None           # torch.compile the model (forwards and their backward): a COMPILE_MODES mode
     eval_n: int = 2000
     eval_steps: int = 20
     eval_restarts: int = 1
@@ -172,6 +174,13 @@ class TrainConfig:
                               "device on the host every step)")
         if self.cuda_graph and self.device is not None and not self.device.startswith("cuda"):
             raise ConfigError(f"argument 'cuda_graph' needs a CUDA device (got device {self.device!r})")
+        if self.compile is not None:
+            if self.compile not in COMPILE_MODES:
+                raise ConfigError(f"argument 'compile' must be one of {', '.join(COMPILE_MODES)}, got "
+                                  f"{self.compile!r} ('reduce-overhead' is --cuda-graph's job here)")
+            if self.cuda_graph:
+                raise ConfigError("argument 'compile' cannot be combined with 'cuda_graph' (capture the eager step, "
+                                  "or compile the model; not both)")
         if self.final_eval not in FINAL_EVALS:
             raise ConfigError(f"argument 'final_eval' must be one of {', '.join(FINAL_EVALS)}, got {self.final_eval!r}")
         if self.final_eval == "pgd+aa":

@@ -28,6 +28,12 @@ one-process stream). Not combined with ``cuda_graph``.
 device-tensor lr, EMA, epoch sums) is captured in a CUDA graph and replayed for every full batch; it is re-captured at
 each epoch start and after any checkpoint load (per-epoch method settings are baked into a capture), the last smaller
 batch runs eagerly, and a failed capture warns once and trains on eagerly (`graph_mode_failed` says why).
+
+``compile="default"`` (or another `torch.compile` mode): the attacks' forwards and backwards and the training forward
+and backward run through ``torch.compile(model)`` (under torchrun, the training forward through the compiled DDP
+wrapper). GradAlign's regulariser (double backprop, which compiled graphs do not support: pytorch#91469), the
+per-epoch evaluation, the CO check and the final evaluation stay eager. Not combined with ``cuda_graph``. Compiled
+kernels are not bit-identical to eager ones, so a resumed run matches a straight one only within float noise.
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ def default_model(device_type: str) -> str:
 
 # Config keys a resumed run may change: they do not alter the training trajectory (output, progress, evaluation).
 RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eval_steps", "eval_restarts", "on_co",
-                         "max_rollbacks", "final_eval", "final_n"})
+                         "max_rollbacks", "final_eval", "final_n", "compile"})
 FINAL = "final_eval.json"
 FINAL_STEPS, FINAL_RESTARTS = 50, 10
 
@@ -143,12 +149,15 @@ class Trainer:
                               f"{self.device.type!r})")
         if self.graph_mode and self.dist.enabled:
             raise ConfigError("argument 'cuda_graph' is not supported with several processes (torchrun) yet")
-        self.train_model: nn.Module = self.model  # what the training forward runs: the DDP wrapper under torchrun
+        # what the attacks run (`attack_model`) and what the training forward runs (`train_model`): the model itself,
+        # the DDP wrapper under torchrun, compiled with `compile`; all share `self.model`'s parameters and buffers
+        self.attack_model: nn.Module = self._compiled(self.model)
+        self.train_model: nn.Module = self.attack_model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_model = self._compiled(DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None))
             if self.dist.rank:  # rank 0 keeps the one-process stream (model init may have drawn from it already)
                 self._seed_rank_stream()
             # per-example state now, not on the first perturb, so rank 0's draw (the one a single process makes
@@ -217,6 +226,11 @@ class Trainer:
             return d
         return _init_group("cpu")
 
+    def _compiled(self, module: nn.Module) -> nn.Module:
+        """``torch.compile(module)`` with ``compile``'s mode, else the module. The wrapper shares the module's
+        parameters; guards on their ``requires_grad`` give the attacks (input gradient only) their own graph."""
+        return module if self.cfg.compile is None else torch.compile(module, mode=self.cfg.compile)
+
     def _lr(self, value: float) -> float | torch.Tensor:
         """CUDA-graph mode keeps each lr in a device tensor that the captured optimizer step reads."""
         return torch.tensor(float(value), device=self.device) if self.graph_mode else value
@@ -248,10 +262,10 @@ class Trainer:
         host, so in CUDA-graph mode the whole of it is captured once per epoch and replayed."""
         cfg, model = self.cfg, self.model
         with self._autocast():
-            x_adv = self.method.perturb(model, x, y, info)
+            x_adv = self.method.perturb(self.attack_model, x, y, info)
             logits = self.train_model(x_adv)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            reg = self.method.extra_loss(model, x, y, x_adv, info)
+            reg = self.method.extra_loss(model, x, y, x_adv, info)  # eager: double backprop (pytorch#91469)
             total = loss if reg is None else loss + reg.float()
         share = self._share(y.shape[0], info)
         if share != 1.0:  # DDP averages the ranks' gradients: weight each rank's mean by its share of the batch
