@@ -55,7 +55,6 @@ CPU smoke: python bench/acceptance.py --device cpu --model small-cnn --subset 25
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import dataclasses
 import datetime
@@ -75,7 +74,9 @@ except ImportError:  # not installed: use the source tree
     sys.path[:0] = [str(REPO / "python"), str(REPO)]
 
 import torch
-from fastat.train import TrainConfig, Trainer, parse_number, parse_value
+from fastat.train import TrainConfig, parse_number, parse_value
+from fastat.train.records import read_json, run_identity
+from fastat.train.sweeps import finished_result, parse_hp, parse_methods, split_overrides, train_run
 
 ALL = ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign", "apart", "pgd")
 REQUIRED = {"fgsm_rs": ("<", 10.0), "n_fgsm": (">=", 60.0), "atas": (">=", 40.0), "zerograd": (">=", 50.0),
@@ -83,8 +84,6 @@ REQUIRED = {"fgsm_rs": ("<", 10.0), "n_fgsm": (">=", 60.0), "atas": (">=", 40.0)
 # Step cost relative to FGSM-RS (gpu-baseline.md per-step table, B = 512); only orders runs and estimates budgets.
 COST = {"fgsm": 1.0, "fgsm_rs": 1.0, "n_fgsm": 1.0, "atas": 1.05, "zerograd": 1.3, "apart": 1.6, "multigrad": 1.8,
         "pgd": 5.0, "gradalign": 14.9}
-CONFIG_FIELDS = set(TrainConfig.__dataclass_fields__) - {"method"}
-VOLATILE = ("out", "progress", "plot", "checkpoint", "data_root", "device")  # not part of a run's identity
 SPEC, RESULT = "acceptance_spec.json", "acceptance_result.json"
 
 
@@ -131,27 +130,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_plan(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
-    """[(label, config)] in the requested order; raises ValueError on bad --methods/--hp."""
-    from fastat.methods import METHODS, _canonical
-
-    items = ALL if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    plan: dict[str, str] = {}
-    for item in items:
-        label, _, name = item.partition("=") if "=" in item else (item, "", item)
-        method = _canonical(name)
-        if method not in METHODS:
-            raise ValueError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
-        plan[label.strip()] = method
-    extra: dict[str, dict[str, Any]] = {label: {} for label in plan}
-    for text in args.hp:
-        key, sep, value = text.partition("=")
-        label, dot, field = key.strip().partition(".")
-        if not sep or not dot or not field:
-            raise ValueError(f"--hp: expected LABEL.KEY=VALUE, got {text!r}")
-        if label not in plan:
-            print(f"acceptance: --hp {text!r} names no selected method; ignored", file=sys.stderr)
-            continue
-        extra[label][field] = parse_value(value)
+    """[(label, config)] in the requested order; raises ValueError (ConfigError) on bad --methods/--hp."""
+    plan = parse_methods(ALL if args.methods.strip() == "all" else [args.methods])
+    _, extra = parse_hp(args.hp, plan, scoped_only=True, on_unknown_label=lambda text: print(
+        f"acceptance: --hp {text!r} names no selected method; ignored", file=sys.stderr))
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     model_kwargs: dict[str, Any] = {}
     lr_peak = 0.4
@@ -170,72 +152,26 @@ def build_plan(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
                   cuda_graph=args.cuda_graph)
     out = []
     for label, method in plan.items():
-        over = {**defaults(method, args.batch_size), **extra[label]}
-        mkw = {k: v for k, v in over.items() if k not in CONFIG_FIELDS}
+        fields, mkw = split_overrides({**defaults(method, args.batch_size), **extra[label]})
         cfg = TrainConfig(**{**common, "method": method, "model_kwargs": dict(model_kwargs), "method_kwargs": mkw,
-                             **{k: v for k, v in over.items() if k in CONFIG_FIELDS}})
+                             **fields})
         cfg.checkpoint = args.checkpoints  # roll-back runs checkpoint anyway (the Trainer needs it to roll back)
         out.append((label, cfg))
     return out
 
 
-def identity(cfg: TrainConfig) -> dict[str, Any]:
-    """What makes two runs the same experiment (JSON-normalised)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in VOLATILE}
-    d["device_type"] = str(cfg.device).split(":")[0]
-    return json.loads(json.dumps(d, sort_keys=True, default=str))
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    if not rows:
-        return {}
-    last, best = rows[-1], max(rows, key=lambda r: r["pgd_acc"])
-    return {"epochs_done": last["epoch"], "clean": 100 * last["clean_acc"], "pgd": 100 * last["pgd_acc"],
-            "best_pgd": 100 * best["pgd_acc"], "best_epoch": best["epoch"],
-            "train_s_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows),
-            "co_epochs": [r["epoch"] for r in rows if r.get("co")]}
+identity = run_identity  # what makes two runs the same experiment (fastat.train.records)
 
 
 def train_one(label: str, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
-    """Train (or resume) one method into run_dir; returns its result record."""
-    cfg, spec = copy.deepcopy(cfg), identity(cfg)  # the copy gets this run's out
-    old = read_json(run_dir / SPEC)
-    resume = old == spec and (run_dir / "checkpoint.pt").exists()
-    if run_dir.exists() and not resume and any(run_dir.iterdir()):
-        stale = run_dir.with_name(f"{run_dir.name}.old-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-        run_dir.rename(stale)
-        print(f"acceptance: {run_dir} held another run; moved to {stale.name}", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SPEC).write_text(json.dumps(spec, indent=1))
-    cfg.out = str(run_dir)
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg)
-    resumed = trainer.resume() if resume else False
-    start_epoch = trainer.epoch
-    print(f"\n=== {label}: {trainer.method.describe()}, {cfg.epochs} epochs, model {trainer.model_name}, "
-          f"{trainer.loader.num_examples} images, {cfg.precision}, {trainer.device}"
-          f"{f' (resumed at epoch {start_epoch})' if resumed else ''}", flush=True)
-    trainer.fit()
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    rows = [r for r in trainer.history if r.get("event", "epoch") == "epoch"]
-    if resumed:  # the time of the epochs done before, as the metrics recorded it
-        seconds += sum(r["train_seconds"] + r["eval_seconds"] for r in rows if r["epoch"] <= start_epoch)
-    hparams = {k: v for k, v in trainer.method.hparams.items() if v is None or isinstance(v, (int, float, str))}
-    result = {"label": label, "method": cfg.method, "status": "resumed" if resumed else "done", "spec": spec,
-              "hparams": hparams, "describe": trainer.method.describe(), "seconds": seconds,
-              "rollbacks": trainer.rollbacks, "rows": rows,
-              "events": [r for r in trainer.history if r.get("event", "epoch") != "epoch"], **summary(rows)}
-    (run_dir / RESULT).write_text(json.dumps(result, indent=1, default=str))
-    return result
+    """Train (or resume) one method into run_dir; returns its result record (`fastat.train.sweeps.train_run`)."""
+
+    def announce(trainer, resumed: bool) -> None:
+        print(f"\n=== {label}: {trainer.method.describe()}, {cfg.epochs} epochs, model {trainer.model_name}, "
+              f"{trainer.loader.num_examples} images, {cfg.precision}, {trainer.device}"
+              f"{f' (resumed at epoch {trainer.epoch})' if resumed else ''}", flush=True)
+
+    return train_run(label, cfg, run_dir, spec_file=SPEC, result_file=RESULT, announce=announce)
 
 
 def verdict(label: str, method: str, res: dict[str, Any], epochs: int) -> str:
@@ -396,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.report_only:
             continue
-        prior = read_json(runs / label / RESULT)
-        if prior is not None and prior.get("spec") == spec:
+        prior = finished_result(runs / label, spec, RESULT)
+        if prior is not None:
             results[label] = {**prior, "status": "reused"}
             print(f"=== {label}: finished run reused from {runs / label}", flush=True)
             continue

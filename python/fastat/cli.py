@@ -1,4 +1,4 @@
-"""The `fastat` command: `fastat info`, `fastat bench ops`, and the subcommands other modules add (eval, train, ...).
+"""The `fastat` command: `fastat info`, `fastat bench ops`, and the subcommands other modules add (train, sweep, ...).
 
 Each feature module that has a subcommand exposes `add_parser(subparsers)`, which registers its parser with
 `set_defaults(func=run)`; `run(args) -> int` is the exit status. Modules are imported only when present, so a
@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules that contribute subcommands; missing ones are skipped.
-SUBCOMMAND_MODULES = ("fastat.train.cli", "fastat.eval.cli", "fastat.plot")
+SUBCOMMAND_MODULES = ("fastat.train.cli", "fastat.train.sweeps", "fastat.eval.cli", "fastat.plot")
 
 
 def _parse_shape(text: str) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """Per-epoch metrics files of a run folder: ``metrics.jsonl`` (one JSON object per epoch or event), ``metrics.csv``
-(epoch rows, columns = union of keys) and ``curves.png`` (clean / PGD accuracy per epoch)."""
+(epoch rows, columns = union of keys) and ``curves.png`` (clean / PGD accuracy per epoch); and what multi-run
+drivers (``fastat sweep``, bench/acceptance.py) record per run: its identity and a summary of its epochs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsWriter", "final_eval_table", "plot_curves", "read_metrics"]
+__all__ = ["VOLATILE", "MetricsWriter", "final_eval_table", "plot_curves", "plot_sweep", "read_json", "read_metrics",
+           "run_identity", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
+
+# TrainConfig fields that do not change what a run computes (where it writes, how it reports, where the data is read
+# from, which GPU index): two configs equal in everything else are the same experiment.
+VOLATILE = ("out", "progress", "plot", "checkpoint", "data_root", "device")
 
 
 class MetricsWriter:
@@ -61,6 +67,35 @@ def final_eval_table(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_identity(config: Any) -> dict[str, Any]:
+    """What makes two runs the same experiment: the `TrainConfig` (a dataclass with ``to_dict``) without the
+    `VOLATILE` fields, plus the device type ("cpu" / "cuda"), JSON-normalised (tuples become lists)."""
+    d = {k: v for k, v in config.to_dict().items() if k not in VOLATILE}
+    d["device_type"] = str(config.device).split(":")[0]
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable (a run killed while writing it)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def summarize_epochs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Last-epoch and best-PGD-epoch numbers of a run's epoch rows (accuracies in %): epochs_done, clean, pgd,
+    best_pgd, best_epoch (the first epoch with the highest PGD accuracy), train_s_per_epoch (mean training time) and
+    co_epochs (epochs the CO check flagged). Empty for no rows."""
+    if not rows:
+        return {}
+    last, best = rows[-1], max(rows, key=lambda r: r["pgd_acc"])
+    return {"epochs_done": last["epoch"], "clean": 100 * last["clean_acc"], "pgd": 100 * last["pgd_acc"],
+            "best_pgd": 100 * best["pgd_acc"], "best_epoch": best["epoch"],
+            "train_s_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows),
+            "co_epochs": [r["epoch"] for r in rows if r.get("co")]}
+
+
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     """The epoch rows of a run folder (or of a metrics.jsonl path)."""
     path = Path(run)
@@ -95,6 +130,104 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+_OK = ("done", "resumed", "reused")
+_STATS = (("clean_pct", "clean %"), ("pgd_pct", "PGD %"), ("best_pgd_pct", "best PGD %"),
+          ("train_s_per_epoch", "train s/epoch"))
+
+
+def sweep_run_row(label: str, seed: int, method: str, folder: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """One summary row of a sweep run (accuracies in %): last-epoch clean/PGD, best PGD epoch, timings, CO flags,
+    roll-backs and, for runs with a final evaluation, ``final_<weights>_<clean|pgd|pgd_any|aa>_pct``."""
+    row: dict[str, Any] = {"method": label, "base_method": method, "seed": seed, "status": result.get("status"),
+                           "epochs": result.get("epochs_done"), "clean_pct": result.get("clean"),
+                           "pgd_pct": result.get("pgd"), "best_pgd_pct": result.get("best_pgd"),
+                           "best_epoch": result.get("best_epoch"), "train_s_per_epoch": result.get("train_s_per_epoch"),
+                           "total_s": result.get("seconds"), "co": bool(result.get("co_epochs")) if result.get("rows")
+                           else None, "co_epochs": result.get("co_epochs"), "rollbacks": result.get("rollbacks"),
+                           "folder": str(folder)}
+    for weights, r in ((result.get("final") or {}).get("models") or {}).items():
+        for key, name in (("clean_acc", "clean"), ("pgd_acc", "pgd"), ("pgd_any_acc", "pgd_any"),
+                          ("autoattack_acc", "aa")):
+            if key in r:
+                row[f"final_{weights}_{name}_pct"] = 100 * r[key]
+    return row
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def sweep_aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method label, over its finished seeds: mean, sample std (None for one seed), min and max of each number
+    in `_STATS` (and of the final-evaluation columns), seeds done / planned / failed, and how many runs CO flagged."""
+    out = []
+    for label in dict.fromkeys(r["method"] for r in rows):
+        runs = [r for r in rows if r["method"] == label]
+        ok = [r for r in runs if r["status"] in _OK]
+        agg: dict[str, Any] = {"method": label, "base_method": runs[0]["base_method"], "seeds_done": len(ok),
+                               "seeds_planned": len(runs), "seeds": [r["seed"] for r in ok],
+                               "failed": sum(str(r["status"]).startswith("error") for r in runs),
+                               "co_runs": sum(bool(r["co"]) for r in ok)}
+        keys = [k for k, _ in _STATS] + sorted({k for r in ok for k in r if k.startswith("final_")})
+        for key in keys:
+            values = [r[key] for r in ok if r.get(key) is not None]
+            if values:
+                agg[key] = _stats(values)
+        out.append(agg)
+    return out
+
+
+def sweep_markdown(head: str, methods: list[dict[str, Any]]) -> str:
+    """The per-method Markdown table: mean ± std over seeds (PGD-50-10 of the last weights when evaluated)."""
+    final = any("final_last_pgd_pct" in m for m in methods)
+    cols = [label for _, label in _STATS] + (["PGD-50-10 % (last)"] if final else [])
+    lines = [head, "", "| method | seeds | " + " | ".join(cols) + " | CO runs |", "|---" * (len(cols) + 3) + "|"]
+    for m in methods:
+        cells = []
+        for key in [k for k, _ in _STATS] + (["final_last_pgd_pct"] if final else []):
+            s, d = m.get(key), 2 if key == "train_s_per_epoch" else 1
+            std = "" if s is None or s["std"] is None else f" ± {s['std']:.{d}f}"
+            cells.append("" if s is None else f"{s['mean']:.{d}f}{std}")
+        n = f"{m['seeds_done']}/{m['seeds_planned']}" + (f" ({m['failed']} failed)" if m["failed"] else "")
+        lines.append(f"| {m['method']} | {n} | " + " | ".join(cells) + f" | {m['co_runs']} |")
+    return "\n".join(lines)
+
+
+def plot_sweep(curves: dict[str, list[list[dict[str, Any]]]], path: str | Path, title: str | None = None) -> Path:
+    """Per method: mean PGD (solid) and clean (dashed) accuracy per epoch over its seeds' epoch rows, each with a
+    min-max band; an epoch's mean is over the seeds that reached it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for i, (label, runs) in enumerate(curves.items()):
+        epochs = sorted({r["epoch"] for rows in runs for r in rows})
+        for key, style, band, name in (("pgd_acc", "-o", 0.18, "PGD"), ("clean_acc", "--", 0.08, "clean")):
+            per = [[100 * r[key] for rows in runs for r in rows if r["epoch"] == e] for e in epochs]
+            ax.plot(epochs, [sum(v) / len(v) for v in per], style, ms=3, color=f"C{i % 10}",
+                    label=f"{label} {name} (n={len(runs)})")
+            ax.fill_between(epochs, [min(v) for v in per], [max(v) for v in per], color=f"C{i % 10}", alpha=band,
+                            lw=0)
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
