@@ -73,6 +73,17 @@ def _cuda_wanted() -> bool:
     return possible and mode != "0"
 
 
+def _cxx_standard() -> str:
+    """C++20 for torch >= 2.14 (its headers refuse anything older), C++17 before (what those torches are built
+    with)."""
+    import re
+
+    import torch
+
+    m = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return "c++20" if m and (int(m.group(1)), int(m.group(2))) >= (2, 14) else "c++17"
+
+
 def _extensions():
     if os.environ.get("FASTAT_NO_EXT", "0") == "1":
         return [], {}
@@ -83,7 +94,8 @@ def _extensions():
     debug = os.environ.get("DEBUG", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -ffp-contract=off: the CPU kernels must round exactly like the eager reference (no silent FMA contraction).
-    cxx += ["-std=c++17", "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
+    std = _cxx_standard()
+    cxx += [f"-std={std}", "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
     csrc = os.path.join("csrc")
     sources = [os.path.join(csrc, "module.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True,
@@ -92,7 +104,7 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"] + (["-O0", "-g", "-lineinfo"] if debug else ["-lineinfo"])
+        nvcc = ["-O3", f"-std={std}", "--expt-relaxed-constexpr"] + (["-O0", "-g", "-lineinfo"] if debug else ["-lineinfo"])
         kwargs["extra_compile_args"]["nvcc"] = nvcc
         kwargs["extra_compile_args"]["cxx"] = cxx + ["-DFASTAT_WITH_CUDA"]
         ext = CUDAExtension("fastat._C", sources, **kwargs)
