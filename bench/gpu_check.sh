@@ -11,6 +11,8 @@
 #   triton     pytest -m triton tests/ops (the Triton kernels compiled for the GPU, no interpreter)
 #   evalbench  python bench/bench_eval_pgd.py --device cuda --out $OUT/eval_pgd.json (PGD-50-10, batched vs plain)
 #   steps      python bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph --out $OUT
+#   compile    python bench/bench_steps.py --methods fgsm_rs,zerograd,atas --modes eager,compile --batch-sizes 128,512
+#              --out $OUT/compile (train --compile on CUDA: inductor, bf16 autocast, channels_last; its step time)
 #   ddp        torchrun --nproc_per_node=2 -m fastat train (ATAS, PreActResNet-18, 2 epochs on 8192 Fashion-MNIST
 #              images, bf16) with gloo ranks sharing the one GPU: DDP on CUDA tensors end to end; metrics.jsonl
 #              copied to $OUT/ddp_metrics.jsonl (needs data/fashion-mnist carried)
@@ -39,7 +41,7 @@ DEADLINE=$((START + BUDGET))
 export PYTHONUNBUFFERED=1
 
 declare -A CAP=([build]=200 [info]=30 [tests_cuda]=150 [tests_rest]=120 [memcheck]=120 [racecheck]=90 [bench]=120
-                [triton]=200 [evalbench]=240 [steps]=240)
+                [triton]=200 [evalbench]=240 [steps]=240 [compile]=240)
 BUILD_OK=1
 
 wanted() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -138,6 +140,8 @@ if ((BUILD_OK)); then
   wanted evalbench && run_stage evalbench "$PY" bench/bench_eval_pgd.py --device cuda --out "$OUT/eval_pgd.json"
   wanted steps && run_stage steps "$PY" bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph \
     --budget 200 --out "$OUT"
+  wanted compile && run_stage compile "$PY" bench/bench_steps.py --shapes cifar --backend auto \
+    --methods fgsm_rs,zerograd,atas --modes eager,compile --batch-sizes 128,512 --budget 200 --out "$OUT/compile"
   wanted ddp && run_stage ddp bash -c "rm -rf /tmp/fastat_ddp && FASTAT_DIST_BACKEND=gloo OMP_NUM_THREADS=4 \
     $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m fastat train --method atas --model preact18 \
     --subset 8192 --batch-size 512 --epochs 2 --eval-n 512 --device cuda --precision bf16 --out /tmp/fastat_ddp \

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 TINY_MODEL = ["--device", "cpu", "--model", "small-cnn", "--model-kwarg", "width=4", "--model-kwarg", "hidden=16"]
@@ -106,3 +107,18 @@ def test_bench_steps_smoke(tmp_path):
     assert all(r["error"].startswith("unavailable") or r["median_ms"] for r in doc["rows"] if r["backend"] == "triton")
     assert steps.main([*TINY_MODEL, "--backend", "cuda-magic"]) == 2
     assert steps.main([*TINY_MODEL, "--modes", "graph"]) == 2  # CUDA graphs need a GPU
+    assert steps.main([*TINY_MODEL, "--modes", "compile", "--warmup", "1"]) == 2  # the first steps compile
+
+
+def test_bench_steps_compile_mode(tmp_path, monkeypatch):
+    """--modes compile builds the Trainer with compile="default" and reports the speed-up over eager (torch.compile
+    is stubbed: tests/train/test_compile.py runs the real one)."""
+    steps = _load("bench_steps")
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: compiled.append(mode) or module)
+    argv = [*TINY_MODEL, "--shapes", "fmnist", "--batch-sizes", "8", "--steps", "2", "--warmup", "2",
+            "--backend", "torch", "--methods", "fgsm_rs", "--modes", "eager,compile", "--out", str(tmp_path)]
+    assert steps.main(argv) == 0
+    rows = {r["mode"]: r for r in json.loads((tmp_path / "steps.json").read_text())["rows"]}
+    assert compiled == ["default"] and rows["eager"]["vs_eager"] is None
+    assert rows["compile"]["vs_eager"] == rows["eager"]["median_ms"] / rows["compile"]["median_ms"]
