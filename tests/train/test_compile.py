@@ -62,6 +62,18 @@ def test_wiring(monkeypatch):
     assert not any(k.startswith("inner.") for k in t.model.state_dict())
 
 
+def test_apart_noise_hooks_warn(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: _Compiled(module, mode))
+    kw = {**TINY, "model": "preact18", "model_kwargs": {"width": 4}}
+    with pytest.warns(UserWarning, match="APART's layer-wise noise"):
+        Trainer(TrainConfig(method="apart", epochs=1, compile="default", **kw))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(TrainConfig(method="apart", epochs=1, compile="default", method_kwargs={"noise_modules": []}, **kw))
+
+
 def test_compiled_training_matches_eager():
     """Real torch.compile (inductor on the CPU): same draws, same steps, weights within float noise of eager. ATAS:
     eval-mode attack without parameter gradients, train-mode forward with them (two graphs), per-example state."""

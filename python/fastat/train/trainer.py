@@ -42,6 +42,7 @@ import contextlib
 import copy
 import inspect
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,11 @@ class Trainer:
         # what the attacks run (`attack_model`) and what the training forward runs (`train_model`): the model itself,
         # the DDP wrapper under torchrun, compiled with `compile`; all share `self.model`'s parameters and buffers
         self.attack_model: nn.Module = self._compiled(self.model)
+        if cfg.compile is not None and getattr(self.method, "noise_modules", None):
+            warnings.warn("APART's layer-wise noise arms one-shot forward hooks at its noise sites every step: the "
+                          "compiled model breaks its graph there and recompiles until torch.compile's recompile "
+                          "limit, then runs those parts eagerly, so --compile gains little for it (results are "
+                          "unaffected)", stacklevel=2)
         self.train_model: nn.Module = self.attack_model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
