@@ -22,13 +22,11 @@ COLS = (1, 3, 784, 3072)
 
 
 def _backends():
-    yield pytest.param("native", id="native")
-    yield pytest.param("triton", id="triton", marks=pytest.mark.triton)
+    return [pytest.param("native", id="native"), pytest.param("triton", id="triton", marks=pytest.mark.triton)]
 
 
-def _devices():
-    yield pytest.param("cpu", id="cpu")
-    yield pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)
+def _devices():  # lists: pytest 9 deprecates generators as parametrize values
+    return [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 
 
 def _param_grid(spec):
