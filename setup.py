@@ -73,15 +73,15 @@ def _cuda_wanted() -> bool:
     return possible and mode != "0"
 
 
-def _cxx_standard() -> str:
-    """C++20 for torch >= 2.14 (its headers refuse anything older), C++17 before (what those torches are built
-    with)."""
+def _torch_at_least_2_14() -> bool:
+    """torch >= 2.14: its headers need C++20 (C++17 before, what those torches are built with), and its
+    torch.quantile computes the rank in fp64 (csrc/quantile_rank.h: FASTAT_QUANTILE_RANK64)."""
     import re
 
     import torch
 
     m = re.match(r"(\d+)\.(\d+)", torch.__version__)
-    return "c++20" if m and (int(m.group(1)), int(m.group(2))) >= (2, 14) else "c++17"
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (2, 14)
 
 
 def _extensions():
@@ -93,9 +93,11 @@ def _extensions():
     os.environ.setdefault("MAX_JOBS", _default_max_jobs())
     debug = os.environ.get("DEBUG", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
+    new_torch = _torch_at_least_2_14()
+    std = "c++20" if new_torch else "c++17"
+    rank64 = f"-DFASTAT_QUANTILE_RANK64={int(new_torch)}"
     # -ffp-contract=off: the CPU kernels must round exactly like the eager reference (no silent FMA contraction).
-    std = _cxx_standard()
-    cxx += [f"-std={std}", "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
+    cxx += [f"-std={std}", rank64, "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
     csrc = os.path.join("csrc")
     sources = [os.path.join(csrc, "module.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True,
@@ -104,7 +106,8 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
-        nvcc = ["-O3", f"-std={std}", "--expt-relaxed-constexpr"] + (["-O0", "-g", "-lineinfo"] if debug else ["-lineinfo"])
+        nvcc = ["-O3", f"-std={std}", rank64, "--expt-relaxed-constexpr"]
+        nvcc += ["-O0", "-g", "-lineinfo"] if debug else ["-lineinfo"]
         kwargs["extra_compile_args"]["nvcc"] = nvcc
         kwargs["extra_compile_args"]["cxx"] = cxx + ["-DFASTAT_WITH_CUDA"]
         ext = CUDAExtension("fastat._C", sources, **kwargs)

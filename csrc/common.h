@@ -3,9 +3,17 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <torch/version.h>
 
 #include <cstdint>
 #include <string>
+
+#include "quantile_rank.h"
+
+// The torch.quantile rank rule the kernels were built with must be the one of the torch they are built against.
+#if (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)) != FASTAT_QUANTILE_RANK64
+#error "FASTAT_QUANTILE_RANK64 must be 1 exactly when building against torch >= 2.14 (setup.py sets it)"
+#endif
 
 // Checks that name the op and the argument. VALUE -> Python ValueError, TYPE -> Python TypeError.
 #define FASTAT_CHECK_VALUE(op, cond, arg, ...) \

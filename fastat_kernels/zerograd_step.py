@@ -1,6 +1,7 @@
 """`fastat_triton::zerograd_step`: δ' = Π_box(Π_ε(δ + α·sign(g)·[|g| ≥ τ]); x), τ_i = torch.quantile(|g_i|, q).
 
-τ is exact. With n the row length, rank = (float)q · (float)(n − 1) (fp32), lo = ⌊rank⌋, w = rank − lo; torch.quantile
+τ is exact. With n the row length, rank = q · (n − 1) (fp32 arithmetic before torch 2.14, fp64 from 2.14 on:
+`fastat.ops.reference.quantile_rank`), lo = ⌊rank⌋, w = rank − lo (fp32); torch.quantile
 takes the lo-th and ⌈rank⌉-th smallest |g| (a, b) and returns its lerp, fmaf(w, b − a, a) for w < 0.5 and
 fmaf(w − 1, b − a, b) otherwise. Rank, w and the branch depend only on (n, q), so the host computes them.
 
@@ -16,12 +17,12 @@ in L1/L2). Longer rows (ImageNet's 150528) select in one program per row and upd
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from fastat.ops.reference import quantile_rank
 
 from . import _common as C
 
@@ -126,10 +127,9 @@ _apply_tuned = triton.autotune(configs=C.elementwise_configs(), key=["n"])(_zero
 
 
 def _plan(n: int, q: float) -> tuple[int, float, bool, bool]:
-    """(k_lo, coef, use_hi, need_hi) of torch.quantile over n values at q, with torch's fp32 rank arithmetic."""
-    rank = C.f32(C.f32(q) * float(n - 1))  # the product of two fp32 values is exact in a double
-    k_lo = math.floor(rank)
-    w = rank - k_lo  # exact, and an fp32 value
+    """(k_lo, coef, use_hi, need_hi) of torch.quantile over n values at q, with the installed torch's rank arithmetic
+    (`fastat.ops.reference.quantile_rank`: fp32 before torch 2.14, fp64 from 2.14 on)."""
+    k_lo, _, w = quantile_rank(q, n)
     use_hi = w >= 0.5
     return k_lo, (w - 1.0 if use_hi else w), use_hi, w > 0.0
 

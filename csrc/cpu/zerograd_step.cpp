@@ -16,10 +16,9 @@ namespace {
 
 // torch.quantile(a[0:n], q) with linear interpolation, for a NaN-free row; reorders `a`.
 float row_quantile(float* a, int64_t n, float q) {
-  const float rank = q * static_cast<float>(n - 1);  // fp32, as torch computes q * last_index
-  const int64_t lo = static_cast<int64_t>(rank);
-  const int64_t hi = static_cast<int64_t>(std::ceil(rank));
-  const float w = rank - static_cast<float>(lo);
+  const QuantileRank r = quantile_rank(q, n);  // the installed torch's rank rule (quantile_rank.h)
+  const int64_t lo = r.lo, hi = r.hi;
+  const float w = r.w;
   std::nth_element(a, a + lo, a + n);
   const float below = a[lo];
   const float above = hi == lo ? below : *std::min_element(a + lo + 1, a + n);

@@ -1,7 +1,8 @@
 // Exact per-row quantile of |g| for the ZeroGrad kernels: tau = torch.quantile(|g_row|, q), bit for bit.
 //
 // torch.quantile sorts the row and interpolates between the lo-th and hi-th smallest values (lo = floor(rank),
-// hi = ceil(rank), rank = (float)q·(float)(n-1)). Here both order statistics are found by a radix selection on the fp32
+// hi = ceil(rank), rank = q·(n-1) in fp32, or in fp64 from torch 2.14 on: ../quantile_rank.h). Here both order
+// statistics are found by a radix selection on the fp32
 // bit patterns of |g| (monotone for non-negative floats; NaN patterns sort above +inf, as torch sorts NaN last):
 // 3 passes over 11 + 10 + 10 bits, each building a shared-memory histogram of the keys that match the prefix found so
 // far and scanning it for the digit holding the k-th key. The hi-th is the same value unless the lo-th's ties are used
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../quantile_rank.h"
 #include "kernel_utils.cuh"
 
 namespace fastat {
@@ -37,7 +39,7 @@ __device__ __forceinline__ int pass_shift(int p) { return p == 0 ? 20 : (p == 1 
 __device__ __forceinline__ int pass_high(int p) { return p == 0 ? 31 : (p == 1 ? 20 : 10); }
 __device__ __forceinline__ uint32_t pass_mask(int p) { return p == 0 ? 0x7ffu : 0x3ffu; }
 
-// torch.quantile's ranks for a row of n: rank = (float)q * (float)(n-1); lo = floor, hi = ceil, w = rank - lo.
+// torch.quantile's ranks for a row of n (../quantile_rank.h): lo = floor(rank), hi = ceil(rank), w = rank - lo.
 struct QuantileArgs {
   uint32_t lo, hi;
   float w;
@@ -204,16 +206,14 @@ __device__ float select_tau(const Src& src, int64_t m, const QuantileArgs& qa, S
   return quantile_lerp(prefix, hi_bits, qa.w);
 }
 
-// Host side: the ranks for a row of n elements, computed with the same fp32 arithmetic as torch.quantile.
+// Host side: the ranks for a row of n elements, with the rank arithmetic of the torch the extension is built
+// against (../quantile_rank.h; q in [0, 1] is validated before, so 0 <= lo <= hi <= n - 1).
 inline QuantileArgs quantile_args(double q, int64_t n) {
-  const float rank = static_cast<float>(q) * static_cast<float>(n - 1);
-  const float last = static_cast<float>(n - 1);
-  const float clamped = std::min(std::max(rank, 0.f), last);
-  const float lo = std::floor(clamped);
+  const QuantileRank r = quantile_rank(q, n);
   QuantileArgs qa;
-  qa.lo = static_cast<uint32_t>(lo);
-  qa.hi = static_cast<uint32_t>(std::ceil(clamped));
-  qa.w = clamped - lo;
+  qa.lo = static_cast<uint32_t>(r.lo);
+  qa.hi = static_cast<uint32_t>(r.hi);
+  qa.w = r.w;
   return qa;
 }
 
