@@ -10,6 +10,7 @@ import torch
 
 from .ops import _dispatch, _native
 from .ops._schemas import SCHEMAS
+from .ops.reference import QUANTILE_RANK_FP64
 
 
 def _git_sha() -> str:
@@ -35,6 +36,7 @@ def environment() -> dict[str, str]:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "extension": "loaded" if _native.load_error() is None else f"unavailable ({_native.load_error()})",
         "extension_cuda": str(_native.built_with_cuda()),
+        "quantile_rank": "fp64 (torch >= 2.14)" if QUANTILE_RANK_FP64 else "fp32 (torch < 2.14)",
     }
     try:
         import triton
