@@ -59,8 +59,12 @@ for src in "${sources[@]}"; do
 done
 
 bindings_check() {
-  local py="${PYTHON:-python3}" inc cuda_inc flags=() d
+  local py="${PYTHON:-python3}" inc cuda_inc flags=() d new std
   inc="$("$py" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join(include_paths()))' 2>/dev/null)"
+  # as setup.py: torch >= 2.14 needs C++20 and computes quantile ranks in fp64 (csrc/quantile_rank.h)
+  new="$("$py" -c 'import re, torch; m = re.match(r"(\d+)\.(\d+)", torch.__version__)
+print(int((int(m[1]), int(m[2])) >= (2, 14)))' 2>/dev/null || echo 0)"
+  std=$([ "$new" = 1 ] && echo c++20 || echo c++17)
   if [ -z "$inc" ] || [ ! -f "${inc%% *}/ATen/cuda/CUDAGeneratorImpl.h" ]; then
     echo "skip  bindings.cpp (no torch with ATen CUDA headers for $py)"
     [ "${BINDINGS:-auto}" = 1 ] && return 1
@@ -78,9 +82,10 @@ bindings_check() {
     echo "#pragma once" >"$tmp/stub/c10/cuda/impl/cuda_cmake_macros.h"
     flags=("-I$tmp/stub" "${flags[@]}")
   fi
-  if "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wno-c++20-extensions -DFASTAT_WITH_CUDA "${flags[@]}" \
+  if "${CXX:-g++}" -std="$std" -fsyntax-only -Wall -Wno-c++20-extensions -DFASTAT_WITH_CUDA \
+    -DFASTAT_QUANTILE_RANK64="$new" "${flags[@]}" \
     -I"$cuda_inc" -I"$root/csrc" "$root/csrc/cuda/bindings.cpp" >"$tmp/bindings.log" 2>&1; then
-    echo "ok    bindings.cpp (syntax, against $(dirname "${inc%% *}"))"
+    echo "ok    bindings.cpp (syntax, $std, against $(dirname "${inc%% *}"))"
     [ -s "$tmp/bindings.log" ] && grep -v "c++20\|^\s*[0-9]* |\|^\s*|" "$tmp/bindings.log" | head -n 40
     return 0
   fi
