@@ -12,7 +12,6 @@ Only op modules import this module (it imports triton); `import fastat_kernels` 
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 
 import torch
@@ -126,11 +125,6 @@ def cast_to(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 # ------------------------------------------------------------------------------------------------ host helpers
-
-
-def f32(value: float) -> float:
-    """``value`` rounded to the nearest fp32, as a Python float (what a C++ `(float)value` gives)."""
-    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def row_length(t: Tensor) -> int:

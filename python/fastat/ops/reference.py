@@ -37,17 +37,21 @@ _m = re.match(r"(\d+)\.(\d+)", torch.__version__)
 QUANTILE_RANK_FP64: bool = bool(_m) and (int(_m.group(1)), int(_m.group(2))) >= (2, 14)
 
 
+def _f32(value: float) -> float:
+    """``value`` rounded to the nearest fp32, as a Python float (a C++ ``(float)value``)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
 def quantile_rank(q: float, n: int) -> tuple[int, int, float]:
     """(lo, hi, w): the installed torch's `torch.quantile` over n values at q interpolates between the lo-th and hi-th
     smallest (0-based) with the fp32 weight w. fp32 rank = (float)q·(float)(n−1) before torch 2.14; from 2.14 on
     rank = (double)(float)q·(n−1) and w = (float)(rank − lo). The kernels use the same rule (csrc/quantile_rank.h,
     the Triton ZeroGrad plan)."""
-    f32 = lambda v: struct.unpack("f", struct.pack("f", v))[0]  # noqa: E731 - round to fp32
     if QUANTILE_RANK_FP64:
-        rank = f32(q) * float(n - 1)
+        rank = _f32(q) * float(n - 1)
         lo = math.floor(rank)
-        return lo, math.ceil(rank), f32(rank - lo)
-    rank = f32(f32(q) * float(n - 1))  # the product of two fp32 values is exact in a double, then rounded
+        return lo, math.ceil(rank), _f32(rank - lo)
+    rank = _f32(_f32(q) * float(n - 1))  # the product of two fp32 values is exact in a double, then rounded
     lo = math.floor(rank)
     return lo, math.ceil(rank), rank - lo  # exact, and an fp32 value
 
