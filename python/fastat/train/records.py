@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VOLATILE", "MetricsWriter", "final_eval_table", "plot_curves", "plot_sweep", "read_json", "read_metrics",
-           "run_identity", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
+__all__ = ["FINISHED", "VOLATILE", "MetricsWriter", "final_eval_table", "plot_curves", "plot_sweep", "read_json",
+           "read_metrics", "run_identity", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
 
 # TrainConfig fields that do not change what a run computes (where it writes, how it reports, where the data is read
 # from, which GPU index): two configs equal in everything else are the same experiment.
@@ -109,12 +109,7 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str | None = None) -> Path:
     """Clean (dashed) and PGD (solid) accuracy per epoch for each run, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plt, fig, ax = _accuracy_figure()
     for i, (name, rows) in enumerate(runs.items()):
         color = f"C{i}"
         ep = [r["epoch"] for r in rows]
@@ -123,13 +118,27 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
         if any("ema_pgd_acc" in r for r in rows):
             ax.plot(ep, [100 * r.get("ema_pgd_acc", float("nan")) for r in rows], ":", color=color,
                     label=f"{name} EMA PGD")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
+    return _save_accuracy_figure(plt, fig, ax, path, title)
+
+
+def _accuracy_figure():
+    """(pyplot, figure, axes) for an accuracy-per-epoch plot (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt, fig, ax
+
+
+def _save_accuracy_figure(plt, fig, ax, path: str | Path, title: str | None, title_size: float | None = None) -> Path:
+    """Label the axes (epoch, accuracy 0-100 %), add grid, legend and title, write the PNG and close the figure."""
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=title_size)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -138,7 +147,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
-_OK = ("done", "resumed", "reused")
+FINISHED = ("done", "resumed", "reused")  # run statuses with results (trained now or before)
 _STATS = (("clean_pct", "clean %"), ("pgd_pct", "PGD %"), ("best_pgd_pct", "best PGD %"),
           ("train_s_per_epoch", "train s/epoch"))
 
@@ -174,7 +183,7 @@ def sweep_aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for label in dict.fromkeys(r["method"] for r in rows):
         runs = [r for r in rows if r["method"] == label]
-        ok = [r for r in runs if r["status"] in _OK]
+        ok = [r for r in runs if r["status"] in FINISHED]
         agg: dict[str, Any] = {"method": label, "base_method": runs[0]["base_method"], "seeds_done": len(ok),
                                "seeds_planned": len(runs), "seeds": [r["seed"] for r in ok],
                                "failed": sum(str(r["status"]).startswith("error") for r in runs),
@@ -207,13 +216,9 @@ def sweep_markdown(head: str, methods: list[dict[str, Any]]) -> str:
 def plot_sweep(curves: dict[str, list[list[dict[str, Any]]]], path: str | Path, title: str | None = None) -> Path:
     """Per method: mean PGD (solid) and clean (dashed) accuracy per epoch over its seeds' epoch rows, each with a
     min-max band; an epoch's mean is over the seeds that reached it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plt, fig, ax = _accuracy_figure()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for i, (label, runs) in enumerate(curves.items()):
         epochs = sorted({r["epoch"] for rows in runs for r in rows})
@@ -223,13 +228,4 @@ def plot_sweep(curves: dict[str, list[list[dict[str, Any]]]], path: str | Path, 
                     label=f"{label} {name} (n={len(runs)})")
             ax.fill_between(epochs, [min(v) for v in per], [max(v) for v in per], color=f"C{i % 10}", alpha=band,
                             lw=0)
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_accuracy_figure(plt, fig, ax, path, title, title_size=9)

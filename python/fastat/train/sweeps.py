@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .. import distributed as dist_
 from .config import ConfigError, TrainConfig, parse_value
-from .records import (plot_sweep, read_json, run_identity, summarize_epochs, sweep_aggregate, sweep_markdown,
+from .records import (FINISHED, plot_sweep, read_json, run_identity, summarize_epochs, sweep_aggregate, sweep_markdown,
                       sweep_run_row)
 
 __all__ = ["CONFIG_FIELDS", "add_parser", "finished_result", "parse_hp", "parse_methods", "run", "split_overrides",
@@ -248,7 +248,7 @@ def run_plan(plan: list[tuple[str, int, TrainConfig, Path]], out: str | Path) ->
         gc.collect()  # the finished Trainer's memory goes before the next run
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if dist_.current().is_main:
+        if dist_.current().is_main and i < len(plan):  # the report so far; the last one is written below
             write_report(out, plan, results)
     doc = write_report(out, plan, results, write=dist_.current().is_main)
     doc["failed"] = failed
@@ -293,7 +293,7 @@ def write_report(out: Path, plan: list[tuple[str, int, TrainConfig, Path]], resu
     curves: dict[str, list] = {}
     for label, seed, _, _ in plan:
         r = results.get((label, seed), {})
-        if r.get("status") in ("done", "resumed", "reused") and r.get("rows"):
+        if r.get("status") in FINISHED and r.get("rows"):
             curves.setdefault(label, []).append(r["rows"])
     if curves:
         try:
