@@ -160,9 +160,6 @@ def build_plan(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
     return out
 
 
-identity = run_identity  # what makes two runs the same experiment (fastat.train.records)
-
-
 def train_one(label: str, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Train (or resume) one method into run_dir; returns its result record (`fastat.train.sweeps.train_run`)."""
 
@@ -325,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     crashed = False
     order = sorted(plan, key=lambda p: COST[p[1].method])  # cheapest first: the budget then skips the costly ones
     for label, cfg in order:
-        spec = identity(cfg)
+        spec = run_identity(cfg)
         prior = merged.get(label)
         if prior is not None and (args.report_only or prior.get("spec") == spec):
             results[label] = prior

@@ -2,10 +2,9 @@
 //
 // torch.quantile sorts the row and interpolates between the lo-th and hi-th smallest values (lo = floor(rank),
 // hi = ceil(rank), rank = q·(n-1) in fp32, or in fp64 from torch 2.14 on: ../quantile_rank.h). Here both order
-// statistics are found by a radix selection on the fp32
-// bit patterns of |g| (monotone for non-negative floats; NaN patterns sort above +inf, as torch sorts NaN last):
-// 3 passes over 11 + 10 + 10 bits, each building a shared-memory histogram of the keys that match the prefix found so
-// far and scanning it for the digit holding the k-th key. The hi-th is the same value unless the lo-th's ties are used
+// statistics are found by a radix selection on the fp32 bit patterns of |g| (monotone for non-negative floats; NaN
+// patterns sort above +inf, as torch sorts NaN last): 3 passes over 11 + 10 + 10 bits, each building a shared-memory
+// histogram of the keys that match the prefix found so far and scanning it for the digit holding the k-th key. The hi-th is the same value unless the lo-th's ties are used
 // up, then the smallest key above it (one min-reduction). tau = torch's lerp of the two (with the FMA nvcc emits
 // for it, which matches torch.quantile on CPU and CUDA). Any NaN in the row gives tau = NaN, as in torch.
 //

@@ -234,7 +234,8 @@ class Trainer:
 
     def _compiled(self, module: nn.Module) -> nn.Module:
         """``torch.compile(module)`` with ``compile``'s mode, else the module. The wrapper shares the module's
-        parameters; guards on their ``requires_grad`` give the attacks (input gradient only) their own graph."""
+        parameters; dynamo's guard on the input's ``requires_grad`` gives the attacks (input gradient only) their own
+        graph."""
         return module if self.cfg.compile is None else torch.compile(module, mode=self.cfg.compile)
 
     def _lr(self, value: float) -> float | torch.Tensor:
