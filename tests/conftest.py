@@ -27,9 +27,10 @@ def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_triton = pytest.mark.skip(reason="needs a CUDA GPU or TRITON_INTERPRET=1 (run in a separate process)")
     for item in items:
-        if "cuda" in item.keywords and not has_cuda and dry_run_dir not in Path(item.path).parents:
+        # the markers, not item.keywords: those also hold parameter ids, and a case named "cuda" is not a GPU test
+        if item.get_closest_marker("cuda") and not has_cuda and dry_run_dir not in Path(item.path).parents:
             item.add_marker(skip_cuda)
-        if "triton" in item.keywords and not (has_cuda or interpret):
+        if item.get_closest_marker("triton") and not (has_cuda or interpret):
             item.add_marker(skip_triton)
 
 

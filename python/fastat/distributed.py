@@ -167,11 +167,22 @@ def all_reduce_sum(t: Tensor) -> Tensor:
 
 
 def broadcast_(t: Tensor, src: int = 0) -> Tensor:
-    """Overwrite ``t`` on every rank with rank ``src``'s values (in place)."""
+    """Overwrite ``t`` on every rank with rank ``src``'s values (in place). A host tensor under NCCL goes through the
+    GPU in chunks of dim-0 rows of about 256 MB (it need not fit there whole)."""
     import torch.distributed as dist
 
-    if current().enabled:
-        dist.broadcast(t, src)
+    if not current().enabled:
+        return t
+    if t.device.type != "cuda" and backend() == "nccl":  # NCCL moves GPU memory only
+        dev = torch.device("cuda", torch.cuda.current_device())
+        rows = t.unsqueeze(0) if t.dim() == 0 else t  # a view: writing its rows writes t
+        step = max(1, (256 << 20) // max(1, rows[0].numel() * t.element_size())) if rows.shape[0] else 1
+        for lo in range(0, rows.shape[0], step):
+            part = rows[lo:lo + step].to(dev)
+            dist.broadcast(part, src)
+            rows[lo:lo + step].copy_(part)
+        return t
+    dist.broadcast(t, src)
     return t
 
 

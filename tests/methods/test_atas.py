@@ -141,3 +141,48 @@ def test_half_precision_state(dtype):
     assert half.delta_buf.dtype == want and half.delta_buf.abs().max() <= EPS
     with pytest.raises(ValueError, match="state_dtype"):
         ATAS(eps=EPS, state_dtype="fp8")
+
+
+def _run_epochs(method: ATAS, model, epochs=(4, 6, 10, 11)) -> list:
+    """A few batches over warm-up, adaptive steps and a reset, from torch's global RNG seeded here."""
+    torch.manual_seed(3)
+    x, y = data()
+    out = []
+    for e in epochs:
+        method.on_epoch_start(e)
+        for seed in (2, 5):
+            b = batch_info(n=N, pad=PAD, epoch=e, seed=seed)
+            out.append(method.perturb(model, x, y, b))
+            out.append(method.step_sizes())
+    return out + [method.delta_buf, method.v_buf]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_host_state_matches_device_state_bit_for_bit_on_cpu(dtype):
+    model = tiny_net(bn=True)
+    device, host = ATAS(eps=EPS, state_dtype=dtype), ATAS(eps=EPS, state_dtype=dtype, state_device="cpu")
+    assert host.host_state and not device.host_state
+    for a, b in zip(_run_epochs(device, model), _run_epochs(host, model), strict=True):
+        assert torch.equal(a, b)
+    assert host.hparams["state_device"] == "cpu" and "state_device='cpu'" in host.describe()
+
+
+def test_host_state_checkpoints_round_trip_with_device_state():
+    model, (x, y) = tiny_net(bn=True), data()
+    host = ATAS(eps=EPS, state_device="cpu")
+    host.load_state_dict(loaded_atas().state_dict())  # a device-state checkpoint: the placement stays this one's
+    assert host.state_device == "cpu" and host.delta_buf.device.type == "cpu"
+    b = batch_info(n=N, pad=PAD, epoch=6)
+    want = loaded_atas().perturb(model, x, y, b)
+    assert torch.equal(host.perturb(model, x, y, b), want)
+    again = ATAS(eps=EPS)
+    again.load_state_dict(host.state_dict())
+    assert again.state_device is None and torch.equal(again.delta_buf, host.delta_buf)
+    host.to("cpu")  # host state stays on the host whatever the device
+    assert host.delta_buf.device.type == "cpu"
+
+
+@pytest.mark.parametrize("bad", ["cuda", "host", 0])
+def test_state_device_is_validated(bad):
+    with pytest.raises(ValueError, match="state_device"):
+        ATAS(eps=EPS, state_device=bad)

@@ -81,6 +81,28 @@ def test_resume_bit_identical(tmp_path, method):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_atas_host_state_trains_bit_identically_and_resumes_either_way(tmp_path):
+    straight = fit(method="atas", epochs=2, **TINY)
+    first = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path), **TINY,
+                                method_kwargs={"state_device": "cpu"}))
+    real_epoch = first.train_epoch
+
+    def killed_in_epoch_2(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(epoch)
+
+    first.train_epoch = killed_in_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path), **TINY))  # device state now
+    assert resumed.resume() and resumed.method.state_device is None
+    resumed.fit()
+    a, b = _weights(straight), _weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_resume_refuses_a_different_config(tmp_path, capsys):
     fit(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY)
     t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), **{**TINY, "eps": 0.3}))

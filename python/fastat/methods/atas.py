@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..batch import BatchInfo
 from ._frame import buffer_shape, crop_params
+from ._host_rows import HostRows, fill_uniform_on
 from .base import Method, check_int, check_positive, check_range, fail, input_grad, leaf
 
 __all__ = ["ATAS"]
@@ -47,6 +48,16 @@ class ATAS(Method):
     still computes in fp32 and rounds the written-back δ once; the trajectory is then close to, not bit-identical
     with, fp32 state. v stays fp32.
 
+    ``state_device="cpu"`` keeps δ_buf and v_buf in host memory (for state that does not fit beside the model on
+    the GPU: Tiny-ImageNet's 72×72×3 δ is 6.2 GB in fp32, ImageNet's is far more): each step gathers the batch's rows
+    into pinned memory, copies them to the GPU, runs the same ops on them and copies them back asynchronously (the
+    host scatter waits until the state is next needed, so the copy overlaps the training step; see
+    `fastat.methods._host_rows`). Per step this moves 2 × B rows and costs one sync (the batch's indices), so it
+    does not combine with the trainer's ``cuda_graph``. Results equal device-resident state, except the initial and
+    reset draws on a GPU, which are made in chunks of rows (on a CPU device the two are bit-identical). Reading
+    ``delta_buf``/``v_buf`` waits for the write-back in flight. The placement is this process's choice:
+    `load_state_dict` keeps it, so a run saved with either resumes with either.
+
     Deviations: δ is written back right after the attack instead of after the weight update (the same values: the
     write-back does not depend on the update). The official evaluation on padded 40×40 test images (§6.4) is not a
     property of the method; fastat evaluates at the training resolution.
@@ -54,11 +65,13 @@ class ATAS(Method):
 
     name = "atas"
     default_attack_bn_mode = "eval"
+    placement_hparams = ("state_device",)
 
     def __init__(self, *, eps: float, c: float = 0.01, beta: float = 0.5, gamma_over_c: float | None = None,
                  step_min: float | None = None, step_max: float | None = None, warmup_epochs: int = 5,
                  reset_every: int | None = 10, epochs: int | None = None, relative_to_eps: bool = False,
-                 state_dtype: str = "fp32", attack_bn_mode: str | None = None) -> None:
+                 state_dtype: str = "fp32", state_device: str | None = None,
+                 attack_bn_mode: str | None = None) -> None:
         eps = check_positive("ATAS", "eps", eps)
         unit = 2 * eps / 16 if relative_to_eps else 1 / 255  # relative: the /255 constants rescaled by ε/(8/255)
         gamma_over_c = check_positive("ATAS", "gamma_over_c", 16 * unit if gamma_over_c is None else gamma_over_c)
@@ -76,31 +89,60 @@ class ATAS(Method):
         if state_dtype not in STATE_DTYPES:
             fail("ATAS", ValueError, f"argument 'state_dtype' must be one of {tuple(STATE_DTYPES)}, got "
                                      f"{state_dtype!r}")
+        if state_device not in (None, "cpu"):
+            fail("ATAS", ValueError, f"argument 'state_device' must be None (the images' device) or 'cpu' (host "
+                                     f"memory), got {state_device!r}")
         super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, c=c, beta=beta, gamma_over_c=gamma_over_c,
                          step_min=step_min, step_max=step_max, warmup_epochs=warmup_epochs, reset_every=reset_every,
-                         epochs=epochs, relative_to_eps=bool(relative_to_eps), state_dtype=state_dtype)
-        self.delta_buf: Tensor | None = None
-        self.v_buf: Tensor | None = None
-        self._last: tuple[Tensor, bool] | None = None
+                         epochs=epochs, relative_to_eps=bool(relative_to_eps), state_dtype=state_dtype,
+                         state_device=state_device)
+        self._delta: Tensor | None = None
+        self._v: Tensor | None = None
+        self._rows = HostRows()
+        self._device: torch.device | None = None  # where the images (and the kernels) are: host state's fill device
+        # the last batch: (its dataset indices, warm-up?, its updated v rows on the device when the state is on the host)
+        self._last: tuple[Tensor, bool, Tensor | None] | None = None
+
+    @property
+    def host_state(self) -> bool:
+        return self.state_device is not None
+
+    @property
+    def delta_buf(self) -> Tensor | None:
+        """The per-example δ (N, C, H+2p, W+2p), current (a write-back in flight is finished first)."""
+        self._rows.flush()
+        return self._delta
+
+    @property
+    def v_buf(self) -> Tensor | None:
+        """The per-example gradient-norm EMA v (N,) fp32, current."""
+        self._rows.flush()
+        return self._v
 
     # ---- state
     def _ensure_buffers(self, batch: BatchInfo, x: Tensor) -> None:
         shape = buffer_shape(batch, x)
-        if self.delta_buf is None:
-            self.delta_buf = self._uniform(torch.empty(shape, dtype=torch.float32, device=x.device)).to(
-                STATE_DTYPES[self.state_dtype])
-            self.v_buf = torch.zeros(shape[0], dtype=torch.float32, device=x.device)
-        elif tuple(self.delta_buf.shape) != shape:
-            fail("ATAS", ValueError, f"the δ buffer has shape {tuple(self.delta_buf.shape)} but this batch needs "
+        self._device = x.device
+        home = torch.device(self.state_device) if self.host_state else x.device
+        if self._delta is None:
+            dtype = STATE_DTYPES[self.state_dtype]
+            if home == x.device:
+                self._delta = self._uniform(torch.empty(shape, dtype=torch.float32, device=x.device)).to(dtype)
+            else:
+                self._delta = fill_uniform_on(torch.empty(shape, dtype=dtype), x.device, -self.eps, self.eps,
+                                              self.generator)
+            self._v = torch.zeros(shape[0], dtype=torch.float32, device=home)
+        elif tuple(self._delta.shape) != shape:
+            fail("ATAS", ValueError, f"the δ buffer has shape {tuple(self._delta.shape)} but this batch needs "
                                      f"{shape} (num_examples, C, H+2·pad, W+2·pad)")
-        if self.delta_buf.device != x.device:
+        if self._delta.device != home:
             self.to(x.device)
 
     def prepare(self, batch: BatchInfo, x: Tensor) -> None:
         self._ensure_buffers(batch, x)
 
     def example_buffers(self) -> list[Tensor]:
-        return [] if self.delta_buf is None else [self.delta_buf, self.v_buf]
+        return [] if self.delta_buf is None else [self.delta_buf, self.v_buf]  # (host state: flushed)
 
     def _uniform(self, buf: Tensor) -> Tensor:
         return buf.uniform_(-self.eps, self.eps, generator=self.generator)
@@ -114,14 +156,22 @@ class ATAS(Method):
             fail("ATAS", ValueError, "state_dict must hold both 'delta_buf' and 'v_buf' or neither")
         if delta_buf is not None and (v_buf.dim() != 1 or v_buf.shape[0] != delta_buf.shape[0]):
             fail("ATAS", ValueError, f"'v_buf' must have shape ({delta_buf.shape[0]},), got {tuple(v_buf.shape)}")
-        self.delta_buf = None if delta_buf is None else \
-            delta_buf.detach().to(STATE_DTYPES[self.state_dtype]).clone().contiguous()
-        self.v_buf = None if v_buf is None else v_buf.detach().float().clone().contiguous()
+        self._rows.flush()
+        home = {} if not self.host_state else {"device": self.state_device}
+        self._delta = None if delta_buf is None else \
+            delta_buf.detach().to(dtype=STATE_DTYPES[self.state_dtype], **home).clone().contiguous()
+        self._v = None if v_buf is None else v_buf.detach().to(dtype=torch.float32, **home).clone().contiguous()
+        self._last = None
 
     def to(self, device: torch.device | str) -> ATAS:
+        """Move the state to ``device`` (host state stays on the host; ``device`` is then where its rows are served
+        and its random draws are made)."""
+        device = torch.device(device)
+        self._device = device
+        home = torch.device(self.state_device) if self.host_state else device
         if self.delta_buf is not None:
-            self.delta_buf = self.delta_buf.to(device).contiguous()
-            self.v_buf = self.v_buf.to(device).contiguous()
+            self._delta = self._delta.to(home).contiguous()
+            self._v = self._v.to(home).contiguous()
         return self
 
     def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
@@ -141,7 +191,10 @@ class ATAS(Method):
     def on_epoch_start(self, epoch: int) -> None:
         reset = self.reset_every is not None and epoch % self.reset_every == 0 and epoch != self.epochs
         if reset and self.delta_buf is not None:
-            self._uniform(self.delta_buf)
+            if self._delta.device == (self._device or self._delta.device):
+                self._uniform(self._delta)
+            else:
+                fill_uniform_on(self._delta, self._device, -self.eps, self.eps, self.generator)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
         self._check_inputs(x, y, image=True)
@@ -149,7 +202,12 @@ class ATAS(Method):
         xf = x.detach().float()
         self._ensure_buffers(batch, xf)
         index, offsets, flips = crop_params(batch, xf)
-        x_adv0 = ops.atas_gather(self.delta_buf, index, offsets, flips, xf)
+        delta, v, rows = self.delta_buf, self.v_buf, index
+        if self.host_state:  # this batch's rows, on x's device; the ops then address them as 0..B-1
+            host_index = self._rows.host_index(batch.index)
+            delta, v = self._rows.fetch([self._delta, self._v], host_index, xf.device)
+            rows = torch.arange(index.shape[0], device=xf.device)
+        x_adv0 = ops.atas_gather(delta, rows, offsets, flips, xf)
         with self.attacking(model):
             grad = input_grad(model, leaf(x_adv0), y)
         if batch.global_batch is not None and batch.global_batch != x.shape[0]:
@@ -157,19 +215,22 @@ class ATAS(Method):
             # the step sizes are what one process would compute (c is tuned for the 1/B of the batch mean)
             grad = grad * (x.shape[0] / batch.global_batch)
         warmup = batch.epoch <= self.warmup_epochs
-        x_adv = ops.atas_step(self.delta_buf, self.v_buf, index, offsets, flips, grad, x_adv0, xf, eps=self.eps,
+        x_adv = ops.atas_step(delta, v, rows, offsets, flips, grad, x_adv0, xf, eps=self.eps,
                               c=self.c, beta=self.beta, gamma_over_c=self.gamma_over_c, step_min=self.step_min,
                               step_max=self.step_max, warmup=warmup)
-        self._last = (index, warmup)
+        if self.host_state:
+            self._rows.store([self._delta, self._v], host_index, [delta, v])
+        self._last = (index, warmup, v if self.host_state else None)
         return x_adv.detach().to(x.dtype)
 
     def step_sizes(self) -> Tensor | None:
         """The step each sample of the last batch took, recomputed from its updated v (for logging; call it before
         the next `perturb`)."""
-        if self._last is None or self.v_buf is None:
+        if self._last is None or self._v is None:
             return None
-        index, warmup = self._last
+        index, warmup, v = self._last
         if warmup:
-            return torch.full(index.shape, self.eps, dtype=torch.float32, device=self.v_buf.device)
-        v = self.v_buf[index]
+            return torch.full(index.shape, self.eps, dtype=torch.float32, device=index.device)
+        if v is None:
+            v = self._v[index]
         return torch.clamp(self.gamma_over_c / (1 + torch.sqrt(v) / self.c), self.step_min, self.step_max)

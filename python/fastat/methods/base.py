@@ -159,6 +159,9 @@ class Method:
     name: ClassVar[str] = "method"
     default_attack_bn_mode: ClassVar[str] = "train"
     step_from_zero: ClassVar[bool] = False  # δ = Π_ε(0 + α·sign(g)): any α ≥ ε takes the same step (see strengthen)
+    # hyper-parameters that say where this process keeps things, not what they are (ATAS's state_device): listed and
+    # saved like the others, but `load_state_dict` leaves the method's own value (a run may resume with another)
+    placement_hparams: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, eps: float, attack_bn_mode: str | None = None, **hparams: Any) -> None:
         self.eps = check_positive(type(self).__name__, "eps", eps)
@@ -229,8 +232,8 @@ class Method:
         return {"hparams": {k: getattr(self, k) for k in self._hparam_names}, **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned: the saved hyper-parameters (ε and the BN mode are not touched) and
-        the buffers/scalars. Unknown or missing keys raise KeyError."""
+        """Restore what `state_dict` returned: the saved hyper-parameters (ε, the BN mode and `placement_hparams` are
+        not touched) and the buffers/scalars. Unknown or missing keys raise KeyError."""
         owner = type(self).__name__
         expected = {"hparams", *self._state()}
         unknown, missing = set(state) - expected, expected - set(state) - {"hparams"}
@@ -242,7 +245,8 @@ class Method:
         if bad:
             fail(owner, KeyError, f"state_dict has hyper-parameters this method does not take: {sorted(bad)}")
         for key, value in hparams.items():
-            setattr(self, key, value)
+            if key not in self.placement_hparams:
+                setattr(self, key, value)
         self._load_state({k: v for k, v in state.items() if k != "hparams"})
 
     def _state(self) -> dict[str, Any]:
@@ -255,6 +259,13 @@ class Method:
         """Allocate per-example state for batches like ``batch`` (num_examples, pad) of images like ``x`` (its
         C, H, W, device and dtype; it may have 0 rows) now instead of on the first `perturb`. The trainer calls it
         before training, so several processes can start from rank 0's state. No-op by default."""
+
+    @property
+    def host_state(self) -> bool:
+        """True when the per-example state lives in host memory and each step copies its rows (ATAS
+        ``state_device="cpu"``): such steps sync with the host, so the trainer does not capture them in a CUDA
+        graph."""
+        return False
 
     def example_buffers(self) -> list[Tensor]:
         """The per-example state tensors (dim 0 = dataset example) that a training step updates at the rows of

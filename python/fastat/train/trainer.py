@@ -150,6 +150,9 @@ class Trainer:
                               f"{self.device.type!r})")
         if self.graph_mode and self.dist.enabled:
             raise ConfigError("argument 'cuda_graph' is not supported with several processes (torchrun) yet")
+        if self.graph_mode and self.method.host_state:
+            raise ConfigError("argument 'cuda_graph' does not combine with per-example state in host memory "
+                              "(state_device='cpu'): every step copies the batch's rows through the host")
         # what the attacks run (`attack_model`) and what the training forward runs (`train_model`): the model itself,
         # the DDP wrapper under torchrun, compiled with `compile`; all share `self.model`'s parameters and buffers
         self.attack_model: nn.Module = self._compiled(self.model)
@@ -330,8 +333,8 @@ class Trainer:
         g, w = info.global_batch, self.dist.world_size  # each rank's share is known: no count exchange, no sync
         sizes = None if g is None else [hi - lo for lo, hi in (dist_.shard_range(g, r, w) for r in range(w))]
         index = dist_.all_gather_rows(info.index, sizes)
-        for buf in buffers:
-            buf[index] = dist_.all_gather_rows(buf[info.index].contiguous(), sizes)
+        for buf in buffers:  # (host state, ATAS state_device='cpu': the buffers are on the host, the indices not)
+            buf[index.to(buf.device)] = dist_.all_gather_rows(buf[info.index.to(buf.device)].contiguous(), sizes)
 
     @torch.no_grad()
     def _broadcast_example_state(self) -> None:
@@ -573,6 +576,9 @@ class Trainer:
         d["device"] = str(d.get("device") or self.device.type).split(":")[0]
         d["model"] = d.get("model") or default_model(d["device"])
         d["milestones"] = [float(m) for m in d.get("milestones", ())]
+        # where the method keeps its state (ATAS state_device) may change between a run and its resumption
+        placement = getattr(self.method, "placement_hparams", ())
+        d["method_kwargs"] = {k: v for k, v in (d.get("method_kwargs") or {}).items() if k not in placement}
         return d
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
