@@ -13,6 +13,8 @@
 #   steps      python bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph --out $OUT
 #   compile    python bench/bench_steps.py --methods fgsm_rs,zerograd,atas --modes eager,compile --batch-sizes 128,512
 #              --out $OUT/compile (train --compile on CUDA: inductor, bf16 autocast, channels_last; its step time)
+#   hoststate  python bench/bench_steps.py --methods fgsm_rs,atas,atas_host=atas --hp atas_host.state_device=cpu
+#              --out $OUT/host (ATAS with its δ/v in host memory: the step's cost over device-resident state)
 #   ddp        torchrun --nproc_per_node=2 -m fastat train (ATAS, PreActResNet-18, 2 epochs on 8192 Fashion-MNIST
 #              images, bf16) with gloo ranks sharing the one GPU: DDP on CUDA tensors end to end; metrics.jsonl
 #              copied to $OUT/ddp_metrics.jsonl (needs data/fashion-mnist carried)
@@ -41,7 +43,8 @@ DEADLINE=$((START + BUDGET))
 export PYTHONUNBUFFERED=1
 
 declare -A CAP=([build]=200 [info]=30 [tests_cuda]=150 [tests_rest]=120 [memcheck]=120 [racecheck]=90 [bench]=120
-                [triton]=200 [evalbench]=240 [steps]=240 [compile]=240)
+                [triton]=200 [evalbench]=240 [steps]=240 [compile]=240
+                [hoststate]=150)
 BUILD_OK=1
 
 wanted() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -142,6 +145,9 @@ if ((BUILD_OK)); then
     --budget 200 --out "$OUT"
   wanted compile && run_stage compile "$PY" bench/bench_steps.py --shapes cifar --backend auto \
     --methods fgsm_rs,zerograd,atas --modes eager,compile --batch-sizes 128,512 --budget 200 --out "$OUT/compile"
+  wanted hoststate && run_stage hoststate "$PY" bench/bench_steps.py --shapes cifar --backend auto \
+    --methods fgsm_rs,atas,atas_host=atas --hp atas_host.state_device=cpu --batch-sizes 512,128 --budget 120 \
+    --out "$OUT/host"
   wanted ddp && run_stage ddp bash -c "rm -rf /tmp/fastat_ddp && FASTAT_DIST_BACKEND=gloo OMP_NUM_THREADS=4 \
     $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m fastat train --method atas --model preact18 \
     --subset 8192 --batch-size 512 --epochs 2 --eval-n 512 --device cuda --precision bf16 --out /tmp/fastat_ddp \
