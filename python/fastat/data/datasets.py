@@ -8,9 +8,10 @@ download (only when ``download=True``), to read SVHN's .mat files, and for image
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
             torchvision's layouts (MNIST/raw, cifar-10-batches-py, cifar-100-python, SVHN .mat files); an image
             folder is ``root/<split>/<class>/*`` (``root/val`` also serves ``split="test"``) or ``root/<class>/*``.
         split: "train" or "test".
-        download: let torchvision download a missing dataset into ``root`` (never done otherwise).
+        download: let torchvision download a missing dataset into ``root`` (never done otherwise); processes
+            downloading into one root take turns (a lock file in it), so torchrun ranks may all pass it.
         **kw: ``image_size=(H, W)`` for image folders whose images differ in size (resized with PIL).
     """
     key = canonical_name(name)
@@ -139,10 +141,30 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         return _load_image_folder(root, split, download=download, **kw)
     if kw:
         raise ValueError(f"load_dataset: unexpected options {sorted(kw)} for dataset {key!r}")
-    images, labels, classes = _READERS[key](root, split, download)
+    with _download_lock(root) if download else contextlib.nullcontext():
+        images, labels, classes = _READERS[key](root, split, download)
     spec = SPECS[key]
     return ImageDataset(key, split, images, labels, spec.num_classes, spec.mean, spec.std, spec.eps, spec.pad,
                         spec.flip, str(root), classes)
+
+
+@contextlib.contextmanager
+def _download_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root/.fastat-download.lock`` (created with ``root``): processes that may download
+    into the same root (torchrun ranks, a sweep's runs) take turns, so one downloads and the others then find the
+    files. A no-op where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".fastat-download.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------------------ readers

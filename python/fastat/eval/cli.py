@@ -50,6 +50,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a fastat checkpoint (runs/NAME/checkpoint.pt)")
     p.add_argument("--dataset", default=None, help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-root", default=None, help="data folder (Fashion-MNIST defaults to the embedded copy)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download a missing test set into --data-root (needs network)")
     p.add_argument("--eps", default=None, help="ε in [0,1] units, e.g. 0.1 or 8/255 (default: the checkpoint's)")
     p.add_argument("--alpha", default=None, help="PGD step, e.g. 2/255 (default: ε/4)")
     p.add_argument("--pgd-steps", type=int, default=50, help="PGD iterations (default 50)")
@@ -164,7 +166,7 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
         if dataset in SPECS:  # catch a mismatch before touching the data
             spec = SPECS[dataset]
             _check_fit(ckpt["model_config"], dataset, spec.in_channels, spec.num_classes, spec.input_size)
-        ds = load_dataset(dataset, root=args.data_root, split="test")
+        ds = load_dataset(dataset, root=args.data_root, split="test", download=args.download)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise EvalInputError(str(exc)) from None
     _check_fit(ckpt["model_config"], dataset, ds.in_channels, ds.num_classes, ds.input_size)

@@ -32,8 +32,12 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
             p.add_argument(*names, **kw)
 
     add("--method", required=True, help="fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, apart, pgd")
-    add("--dataset", default="fashion-mnist")
-    add("--data-root", default=None)
+    add("--dataset", default="fashion-mnist",
+        help="fashion-mnist (default, embedded), mnist, cifar10, cifar100, svhn, imagefolder")
+    add("--data-root", default=None, help="data folder (Fashion-MNIST defaults to the embedded copy; MNIST, CIFAR-10/100 "
+                                          "and SVHN in torchvision's layouts; an image folder)")
+    add("--download", action="store_true",
+        help="let torchvision download a missing dataset into --data-root (needs network; never done otherwise)")
     add("--eps", default="0.2", help="ε in pixel units: 0.2 or 8/255")
     add("--alpha", default=None, help="step size (number or fraction; default: the method's)")
     add("--q", default=None, help="ZeroGrad quantile in [0, 1]")
@@ -63,16 +67,19 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
              "attacks' forwards, the training forward and their backwards run compiled, GradAlign's "
              "double backprop stays eager")
     add("--eval-n", type=int, default=2000, help="test images for the per-epoch PGD evaluation")
-    add("--eval-steps", type=int, default=20)
-    add("--co-batch", type=int, default=256)
-    add("--co-steps", type=int, default=10)
-    add("--co-drop", type=float, default=0.2)
-    add("--on-co", default="log", choices=["log", "stop", "rollback"])
+    add("--eval-steps", type=int, default=20, help="PGD steps of the per-epoch evaluation (α = ε/4)")
+    add("--co-batch", type=int, default=256, help="test images of the catastrophic-overfitting check")
+    add("--co-steps", type=int, default=10, help="PGD steps of the catastrophic-overfitting check")
+    add("--co-drop", type=float, default=0.2,
+        help="CO when the check's PGD accuracy falls this much (absolute) below its best")
+    add("--on-co", default="log", choices=["log", "stop", "rollback"],
+        help="on catastrophic overfitting: log it, stop, or roll back to the last good epoch and make the method "
+             "more conservative (ZeroGrad q + 0.1, α × 0.8, ...)")
     add("--final-eval", default="none", choices=["none", "pgd", "pgd+aa"],
         help="after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA weights on "
              "--final-n test images, to final_eval.json (also on a finished run with --resume)")
-    add("--final-n", type=int, default=1000)
-    add("--no-progress", action="store_true")
+    add("--final-n", type=int, default=1000, help="test images for --final-eval")
+    add("--no-progress", action="store_true", help="no progress bars (one line per epoch)")
     return p
 
 
@@ -97,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     except ValueError:
         raise ConfigError(f"argument 'milestones' must be comma-separated fractions, got {args.milestones!r}") from None
     return TrainConfig(method=args.method, dataset=args.dataset, data_root=args.data_root,
+                       download=getattr(args, "download", False),
                        eps=parse_number(args.eps, "eps"), epochs=args.epochs, model=args.model,
                        batch_size=args.batch_size, subset=args.subset, lr_schedule=args.lr_schedule,
                        lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,

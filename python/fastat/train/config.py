@@ -68,6 +68,7 @@ class TrainConfig:
     batch_size: int = 512
     subset: int | None = None
     data_root: str | None = None
+    download: bool = False               # let torchvision fetch a missing MNIST/CIFAR/SVHN/Fashion-MNIST into data_root
     lr_schedule: str = "cyclic"
     lr_max: float = 0.2
     lr_peak: float = 0.4
@@ -159,7 +160,7 @@ class TrainConfig:
                 if index and int(index) >= torch.cuda.device_count():
                     raise ConfigError(f"argument 'device' is {self.device!r} but there are only "
                                       f"{torch.cuda.device_count()} CUDA devices")
-        if self.data_root is not None and not Path(self.data_root).expanduser().exists():
+        if self.data_root is not None and not self.download and not Path(self.data_root).expanduser().exists():
             raise ConfigError(f"data root {self.data_root!r} does not exist")
         q = self.method_kwargs.get("q")
         if q is not None and not (0.0 <= float(q) <= 1.0):

@@ -14,7 +14,7 @@ __all__ = ["FINISHED", "VOLATILE", "MetricsWriter", "final_eval_table", "plot_cu
 
 # TrainConfig fields that do not change what a run computes (where it writes, how it reports, where the data is read
 # from, which GPU index): two configs equal in everything else are the same experiment.
-VOLATILE = ("out", "progress", "plot", "checkpoint", "data_root", "device")
+VOLATILE = ("out", "progress", "plot", "checkpoint", "data_root", "download", "device")
 
 
 class MetricsWriter:

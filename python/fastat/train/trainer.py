@@ -63,12 +63,12 @@ CKPT = "checkpoint.pt"
 _DATASETS: dict[tuple, Any] = {}
 
 
-def _cached_dataset(load, name: str, root: str | None, split: str):
+def _cached_dataset(load, name: str, root: str | None, split: str, download: bool = False):
     """Datasets are read-only uint8 tensors: decode each (name, root, split) once per process (gz decoding costs
     seconds for Fashion-MNIST; tests and sweeps build many trainers)."""
     key = (name, root, split)
     if key not in _DATASETS:
-        _DATASETS[key] = load(name, root, split)
+        _DATASETS[key] = load(name, root, split, download=download)
     return _DATASETS[key]
 
 
@@ -82,7 +82,7 @@ def default_model(device_type: str) -> str:
 
 # Config keys a resumed run may change: they do not alter the training trajectory (output, progress, evaluation).
 RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eval_steps", "eval_restarts", "on_co",
-                         "max_rollbacks", "final_eval", "final_n", "compile"})
+                         "max_rollbacks", "final_eval", "final_n", "compile", "download"})
 FINAL = "final_eval.json"
 FINAL_STEPS, FINAL_RESTARTS = 50, 10
 
@@ -105,8 +105,8 @@ class Trainer:
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # CUDA-graph capture, cuDNN and the evaluators use the current device
         try:
-            train = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "train")
-            test = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "test")
+            train = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "train", cfg.download)
+            test = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "test", cfg.download)
         except (FileNotFoundError, OSError, ValueError, ImportError) as exc:  # ImportError: torchvision missing
             raise ConfigError(f"cannot load dataset {cfg.dataset!r}: {str(exc).splitlines()[0]}") from None
         n_train = min(cfg.subset, len(train)) if cfg.subset else len(train)
