@@ -27,7 +27,7 @@ a method's hyper-parameter, or a `TrainConfig` field for that method only, e.g. 
   learned with lr ≤ 5e-8, so APART barely attacks in 10 epochs: reported only.
 
 ``--setup reference`` mirrors shared/reference/fmnist_co_sweep.py (the script behind gpu-baseline.md's numbers) as far
-as TrainConfig allows: lr peak at the middle of the run (lr_peak = 0.5; fastat's default is 0.4), the projection
+as TrainConfig allows: lr peak at the middle of the run (lr_peak = 0.5, also fastat's default), the projection
 shortcut on relu(bn1(x)) (model_kwargs shortcut="preact"), no input normalisation (mean = std = None; fastat
 normalises with Fashion-MNIST's μ/σ). Not mirrored: drop_last (the script runs 60000 // 512 = 117 steps per epoch;
 fastat's loader keeps the last batch of 96, 118 steps); the first step's lr (the script's first step uses lr 0,
@@ -136,7 +136,7 @@ def build_plan(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
         f"acceptance: --hp {text!r} names no selected method; ignored", file=sys.stderr))
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     model_kwargs: dict[str, Any] = {}
-    lr_peak = 0.4
+    lr_peak = TrainConfig.lr_peak
     if args.setup == "reference":
         lr_peak = 0.5
         model_kwargs = {"mean": None, "std": None, **({"shortcut": "preact"} if args.model == "preact18" else {})}

@@ -309,3 +309,25 @@ def test_run_manifest(tmp_path):
     assert run["train_examples"] == 128 and run["steps_per_epoch"] == 2 and run["eval_n"] == 32
     assert run["world_size"] == 1 and run["started_at_epoch"] == 0 and run["versions"]["torch"]
     assert run["method"].startswith("zerograd(") and run["parameters"] > 0
+
+
+@pytest.mark.parametrize("attack_precision, want", [(None, True), ("bf16", True), ("fp32", False)])
+def test_attack_precision_sets_the_attack_autocast_only(attack_precision, want):
+    t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, precision="bf16", attack_precision=attack_precision, **TINY))
+    seen = {}
+    perturb, forward = t.method.perturb, t.train_model.forward
+
+    def spy_perturb(*args, **kw):
+        seen["attack"] = torch.is_autocast_enabled("cpu")
+        return perturb(*args, **kw)
+
+    def spy_forward(*args, **kw):
+        seen["train"] = torch.is_autocast_enabled("cpu")
+        return forward(*args, **kw)
+
+    t.method.perturb, t.train_model.forward = spy_perturb, spy_forward
+    x, y, info = next(iter(t.loader))
+    t._step(x, y, info)
+    assert seen == {"attack": want, "train": True}
+    with pytest.raises(ConfigError, match="attack_precision"):
+        TrainConfig(method="fgsm_rs", attack_precision="fp8", **TINY).validate()

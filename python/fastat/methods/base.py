@@ -8,8 +8,10 @@ Conventions shared by every method (methods.md §0):
 
 * Pixel space: x ∈ [0, 1]; ε and α are absolute (8/255, not 8). Normalisation belongs inside the model.
 * The attack gradient is g = ∇ CE_mean(f(x_adv), y): batch-mean cross-entropy on fp32 logits, as the official codes
-  (ATAS's c is tuned for the 1/B factor this carries). Perturbations are computed in fp32 whatever autocast context
-  the trainer runs the method in, and x_adv is returned in x's dtype.
+  (ATAS's c is tuned for the 1/B factor this carries). δ, the step and x_adv are computed in fp32 whatever autocast
+  context the method runs in, and x_adv is returned in x's dtype; the model's own passes follow that context (under
+  bf16 autocast the input gradient carries bf16-rounded values: ties in ZeroGrad's quantile, some flipped signs; the
+  trainer's ``attack_precision="fp32"`` gives the official codes' fp32 attack).
 * Attack passes compute input gradients only: parameters are temporarily marked ``requires_grad=False`` and the
   gradient is taken with ``torch.autograd.grad`` (no ``.backward()``, no ``.grad`` written, no weight-gradient GEMMs).
 * `attack_bn_mode` ("train" | "eval" | "keep") is the mode the whole model is put in during the attack's forward

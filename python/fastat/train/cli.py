@@ -50,9 +50,13 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
     add("--subset", type=int, default=None, help="train on the first N training images")
     add("--lr-schedule", default="cyclic", choices=["cyclic", "piecewise", "multistep", "constant"])
     add("--lr-max", type=float, default=0.2)
-    add("--lr-peak", type=float, default=0.4, help="cyclic: fraction of the run at the peak")
+    add("--lr-peak", type=float, default=0.5,
+        help="cyclic: fraction of the run at the peak (0.5 as WONG, N-FGSM, APART, ZeroGrad; GradAlign 0.4)")
     add("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
     add("--precision", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    add("--attack-precision", default=None, choices=["bf16", "fp16", "fp32"],
+        help="the attacks' forward/backward (default: --precision). fp32 as the official ZeroGrad, N-FGSM and ATAS "
+             "codes: exact input gradients (no bf16 ties in ZeroGrad's quantile) at the cost of fp32 attack passes")
     add("--device", default=None, metavar="cpu|cuda|cuda:N")
     add("--seed", type=int, default=0)
     add("--out", default=None, help="run folder (metrics, curves.png, checkpoints)")
@@ -108,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        eps=parse_number(args.eps, "eps"), epochs=args.epochs, model=args.model,
                        batch_size=args.batch_size, subset=args.subset, lr_schedule=args.lr_schedule,
                        lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,
+                       attack_precision=getattr(args, "attack_precision", None),
                        device=dev, seed=args.seed, out=args.out, method_kwargs=mkw,
                        label_smoothing=args.label_smoothing, ema=args.ema, cuda_graph=args.cuda_graph,
                        compile=args.compile,

@@ -71,11 +71,12 @@ class TrainConfig:
     download: bool = False               # let torchvision fetch a missing MNIST/CIFAR/SVHN/Fashion-MNIST into data_root
     lr_schedule: str = "cyclic"
     lr_max: float = 0.2
-    lr_peak: float = 0.4
+    lr_peak: float = 0.5
     milestones: tuple[float, ...] = (0.5, 0.75)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     precision: str = "fp32"
+    attack_precision: str | None = None  # the attack's forward/backward: None = `precision`; "fp32" = official ZG/NF/ATAS
     device: str | None = None
     seed: int = 0
     out: str | None = None
@@ -138,6 +139,9 @@ class TrainConfig:
             raise ConfigError(f"argument 'lr_max' must be > 0, got {self.lr_max!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"argument 'precision' must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.attack_precision is not None and self.attack_precision not in PRECISIONS:
+            raise ConfigError(f"argument 'attack_precision' must be one of {', '.join(PRECISIONS)} (or None: the "
+                              f"training precision), got {self.attack_precision!r}")
         if self.on_co not in CO_ACTIONS:
             raise ConfigError(f"argument 'on_co' must be one of {', '.join(CO_ACTIONS)}, got {self.on_co!r}")
         if self.on_co == "rollback" and self.out is None:

@@ -1,7 +1,9 @@
 """Learning-rate schedules as step-indexed multipliers of ``lr_max`` (wrapped in a `LambdaLR`, stepped per batch).
 
-* cyclic: 0 → 1 linearly until ``peak`` × total steps, then → 0 at the end (WONG's one-cycle; momentum stays fixed,
-  unlike torch's CyclicLR which cycles it).
+* cyclic: 0 → 1 linearly until ``peak`` × total steps, then → 0 at the end, evaluated at t = step + 1 (the rule of
+  the ZeroGrad and GradAlign codes, lr(epoch + (i+1)/n)); ``peak`` 0.5 is WONG's, N-FGSM's, APART's and ZeroGrad's
+  (WONG's CyclicLR is one step behind: its first step runs with lr 0), 0.4 GradAlign's. Momentum stays fixed, unlike
+  torch's CyclicLR which cycles it (methods.md §0.4).
 * piecewise: 1 until 50 % of the run, 0.1 until 75 %, 0.01 after (Rice et al.).
 * multistep: multiplied by ``gamma`` at each fraction in ``milestones``.
 * constant: 1.
@@ -21,7 +23,7 @@ SCHEDULES = ("cyclic", "piecewise", "multistep", "constant")
 __all__ = ["SCHEDULES", "StepSchedule", "lr_factor", "make_scheduler"]
 
 
-def lr_factor(schedule: str, total_steps: int, *, peak: float = 0.4, milestones: Sequence[float] = (0.5, 0.75),
+def lr_factor(schedule: str, total_steps: int, *, peak: float = 0.5, milestones: Sequence[float] = (0.5, 0.75),
               gamma: float = 0.1) -> Callable[[int], float]:
     """The multiplier of lr_max after ``step`` optimiser steps (step 0 is the first batch)."""
     if schedule not in SCHEDULES:
@@ -33,7 +35,7 @@ def lr_factor(schedule: str, total_steps: int, *, peak: float = 0.4, milestones:
         up = peak * total
 
         def cyclic(step: int) -> float:
-            t = step + 1  # the lr used by batch `step` is the value at the end of it, as WONG's per-batch update
+            t = step + 1  # the lr used by batch `step` is the value at the end of it (ZeroGrad's/GradAlign's rule)
             return t / up if t <= up else max(0.0, (total - t) / (total - up))
         return cyclic
     if schedule == "piecewise":

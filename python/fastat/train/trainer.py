@@ -1,8 +1,8 @@
 """`Trainer`: SGD adversarial training with any `fastat.methods` method, per-epoch evaluation, checkpoints, resume
 and the catastrophic-overfitting monitor. `fit(**config)` is the one-call API.
 
-Per step: x_adv = method.perturb(model, x, y, batch) (under autocast when bf16/fp16; the methods keep the attack in
-fp32), loss = CE(model(x_adv).float(), y) (+ method.extra_loss), SGD (momentum 0.9, wd 5e-4) with a per-batch lr
+Per step: x_adv = method.perturb(model, x, y, batch) (the model's passes inside it under autocast at
+``attack_precision``, by default ``precision``; δ, the step and the attack loss stay fp32), loss = CE(model(x_adv).float(), y) (+ method.extra_loss), SGD (momentum 0.9, wd 5e-4) with a per-batch lr
 schedule; fp16 uses a GradScaler. After each epoch: clean + PGD accuracy on the first ``eval_n`` test images
 (PGD-20, α = ε/4, 1 restart), the CO check, metrics files and a checkpoint (model, optimiser, scheduler, method
 state, RNG states of torch / CUDA / the loader, EMA, metrics, config) in ``checkpoint.pt``, copied to
@@ -250,8 +250,8 @@ class Trainer:
         return {"fused": True} if self.graph_mode else {}
 
     # ------------------------------------------------------------------------------------------------ steps
-    def _autocast(self):
-        p = self.cfg.precision
+    def _autocast(self, precision: str | None = None):
+        p = precision or self.cfg.precision
         if p == "fp32":
             return contextlib.nullcontext()
         # a CUDA-graph capture must not use autocast's weight-cast cache (the cached casts would be stale on replay)
@@ -271,8 +271,9 @@ class Trainer:
         """One training step: attack, loss, backward, optimizer step(s), EMA and the epoch sums. Never syncs with the
         host, so in CUDA-graph mode the whole of it is captured once per epoch and replayed."""
         cfg, model = self.cfg, self.model
-        with self._autocast():
+        with self._autocast(cfg.attack_precision):
             x_adv = self.method.perturb(self.attack_model, x, y, info)
+        with self._autocast():
             logits = self.train_model(x_adv)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             reg = self.method.extra_loss(model, x, y, x_adv, info)  # eager: double backprop (pytorch#91469)
