@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -331,3 +332,20 @@ def test_attack_precision_sets_the_attack_autocast_only(attack_precision, want):
     assert seen == {"attack": want, "train": True}
     with pytest.raises(ConfigError, match="attack_precision"):
         TrainConfig(method="fgsm_rs", attack_precision="fp8", **TINY).validate()
+
+
+def test_recipe_options_reach_the_loader_and_optimizer():
+    from fastat.train.cli import add_train_arguments, config_from_args
+
+    p = add_train_arguments(argparse.ArgumentParser())
+    cfg = config_from_args(p.parse_args(["--method", "apart", "--weight-decay", "2e-4", "--momentum", "0.8",
+                                         "--pad-mode", "reflect", "--drop-last", "--subset", "100",
+                                         "--batch-size", "64", "--device", "cpu"]))
+    assert (cfg.weight_decay, cfg.momentum, cfg.pad_mode, cfg.drop_last) == (2e-4, 0.8, "reflect", True)
+    t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, pad_mode="reflect", drop_last=True,
+                            **{**TINY, "subset": 100}))
+    assert t.loader.pad_mode == "reflect" and len(t.loader) == 1  # 100 // 64, the partial batch dropped
+    for bad, message in [({"pad_mode": "edge"}, "pad_mode"), ({"weight_decay": -1.0}, "weight_decay"),
+                         ({"momentum": 1.0}, "momentum")]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(method="fgsm_rs", **{**TINY, **bad}).validate()

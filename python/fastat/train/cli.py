@@ -53,6 +53,11 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
     add("--lr-peak", type=float, default=0.5,
         help="cyclic: fraction of the run at the peak (0.5 as WONG, N-FGSM, APART, ZeroGrad; GradAlign 0.4)")
     add("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
+    add("--momentum", type=float, default=0.9, help="SGD momentum (fixed)")
+    add("--weight-decay", type=float, default=5e-4, help="SGD weight decay (APART's official value: 2e-4)")
+    add("--pad-mode", default="zero", choices=["zero", "reflect"],
+        help="padding of the random crop (reflect: the ZeroGrad CIFAR-10 loader)")
+    add("--drop-last", action="store_true", help="drop each epoch's last partial batch (as GradAlign's loader)")
     add("--precision", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
     add("--attack-precision", default=None, choices=["bf16", "fp16", "fp32"],
         help="the attacks' forward/backward (default: --precision). fp32 as the official ZeroGrad, N-FGSM and ATAS "
@@ -113,6 +118,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        batch_size=args.batch_size, subset=args.subset, lr_schedule=args.lr_schedule,
                        lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,
                        attack_precision=getattr(args, "attack_precision", None),
+                       momentum=args.momentum, weight_decay=args.weight_decay, pad_mode=args.pad_mode,
+                       drop_last=args.drop_last,
                        device=dev, seed=args.seed, out=args.out, method_kwargs=mkw,
                        label_smoothing=args.label_smoothing, ema=args.ema, cuda_graph=args.cuda_graph,
                        compile=args.compile,

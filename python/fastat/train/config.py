@@ -74,7 +74,9 @@ class TrainConfig:
     lr_peak: float = 0.5
     milestones: tuple[float, ...] = (0.5, 0.75)
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4          # APART's official code uses 2e-4
+    pad_mode: str = "zero"               # the random crop's padding: "zero" (WONG/ATAS/GA) or "reflect" (ZeroGrad CIFAR)
+    drop_last: bool = False              # drop each epoch's last partial batch (GradAlign's loader does)
     precision: str = "fp32"
     attack_precision: str | None = None  # the attack's forward/backward: None = `precision`; "fp32" = official ZG/NF/ATAS
     device: str | None = None
@@ -137,6 +139,12 @@ class TrainConfig:
             raise ConfigError(f"argument 'lr_schedule' must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if not self.lr_max > 0:
             raise ConfigError(f"argument 'lr_max' must be > 0, got {self.lr_max!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
+            raise ConfigError(f"argument 'momentum' must be in [0, 1), got {self.momentum!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0.0):
+            raise ConfigError(f"argument 'weight_decay' must be >= 0, got {self.weight_decay!r}")
+        if self.pad_mode not in ("zero", "reflect"):
+            raise ConfigError(f"argument 'pad_mode' must be 'zero' or 'reflect', got {self.pad_mode!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"argument 'precision' must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.attack_precision is not None and self.attack_precision not in PRECISIONS:

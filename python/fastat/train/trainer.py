@@ -117,7 +117,8 @@ class Trainer:
                               f"({self.dist.world_size}): it is the global batch, shared by the ranks")
         torch.manual_seed(cfg.seed)
         self.loader = make_loader(train, batch_size=cfg.batch_size, device=self.device, train=True, seed=cfg.seed,
-                                  subset=cfg.subset, rank=self.dist.rank, world_size=self.dist.world_size)
+                                  subset=cfg.subset, rank=self.dist.rank, world_size=self.dist.world_size,
+                                  pad_mode=cfg.pad_mode, drop_last=cfg.drop_last)
         # method
         mkw = dict(cfg.method_kwargs)
         from ..methods import METHODS, _canonical
