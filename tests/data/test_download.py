@@ -74,5 +74,5 @@ def test_eval_cli_download_flag(tmp_path, fake_torchvision, capsys):
                            dataset="mnist", eps=0.1, epoch=1)
     args = [str(ckpt), "--dataset", "mnist", "--data-root", str(tmp_path / "mnist"), "--n", "6", "--pgd-steps", "1",
             "--restarts", "1", "--device", "cpu", "--no-progress"]
-    assert cli.main(args) == 2 and "download=True" in capsys.readouterr().err
+    assert cli.main(args) == 2 and "--download" in capsys.readouterr().err
     assert cli.main(args + ["--download"]) == 0 and fake_torchvision.calls

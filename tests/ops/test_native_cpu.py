@@ -263,12 +263,28 @@ def test_zerograd_matches_reference(q, layout, dtype, grad_dtype):
     assert out.stride() == torch.empty_like(d).stride()
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 784, 3072])
+@pytest.mark.parametrize("n", [1, 2, 3, 784, 3072, 150528])
 def test_zerograd_row_lengths_and_random_quantiles(n):
     gen = torch.Generator().manual_seed(n)
-    g = torch.randn(9, n, generator=gen) * torch.rand(9, 1, generator=gen) * 10
-    d, x = make((9, n), kind="delta", gen=gen), make((9, n), gen=gen)
+    rows = 9 if n < 10000 else 3  # 150528: ImageNet's 3x224x224
+    g = torch.randn(rows, n, generator=gen) * torch.rand(rows, 1, generator=gen) * 10
+    d, x = make((rows, n), kind="delta", gen=gen), make((rows, n), gen=gen)
     for q in [0.0, 1.0, *torch.rand(4, generator=gen).tolist()]:
+        assert_exact(F.zerograd_step(d, g, x, EPS, ALPHA, q), reference.zerograd_step(d, g, x, EPS, ALPHA, q))
+
+
+def test_zerograd_imagenet_rows_with_ties_zeros_and_nan():
+    """Rows of 150528 (3x224x224): few distinct magnitudes (ties at the threshold), an all-zero row, scattered exact
+    zeros, a NaN (that row keeps nothing), a row of one repeated value."""
+    gen = torch.Generator().manual_seed(5)
+    n = 150528
+    g = torch.round(torch.randn(5, n, generator=gen) * 2) / 2
+    g[1] = 0
+    g[2, torch.rand(n, generator=gen) < 0.5] = 0
+    g[3, 12345] = float("nan")
+    g[4] = -0.25
+    d, x = make((5, n), kind="delta", gen=gen), make((5, n), gen=gen)
+    for q in (0.35, 0.7, 0.5):
         assert_exact(F.zerograd_step(d, g, x, EPS, ALPHA, q), reference.zerograd_step(d, g, x, EPS, ALPHA, q))
 
 

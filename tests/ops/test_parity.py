@@ -88,3 +88,24 @@ def test_backend_matches_reference(op, rows, cols, variant, backend, device, req
         for i, (before, after) in enumerate(zip(snapshot, sample.args)):
             if isinstance(before, torch.Tensor):
                 assert torch.equal(before.nan_to_num(), after.nan_to_num()), f"{what}: input {i} was modified"
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch")] + _backends())
+def test_empty_batch(backend):
+    """A batch of 0 samples (e.g. a rank's share of a tiny last batch) gives empty results on every backend."""
+    if fastat.ops.not_supported_reasons(backend, "zerograd_step", "cpu") or (backend == "triton" and not INTERPRETED):
+        pytest.skip(f"{backend} not available on the CPU here")
+    d = g = x = torch.zeros(0, 3, 5, 5)
+    buf, v = torch.rand(4, 3, 9, 9), torch.rand(4)
+    index, offsets, flips = torch.zeros(0, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+    with fastat.ops.use_backend(backend):
+        outs = [fastat.ops.zerograd_step(d, g, x, 0.1, 0.2, 0.35), fastat.ops.pgd_step(d, g, x, 0.1, 0.025),
+                fastat.ops.multigrad_step(torch.zeros(3, 0, 3, 5, 5), x, 0.1, 0.1),
+                fastat.ops.atas_gather(buf, index, offsets, flips, x)]
+        if not fastat.ops.not_supported_reasons(backend, "uniform_init", "cpu"):
+            outs.append(fastat.ops.uniform_init(x, 0.1))
+        before = (buf.clone(), v.clone())
+        outs.append(fastat.ops.atas_step(buf, v, index, offsets, flips, g, x, x, eps=0.1, c=0.01, beta=0.5,
+                                         gamma_over_c=0.06, step_min=0.01, step_max=0.05, warmup=False))
+    assert all(o.shape == (0, 3, 5, 5) for o in outs)
+    assert torch.equal(buf, before[0]) and torch.equal(v, before[1])

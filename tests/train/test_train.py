@@ -200,6 +200,13 @@ BASE = ["train", "--epochs", "1", "--subset", "128", "--co-batch", "16", "--co-s
     (["--method", "fgsm", "--hp", "bogus=1"], "bogus"),
     (["--method", "fgsm", "--on-co", "rollback"], "'out'"),
     (["--method", "fgsm", "--co-drop", "-1"], "co_drop"),
+    (["--method", "zerograd", "--hp", "q=abc"], "'q'"),
+    (["--method", "fgsm", "--subset", "10000000"], "subset"),
+    (["--method", "fgsm", "--lr-peak", "5"], "lr_peak"),
+    (["--method", "fgsm", "--milestones", "2,-1"], "milestones"),
+    (["--method", "fgsm", "--eval-steps", "-3"], "eval_steps"),
+    (["--method", "fgsm", "--co-steps", "0"], "co_steps"),
+    (["--method", "fgsm", "--out", "/proc/fastat-cannot-write-here"], "'out'"),
 ])
 def test_cli_bad_input(capsys, extra, needle):
     assert main(BASE + extra) == 2
@@ -349,3 +356,58 @@ def test_recipe_options_reach_the_loader_and_optimizer():
                          ({"momentum": 1.0}, "momentum")]:
         with pytest.raises(ConfigError, match=message):
             TrainConfig(method="fgsm_rs", **{**TINY, **bad}).validate()
+
+
+def test_cli_out_that_is_a_file_or_holds_a_run(tmp_path, capsys):
+    a_file = tmp_path / "garbage.pt"
+    a_file.write_text("x")
+    assert main(BASE + ["--method", "fgsm", "--out", str(a_file)]) == 2
+    assert "'out'" in capsys.readouterr().err
+    run = ["--method", "fgsm", "--model", "small-cnn", "--out", str(tmp_path / "r")]
+    assert main(BASE + run) == 0
+    assert main(BASE + run) == 2  # a finished run is not overwritten by accident
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(BASE + run + ["--overwrite"]) == 0
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(BASE + run + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastat train: error:")
+
+
+def test_divergence_is_handled_as_catastrophic_overfitting(tmp_path, capsys):
+    t = fit(method="fgsm_rs", epochs=4, out=str(tmp_path), on_co="stop", **{**TINY, "lr_max": 1e12})
+    epochs = [r for r in t.history if r.get("event") == "epoch"]
+    assert epochs[-1].get("diverged") and t.history[-1]["event"] == "stop" and t.epoch < 4
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_resume_a_checkpoint_written_before_newer_config_fields(tmp_path):
+    from fastat.checkpoint import load_checkpoint, save_checkpoint
+
+    fit(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY)
+    ck = load_checkpoint(tmp_path / "checkpoint.pt", weights_only=False)
+    for key in ("drop_last", "pad_mode", "attack_precision", "download"):  # fields added after that run
+        ck["config"].pop(key)
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY))
+    assert t.resume() and t.epoch == 1
+    bad = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), pad_mode="reflect", **TINY))
+    with pytest.raises(ConfigError, match="pad_mode"):
+        bad.resume()
+
+
+def test_sweep_refuses_a_repeated_label():
+    from fastat.train.sweeps import parse_methods
+
+    with pytest.raises(ConfigError, match="'a' is given twice"):
+        parse_methods(["a=fgsm", "a=zerograd"])
+    with pytest.raises(ConfigError, match="twice"):
+        parse_methods(["fgsm,fgsm"])
+
+
+def test_atas_warns_when_warm_up_covers_the_run():
+    from fastat.methods import ATAS
+
+    with pytest.warns(UserWarning, match="warmup_epochs"):
+        ATAS(eps=0.1, epochs=3)

@@ -196,7 +196,7 @@ def _read_idx_pair(root: Path, split: str, subdirs: list[str], what: str) -> tup
 
 def _missing(what: str, root: Path, expected: str) -> FileNotFoundError:
     return FileNotFoundError(f"{what} not found under {str(root)!r} (expected {expected}); pass another root, or "
-                             f"download=True (needs torchvision and network) where supported")
+                             f"--download (download=True in Python; needs torchvision and network) where supported")
 
 
 def _torchvision(what: str):

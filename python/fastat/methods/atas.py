@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -89,6 +90,10 @@ class ATAS(Method):
         if state_dtype not in STATE_DTYPES:
             fail("ATAS", ValueError, f"argument 'state_dtype' must be one of {tuple(STATE_DTYPES)}, got "
                                      f"{state_dtype!r}")
+        if epochs is not None and warmup_epochs >= epochs:
+            warnings.warn(f"ATAS: warmup_epochs ({warmup_epochs}) >= epochs ({epochs}): every epoch takes the fixed "
+                          f"step eps and the adaptive step sizes never start (pass a smaller warmup_epochs)",
+                          stacklevel=2)
         if state_device not in (None, "cpu"):
             fail("ATAS", ValueError, f"argument 'state_device' must be None (the images' device) or 'cpu' (host "
                                      f"memory), got {state_device!r}")

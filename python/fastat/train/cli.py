@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Iterable
 
 from .config import ConfigError, TrainConfig, parse_number, parse_value
@@ -66,6 +67,7 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
     add("--seed", type=int, default=0)
     add("--out", default=None, help="run folder (metrics, curves.png, checkpoints)")
     add("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add("--overwrite", action="store_true", help="start afresh in an OUT that already holds a run (replaces it)")
     add("--label-smoothing", type=float, default=0.0)
     add("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999)")
     add("--cuda-graph", action="store_true",
@@ -131,10 +133,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from .trainer import Trainer
+    from ..checkpoint import CheckpointError
+    from .trainer import CKPT, Trainer
 
     try:
         cfg = config_from_args(args)
+        if args.out and (Path(args.out) / CKPT).exists() and not (args.resume or args.overwrite):
+            raise ConfigError(f"{args.out!r} already holds a run ({CKPT}): pass --resume to continue it, "
+                              "--overwrite to replace it, or another --out")
         trainer = Trainer(cfg)
     except ConfigError as exc:
         print(f"fastat train: error: {exc}", file=sys.stderr)
@@ -143,9 +149,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.resume and not trainer.resume() and main:
             print(f"fastat train: no checkpoint in {args.out!r}, starting from scratch", file=sys.stderr)
-    except ConfigError as exc:
-        print(f"fastat train: error: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"fastat train: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    if main and not args.out:
+        print("fastat train: no --out: metrics, curves and checkpoints are not written", file=sys.stderr)
     if main:
         procs = f", {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
         print(f"fastat train: {trainer.method.describe()} on {cfg.dataset} ({trainer.loader.num_examples} images), "

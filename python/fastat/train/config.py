@@ -36,6 +36,11 @@ def parse_number(text: Any, name: str = "value") -> float:
         raise ConfigError(f"argument '{name}' must be a number or a fraction like 8/255, got {text!r}") from None
 
 
+def _number_or_none(value: Any, name: str) -> float | None:
+    """A method hyper-parameter given as a number (or None); ConfigError naming it otherwise."""
+    return None if value is None else parse_number(value, name)
+
+
 def parse_value(text: str, name: str = "value") -> Any:
     """A command-line value: true/false/none, an int, a number (0.2, 8/255), a JSON list (e.g. APART's
     ``noise_modules=[]``), else the string itself."""
@@ -174,12 +179,21 @@ class TrainConfig:
                                       f"{torch.cuda.device_count()} CUDA devices")
         if self.data_root is not None and not self.download and not Path(self.data_root).expanduser().exists():
             raise ConfigError(f"data root {self.data_root!r} does not exist")
-        q = self.method_kwargs.get("q")
-        if q is not None and not (0.0 <= float(q) <= 1.0):
+        q, a = _number_or_none(self.method_kwargs.get("q"), "q"), _number_or_none(self.method_kwargs.get("alpha"), "alpha")
+        if q is not None and not (0.0 <= q <= 1.0):
             raise ConfigError(f"argument 'q' must be in [0, 1], got {q!r}")
-        a = self.method_kwargs.get("alpha")
-        if a is not None and not float(a) > 0:
+        if a is not None and not a > 0:
             raise ConfigError(f"argument 'alpha' must be > 0, got {a!r}")
+        if not (isinstance(self.lr_peak, (int, float)) and 0.0 < self.lr_peak < 1.0):
+            raise ConfigError(f"argument 'lr_peak' must be in (0, 1) (a fraction of the run), got {self.lr_peak!r}")
+        if not self.milestones or not all(isinstance(m, (int, float)) and 0.0 < m < 1.0 for m in self.milestones) \
+                or list(self.milestones) != sorted(self.milestones):
+            raise ConfigError(f"argument 'milestones' must be increasing fractions of the run in (0, 1), got "
+                              f"{list(self.milestones)!r}")
+        for name, low in (("eval_steps", 0), ("co_steps", 1), ("eval_restarts", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"argument '{name}' must be an int >= {low}, got {v!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"argument 'label_smoothing' must be in [0, 1), got {self.label_smoothing!r}")
         if self.cuda_graph and self.precision == "fp16":

@@ -48,7 +48,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9_+-]+$")
 # ---------------------------------------------------------------------------------------------- plans (shared)
 def parse_methods(items: Iterable[str]) -> dict[str, str]:
     """``{label: canonical method}`` from items ``method`` or ``label=method`` (comma lists are split); raises
-    ConfigError naming an unknown method."""
+    ConfigError naming an unknown method or a repeated label."""
     from ..methods import METHODS, _canonical
 
     plan: dict[str, str] = {}
@@ -59,7 +59,11 @@ def parse_methods(items: Iterable[str]) -> dict[str, str]:
         method = _canonical(name.strip())
         if method not in METHODS:
             raise ConfigError(f"--methods: unknown method {name.strip()!r}; choose from {', '.join(METHODS)}")
-        plan[label.strip()] = method
+        label = label.strip()
+        if label in plan:
+            raise ConfigError(f"--methods: label {label!r} is given twice; labels name the run folders and must "
+                              f"differ (write LABEL=METHOD, e.g. {label}2={name.strip()})")
+        plan[label] = method
     return plan
 
 
@@ -336,7 +340,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hp", action="append", default=[], metavar="[LABEL.]KEY=VALUE",
                    help="hyper-parameter or TrainConfig field for every method, or LABEL.KEY=VALUE for one "
                         "(repeatable; e.g. --hp zerograd.q=0.7 --hp steps=10)")
-    add_train_arguments(p, exclude=("method", "seed", "out", "resume", "hp"))
+    add_train_arguments(p, exclude=("method", "seed", "out", "resume", "overwrite", "hp"))
     p.set_defaults(func=run)
     return p
 

@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
+import math
 import time
 import warnings
 from pathlib import Path
@@ -109,7 +111,9 @@ class Trainer:
             test = _cached_dataset(load_dataset, cfg.dataset, cfg.data_root, "test", cfg.download)
         except (FileNotFoundError, OSError, ValueError, ImportError) as exc:  # ImportError: torchvision missing
             raise ConfigError(f"cannot load dataset {cfg.dataset!r}: {str(exc).splitlines()[0]}") from None
-        n_train = min(cfg.subset, len(train)) if cfg.subset else len(train)
+        if cfg.subset and cfg.subset > len(train):
+            raise ConfigError(f"argument 'subset' ({cfg.subset}) is larger than the training set ({len(train)})")
+        n_train = cfg.subset or len(train)
         if cfg.batch_size > n_train:
             raise ConfigError(f"argument 'batch_size' ({cfg.batch_size}) is larger than the training set ({n_train})")
         if cfg.batch_size < self.dist.world_size:
@@ -204,7 +208,11 @@ class Trainer:
         self.monitor = COMonitor(self.x_eval[:n_co], self.y_eval[:n_co], cfg.eps, steps=cfg.co_steps,
                                  drop=cfg.co_drop)
         self.out = Path(cfg.out) if cfg.out else None
-        self.writer = MetricsWriter(self.out, plot=cfg.plot) if self.out and self.dist.is_main else None
+        try:
+            self.writer = MetricsWriter(self.out, plot=cfg.plot) if self.out and self.dist.is_main else None
+        except OSError as exc:  # a file of that name, no permission, a read-only file system
+            raise ConfigError(f"argument 'out' ({cfg.out!r}) cannot be used as the run folder: "
+                              f"{exc.strerror or exc}") from None
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.rollbacks = 0
@@ -574,7 +582,9 @@ class Trainer:
 
     def _resolved_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """A config dict with the values that depend on the machine filled in (device type, model name)."""
-        d = dict(cfg)
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(TrainConfig)}
+        d = {**defaults, **cfg}  # a field newer than the checkpoint: it was trained with that field's default
         d["device"] = str(d.get("device") or self.device.type).split(":")[0]
         d["model"] = d.get("model") or default_model(d["device"])
         d["milestones"] = [float(m) for m in d.get("milestones", ())]
@@ -623,6 +633,10 @@ class Trainer:
             if self.ema is not None:
                 row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema).items() if k != "eval_seconds"})
             co_acc, co = self.monitor.check(self.model, cfg.precision, distributed=self.dist.enabled)
+            if not math.isfinite(row["train_loss"]):  # diverged (lr too high, fp16 overflow): handled as CO
+                row["diverged"] = co = True
+                self._say(f"epoch {epoch}: the training loss is {row['train_loss']} (diverged); handled as "
+                          f"catastrophic overfitting (--on-co {cfg.on_co})")
             row.update({"co_pgd_acc": co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
                                                            if isinstance(v, (int, float, str)) and k != "method"}})
             if self.dist.enabled:  # one decision for all ranks: rank 0's row (timings differ per rank)
