@@ -5,7 +5,8 @@ On CUDA, time = median of CUDA-event-timed launches after warm-up with an L2 flu
 Backends are called through their implementation (`_dispatch.implementation`), so the numbers are kernel costs
 without the Python argument checks of the public wrappers. "copy floor" is a `clone()` of the gradient: a fused
 memory-bound kernel that reads g once and writes δ once costs about that; `pct_floor` compares each kernel with the
-copy time scaled to the bytes that op must move (OpSpec.bytes_moved).
+copy time scaled to the bytes that op must move (OpSpec.bytes_moved). `write_results` saves the rows as ops.csv,
+ops.json, ops.md and ops.png (the speed-ups over PyTorch as a grouped bar chart).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dt
         floor_ms = copy_ms * spec.bytes_moved(sample) / (2 * grad.numel() * grad.element_size())
         timings = {}
         for backend in ("torch",) + tuple(b for b in backends if b != "torch"):
-            if _dispatch.not_supported_reasons(backend, op, dev):
+            if _reasons(backend, op, dev):
                 continue
             impl = _dispatch.implementation(backend, op)
             timings[backend] = time_ms(lambda: impl(*sample.args, **sample.kwargs), dev, reps)
@@ -116,6 +117,27 @@ def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dt
             rows.append(Row(op, backend, r, c, dt, med, p20, p80, nbytes / med / 1e6, timings["torch"][0] / med,
                             copy_ms, med / floor_ms))
     return rows
+
+
+def _reasons(backend: str, op: str, device: torch.device) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on ``device`` (`_dispatch.not_supported_reasons`); empty when it can."""
+    try:
+        return _dispatch.not_supported_reasons(backend, op, device)
+    except ImportError as exc:  # the triton backend's package is not installed
+        return [f"{exc.name or 'its package'} is not installed"]
+
+
+def skipped_backends(backends, ops, device: str | torch.device) -> dict[str, str]:
+    """{backend: why} for each of ``backends`` that cannot run some of ``ops`` on ``device`` (torch always can):
+    "on cpu: <reasons>" when it runs none of them, else "for <ops> on cpu: <reasons>"."""
+    dev = torch.device(device)
+    skipped = {}
+    for backend in dict.fromkeys(b for b in backends if b != "torch"):
+        why = {op: "; ".join(r) for op in ops if (r := _reasons(backend, op, dev))}
+        if why:
+            where = f"on {dev}" if len(why) == len(ops) else f"for {', '.join(why)} on {dev}"
+            skipped[backend] = f"{where}: {'; '.join(dict.fromkeys(why.values()))}"
+    return skipped
 
 
 def markdown(rows: list[Row], env: dict[str, str]) -> str:
@@ -147,8 +169,55 @@ def auto_choice(rows: list[Row]) -> dict[str, dict]:
     return result
 
 
+def plot_speedups(rows: list[Row], path: str | Path, env: dict[str, str]) -> Path:
+    """A grouped bar chart of each fused backend's speed-up over PyTorch per op x shape (x grad dtype when several
+    were measured), bars drawn from the 1× line on a log axis; the device and date in the title. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    cases = list(dict.fromkeys((r.op, r.rows, r.cols, r.grad_dtype) for r in rows))
+    backends = list(dict.fromkeys(r.backend for r in rows if r.backend != "torch"))
+    speedup = {(r.op, r.rows, r.cols, r.grad_dtype, r.backend): r.speedup_vs_torch for r in rows}
+    dtypes = len({c[3] for c in cases}) > 1
+    width = 0.8 / max(1, len(backends))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(cases) * max(1, len(backends)) + 2), 4.5))
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="black", lw=1, label="torch (1×)")
+    values = [1.0]
+    for j, backend in enumerate(backends):
+        xs = [i for i, c in enumerate(cases) if (*c, backend) in speedup]
+        ys = [speedup[(*cases[i], backend)] for i in xs]
+        offsets = [x + (j - (len(backends) - 1) / 2) * width for x in xs]
+        bars = ax.bar(offsets, [y - 1 for y in ys], width, bottom=1.0, color=f"C{j % 10}", label=backend)
+        ax.bar_label(bars, labels=[f"{y:.1f}×" if y >= 0.95 else f"{y:.2g}×" for y in ys], fontsize=6, padding=1)
+        values += ys
+    if not backends:
+        ax.text(0.5, 0.6, "only the torch baseline ran", transform=ax.transAxes, ha="center", color="gray")
+    low, high = min(0.5, min(values) / 1.5), max(2.0, max(values) * 1.6)
+    ax.set_ylim(low, high)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if high / low < 1e3 else (1.0,)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{op}\n{r}×{c}" + (f" {dt}" if dtypes else "") for op, r, c, dt in cases], rotation=45,
+                       ha="right", fontsize=7)
+    ax.set_ylabel("speed-up vs PyTorch (log scale)")
+    ax.set_title(f"fastat ops: speed-up vs PyTorch on {env['device']} ({env['date']})", fontsize=10)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_results(rows: list[Row], out_dir: str | Path, env: dict[str, str]) -> Path:
-    """Write CSV, JSON and a Markdown table under ``out_dir``/<date>-<device>; returns that folder."""
+    """Write CSV, JSON, a Markdown table and the `plot_speedups` PNG under ``out_dir``/<date>-<device>; returns that
+    folder."""
     slug = env["device"].replace(" ", "_").replace("/", "_")
     folder = Path(out_dir) / f"{env['date']}-{slug}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,6 +229,8 @@ def write_results(rows: list[Row], out_dir: str | Path, env: dict[str, str]) -> 
                 writer.writerow({**asdict(r), **env})
     (folder / "ops.json").write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=2))
     (folder / "ops.md").write_text(markdown(rows, env))
+    if rows:
+        plot_speedups(rows, folder / "ops.png", env)
     choice = auto_choice(rows)
     if choice:  # "auto"'s per-op preference, for bench/make_table.py to install (ops/auto_cuda.json)
         (folder / "auto.json").write_text(json.dumps(
@@ -173,7 +244,8 @@ def run(device: str, out: str | None, **kwargs) -> list[Row]:
 
     env = environment()
     env["date"] = _dt.date.today().isoformat()
-    env["device"] = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else env["device"]
+    dev = torch.device(device)
+    env["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else env["device"]
     rows = bench_ops(device, **kwargs)
     print(markdown(rows, env))
     if out:

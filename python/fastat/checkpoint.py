@@ -18,7 +18,6 @@ Files are written atomically (temporary file + rename), so a run killed while sa
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,9 +86,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise CheckpointError(f"checkpoint {str(path)!r} is a directory, expected a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read as a torch file: {first}") from None
+    except Exception as exc:  # junk bytes surface as almost any exception type from the unpickler (KeyError, ...)
+        text = str(exc)
+        if "WeightsUnpickler error:" in text:  # the unpickler's finding, after torch's "weights_only=False" advice
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a fastat checkpoint ({type(exc).__name__}: "
+                              f"{first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"checkpoint {str(path)!r} is not a fastat checkpoint (format {found!r}, "

@@ -16,10 +16,13 @@ SUBCOMMAND_MODULES = ("fastat.train.cli", "fastat.train.sweeps", "fastat.eval.cl
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
+    """(rows, cols) from "512x3072"; ValueError naming --shape unless both are integers >= 1."""
     try:
         rows, cols = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 512x3072, got {text!r}") from None
+        raise ValueError(f"--shape must look like 512x3072, got {text!r}") from None
+    if rows < 1 or cols < 1:
+        raise ValueError(f"--shape must have rows and columns >= 1, got {text!r}")
     return rows, cols
 
 
@@ -27,31 +30,64 @@ def _add_bench(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="micro-benchmarks")
     kinds = bench.add_subparsers(dest="bench_kind", required=True)
     ops = kinds.add_parser("ops", help="each op x backend vs pure PyTorch and the copy floor, on this machine")
-    ops.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ops.add_argument("--shape", action="append", type=_parse_shape, help="BxN, repeatable (default: per device)")
+    ops.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    ops.add_argument("--shape", action="append", help="BxN, repeatable (default: per device)")
     ops.add_argument("--op", action="append", help="op name, repeatable (default: all hot paths)")
-    ops.add_argument("--backend", action="append", help="backend, repeatable (default: all that can run)")
+    ops.add_argument("--backend", action="append", help="native, triton or torch, repeatable (default: all that can "
+                                                         "run; torch, the baseline, always runs)")
     ops.add_argument("--grad-dtype", action="append", choices=["fp32", "bf16"], help="default: fp32 and bf16")
-    ops.add_argument("--reps", type=int, default=100)
-    ops.add_argument("--out", default="bench/results", help="folder for CSV/JSON/Markdown ('' to skip)")
+    ops.add_argument("--reps", type=int, default=100, help="timed repetitions per case on CUDA (default 100)")
+    ops.add_argument("--out", default="bench/results", help="folder for CSV/JSON/Markdown/PNG ('' to skip)")
     ops.set_defaults(func=_run_bench_ops)
 
 
-def _run_bench_ops(args) -> int:
+class _BenchInputError(Exception):
+    """Bad input to `fastat bench ops`; reported as one line."""
+
+
+def _bench_device(name: str | None):
+    """The benchmark device: cpu or cuda[:N] (N an existing GPU); default cuda when available."""
     import torch
 
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise _BenchInputError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise _BenchInputError(f"--device {name}: no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise _BenchInputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def _run_bench_ops(args) -> int:
     from . import benchmark
+    from .ops._dispatch import BACKENDS
     from .ops._schemas import HOT_PATHS
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        print("fastat bench ops: --device cuda but no CUDA device is available", file=sys.stderr)
+    try:
+        device = _bench_device(args.device)
+        shapes = [_parse_shape(text) for text in args.shape] if args.shape else None
+        unknown = [op for op in args.op or () if op not in HOT_PATHS]
+        if unknown:
+            raise _BenchInputError(f"--op: unknown op {unknown[0]!r}; choose from {', '.join(HOT_PATHS)}")
+        unknown = [b for b in args.backend or () if b not in BACKENDS]
+        if unknown:
+            raise _BenchInputError(f"--backend: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+        if args.reps < 1:
+            raise _BenchInputError(f"--reps must be >= 1, got {args.reps}")
+    except (_BenchInputError, ValueError) as exc:
+        print(f"fastat bench ops: error: {exc}", file=sys.stderr)
         return 2
-    unknown = [op for op in args.op or () if op not in HOT_PATHS]
-    if unknown:
-        print(f"fastat bench ops: unknown op {unknown[0]!r}; choose from {', '.join(HOT_PATHS)}", file=sys.stderr)
-        return 2
-    benchmark.run(device, args.out or None, shapes=args.shape, ops=args.op, backends=args.backend,
+    ops = tuple(dict.fromkeys(args.op)) if args.op else HOT_PATHS
+    for backend, why in benchmark.skipped_backends(args.backend or (), ops, device).items():
+        print(f"fastat bench ops: skipping backend {backend!r} {why}", file=sys.stderr)
+    benchmark.run(str(device), args.out or None, shapes=shapes, ops=ops,
+                  backends=tuple(dict.fromkeys(args.backend)) if args.backend else None,
                   grad_dtypes=tuple(args.grad_dtype or ("fp32", "bf16")), reps=args.reps)
     return 0
 

@@ -1,8 +1,9 @@
-"""`fastat eval` / `python -m fastat.eval`: table + eval.json, and one-line errors for bad input."""
+"""`fastat eval` / `python -m fastat.eval`: table + eval.json + eval.csv, and one-line errors for bad input."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 
 import pytest
@@ -58,8 +59,10 @@ def test_subcommand_and_out_option(ckpt, fake_fmnist, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--eps", "0"], "--eps must be > 0"),
-    (["--eps=-8/255"], "--eps must be > 0"),
+    (["--eps", "0"], "--eps must be > 0 and <= 1"),
+    (["--eps=-8/255"], "--eps must be > 0 and <= 1"),
+    (["--eps", "2"], "--eps must be > 0 and <= 1"),
+    (["--eps", "256/255"], "--eps must be > 0 and <= 1"),
     (["--eps", "8/0"], "--eps"),
     (["--dataset", "cifar10"], "expects input channels 1, dataset 'cifar10' has 3"),
     (["--dataset", "imagenet"], "must be one of"),
@@ -79,10 +82,46 @@ def test_missing_and_foreign_checkpoint(tmp_path, capsys):
     torch.save({"state_dict": {}}, foreign)
     assert cli.main([str(foreign), "--no-progress"]) == 2
     assert "not a fastat checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"not a torch file", b"hello\n", bytes(range(256)) * 4])
+def test_non_checkpoint_file_short_message(tmp_path, capsys, content):
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
+    junk.write_bytes(content)
     assert cli.main([str(junk), "--no-progress"]) == 2
-    assert "cannot be read" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"fastat eval: error: checkpoint {str(junk)!r} is not a "
+                                                         "fastat checkpoint (")
+    assert "weights_only" not in err and len(err) < 200
+
+
+def test_eval_writes_csv_next_to_json(ckpt, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "res" / "result.json"
+    rc = cli.main([str(ckpt), "--data-root", str(fake_fmnist), "--n", "8", "--pgd-steps", "1", "--restarts", "2",
+                   "--eps", "8/255", "--device", "cpu", "--out", str(out), "--no-progress"])
+    assert rc == 0 and "result.csv" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    with open(out.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and list(rows[0]) == list(cli.CSV_COLUMNS)
+    row = rows[0]
+    assert int(row["n"]) == 8 and float(row["eps"]) == pytest.approx(8 / 255)
+    assert float(row["alpha"]) == pytest.approx(2 / 255)
+    assert float(row["clean_acc"]) == pytest.approx(report["clean_acc"])
+    assert float(row["pgd_robust_acc_max_loss"]) == pytest.approx(report["pgd"]["robust_acc_max_loss"])
+    assert float(row["pgd_robust_acc_any"]) == pytest.approx(report["pgd"]["robust_acc_any"])
+    assert float(row["pgd_seconds"]) == pytest.approx(report["pgd"]["seconds"])
+    assert row["pgd_steps"] == "1" and row["pgd_restarts"] == "2"
+    assert row["autoattack_acc"] == "" and row["autoattack_seconds"] == ""
+
+
+def test_csv_row_with_autoattack():
+    report = {"n": 4, "eps": 0.1, "alpha": 0.025, "clean_acc": 0.75,
+              "pgd": {"steps": 2, "restarts": 1, "robust_acc_max_loss": 0.5, "robust_acc_any": 0.25, "seconds": 1.5},
+              "autoattack": {"robust_acc": 0.25, "seconds": 3.0}}
+    row = cli.csv_row(report)
+    assert row["autoattack_acc"] == 0.25 and row["autoattack_seconds"] == 3.0 and row["pgd_seconds"] == 1.5
+    assert row["checkpoint"] is None and set(row) == set(cli.CSV_COLUMNS)
 
 
 def test_missing_data_root(ckpt, tmp_path, capsys):

@@ -158,7 +158,7 @@ def test_cli_under_torchrun_equals_single_process(checkpoint, capsys):
     proc = torchrun("fastat", "eval", *_cli_args(root, ckpt, root / "dist"), module=True, timeout=300)
     assert proc.stdout.count("clean accuracy") == 1  # the table, from rank 0 only
     assert proc.stdout.count("wrote ") == 1 and "2 processes, rank 0 on cpu" in proc.stdout
-    assert [p.name for p in (root / "dist").iterdir()] == ["eval.json"]
+    assert sorted(p.name for p in (root / "dist").iterdir()) == ["eval.csv", "eval.json"]
     dist = json.loads((root / "dist" / "eval.json").read_text())
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -383,7 +383,7 @@ def test_divergence_is_handled_as_catastrophic_overfitting(tmp_path, capsys):
 
 
 def test_resume_a_checkpoint_written_before_newer_config_fields(tmp_path):
-    from fastat.checkpoint import load_checkpoint, save_checkpoint
+    from fastat.checkpoint import load_checkpoint
 
     fit(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY)
     ck = load_checkpoint(tmp_path / "checkpoint.pt", weights_only=False)

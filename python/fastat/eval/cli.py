@@ -1,20 +1,22 @@
-"""`fastat eval CHECKPOINT`: PGD-k-r (and optionally AutoAttack) on a dataset's test split; a table and eval.json.
+"""`fastat eval CHECKPOINT`: PGD-k-r (and optionally AutoAttack) on a dataset's test split; a table, eval.json and
+eval.csv (one row: n, ε, α, clean / PGD / AutoAttack accuracies, seconds).
 
 Defaults come from the checkpoint (dataset, ε); α defaults to ε/4 (GA's evaluation; WONG/NF/ZG fix 2/255 for ε=8/255,
 pass --alpha 2/255 for that). The first --n test images are used (as GA; not a random subset). Bad input (missing or
-foreign checkpoint, a dataset that does not fit the model, ε ≤ 0) prints one error line and returns 2.
+foreign checkpoint, a dataset that does not fit the model, ε outside (0, 1]) prints one error line and returns 2.
 
 Several GPUs: ``torchrun --nproc_per_node=8 -m fastat eval runs/x/checkpoint.pt`` shards the test images over the
 processes (process k on cuda:LOCAL_RANK, or the CPU with gloo) and gathers the per-sample results: the PGD numbers are
 those of a single-process run, AutoAttack's a valid evaluation with per-rank random draws. Only rank 0 prints the
-table and writes eval.json (with "world_size"); the input is checked on every rank before any process waits for
-another, so bad input exits 2 everywhere. Spell --n as --num-samples there: torchrun's own parser takes "--n" for an
-ambiguous abbreviation of its options.
+table and writes eval.json / eval.csv (with "world_size"); the input is checked on every rank before any process
+waits for another, so bad input exits 2 everywhere. Spell --n as --num-samples there: torchrun's own parser takes
+"--n" for an ambiguous abbreviation of its options.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -52,7 +54,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="data folder (Fashion-MNIST defaults to the embedded copy)")
     p.add_argument("--download", action="store_true",
                    help="let torchvision download a missing test set into --data-root (needs network)")
-    p.add_argument("--eps", default=None, help="ε in [0,1] units, e.g. 0.1 or 8/255 (default: the checkpoint's)")
+    p.add_argument("--eps", default=None,
+                   help="ε in (0, 1] pixel units, e.g. 0.1 or 8/255 (default: the checkpoint's)")
     p.add_argument("--alpha", default=None, help="PGD step, e.g. 2/255 (default: ε/4)")
     p.add_argument("--pgd-steps", type=int, default=50, help="PGD iterations (default 50)")
     p.add_argument("--restarts", type=int, default=10, help="PGD random restarts (default 10)")
@@ -67,7 +70,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward precision (default fp32)")
     p.add_argument("--impl", choices=IMPLS, default="batched", help="PGD engine (default batched)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
-    p.add_argument("--out", default=None, help="where to write eval.json (default: next to the checkpoint)")
+    p.add_argument("--out", default=None,
+                   help="where to write eval.json and eval.csv (a folder or a .json path; default: next to the "
+                        "checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by ``args``; returns the exit status (0, or 2 on bad input).
 
     Under torchrun (WORLD_SIZE > 1) every rank runs this: all input checks come before the process group starts,
-    and only rank 0 prints the table and writes eval.json."""
+    and only rank 0 prints the table and writes eval.json and eval.csv (same name, .csv suffix)."""
     world = fdist.env_world_size()
     try:
         job = _prepare(args, world)
@@ -110,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
         if rank.is_main:
             job.out_path.parent.mkdir(parents=True, exist_ok=True)
             job.out_path.write_text(json.dumps(report, indent=2) + "\n")
+            csv_path = write_csv(report, job.out_path.with_suffix(".csv"))
             print(format_table(report))
-            print(f"wrote {job.out_path}")
+            print(f"wrote {job.out_path} and {csv_path.name}")
     finally:
         if owns_group:
             fdist.shutdown()
@@ -152,12 +158,15 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
                                  "Python >= 3.10)")
     try:
         ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
+    except CheckpointError as exc:  # missing, a folder, foreign bytes, another torch file: one line each
+        raise EvalInputError(str(exc)) from None
+    try:
         model = model_from_checkpoint(ckpt)
     except (CheckpointError, ValueError) as exc:
         raise EvalInputError(str(exc)) from None
     eps = _number("--eps", args.eps) if args.eps is not None else ckpt["eps"]
-    if not eps > 0:
-        raise EvalInputError(f"--eps must be > 0, got {eps}")
+    if not 0 < eps <= 1:  # as `fastat train`
+        raise EvalInputError(f"--eps must be > 0 and <= 1 (pixel units, e.g. 8/255), got {eps:g}")
     alpha = _number("--alpha", args.alpha) if args.alpha is not None else eps / 4
     if not alpha > 0:
         raise EvalInputError(f"--alpha must be > 0, got {alpha}")
@@ -264,6 +273,31 @@ def _fastat_version() -> str:
     from .. import __version__
 
     return __version__
+
+
+CSV_COLUMNS = ("checkpoint", "model", "epoch", "dataset", "n", "eps", "alpha", "clean_acc", "pgd_steps", "pgd_restarts",
+               "pgd_robust_acc_max_loss", "pgd_robust_acc_any", "pgd_seconds", "autoattack_acc", "autoattack_seconds",
+               "precision", "device", "world_size", "seed", "date")
+
+
+def csv_row(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as one flat row of `CSV_COLUMNS` (the AutoAttack cells empty when it was not run)."""
+    pgd, aa = report["pgd"], report.get("autoattack") or {}
+    row = {k: report.get(k) for k in CSV_COLUMNS}
+    row.update(pgd_steps=pgd.get("steps"), pgd_restarts=pgd.get("restarts"),
+               pgd_robust_acc_max_loss=pgd["robust_acc_max_loss"], pgd_robust_acc_any=pgd["robust_acc_any"],
+               pgd_seconds=pgd["seconds"], autoattack_acc=aa.get("robust_acc"), autoattack_seconds=aa.get("seconds"))
+    return row
+
+
+def write_csv(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the report as a header and one `csv_row` to ``path``; returns it."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerow(csv_row(report))
+    return path
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -1,11 +1,16 @@
 """Per-epoch metrics files of a run folder: ``metrics.jsonl`` (one JSON object per epoch or event), ``metrics.csv``
 (epoch rows, columns = union of keys) and ``curves.png`` (clean / PGD accuracy per epoch); and what multi-run
-drivers (``fastat sweep``, bench/acceptance.py) record per run: its identity and a summary of its epochs."""
+drivers (``fastat sweep``, bench/acceptance.py) record per run: its identity and a summary of its epochs.
+
+Non-finite numbers (a diverged loss) are written as ``null`` in metrics.jsonl (strict JSON) and as empty cells in
+metrics.csv, like a missing key; `read_metrics` returns them as None and the plots leave such points out."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +36,11 @@ class MetricsWriter:
         self.flush()
 
     def flush(self) -> None:
+        rows = [_finite_or_none(r) for r in self.rows]
         with open(self.out / "metrics.jsonl", "w") as f:
-            for row in self.rows:
-                f.write(json.dumps(row) + "\n")
-        epochs = [r for r in self.rows if r.get("event", "epoch") == "epoch"]
+            for row in rows:
+                f.write(json.dumps(row, allow_nan=False) + "\n")
+        epochs = [r for r in rows if r.get("event", "epoch") == "epoch"]
         keys: list[str] = []
         for r in epochs:
             keys += [k for k in r if k not in keys]
@@ -47,6 +53,17 @@ class MetricsWriter:
                 plot_curves({self.out.name: epochs}, self.out / "curves.png")
             except Exception:  # a plotting problem must never stop training
                 pass
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (nan, ±inf), also inside dicts, lists and tuples, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def final_eval_table(reports: dict[str, dict[str, Any]]) -> str:
@@ -97,13 +114,29 @@ def summarize_epochs(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
-    """The epoch rows of a run folder (or of a metrics.jsonl path)."""
+    """The epoch rows of a run folder (or of a metrics.jsonl path); ``null`` values (non-finite numbers) are None.
+
+    A last line that is not valid JSON (a run stopped while rewriting the file) is skipped with a warning on stderr;
+    an invalid line before it raises ValueError naming the file and the line number."""
     path = Path(run)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no metrics.jsonl at {str(path)!r}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for i, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            if i == lines[-1][0]:
+                print(f"fastat: warning: {path}: skipped its partial last line {i} (a run stopped while writing it?)",
+                      file=sys.stderr)
+                break
+            raise ValueError(f"{path}: line {i} is not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {i} is not a JSON object")
+        rows.append(row)
     return [r for r in rows if r.get("event", "epoch") == "epoch"]
 
 
@@ -111,14 +144,18 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
     """Clean (dashed) and PGD (solid) accuracy per epoch for each run, in one PNG."""
     plt, fig, ax = _accuracy_figure()
     for i, (name, rows) in enumerate(runs.items()):
-        color = f"C{i}"
-        ep = [r["epoch"] for r in rows]
-        ax.plot(ep, [100 * r["pgd_acc"] for r in rows], "-o", color=color, label=f"{name} PGD")
-        ax.plot(ep, [100 * r["clean_acc"] for r in rows], "--", color=color, label=f"{name} clean")
-        if any("ema_pgd_acc" in r for r in rows):
-            ax.plot(ep, [100 * r.get("ema_pgd_acc", float("nan")) for r in rows], ":", color=color,
-                    label=f"{name} EMA PGD")
+        color = f"C{i % 10}"
+        for key, style, what in (("pgd_acc", "-o", "PGD"), ("clean_acc", "--", "clean"),
+                                 ("ema_pgd_acc", ":", "EMA PGD")):
+            points = _points(rows, key)
+            if points or key != "ema_pgd_acc":
+                ax.plot([e for e, _ in points], [v for _, v in points], style, color=color, label=f"{name} {what}")
     return _save_accuracy_figure(plt, fig, ax, path, title)
+
+
+def _points(rows: list[dict[str, Any]], key: str) -> list[tuple[Any, float]]:
+    """(epoch, 100 × value) of the rows whose ``key`` holds a finite number (missing, None and nan are left out)."""
+    return [(r["epoch"], 100 * r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
 
 
 def _accuracy_figure():
@@ -223,9 +260,10 @@ def plot_sweep(curves: dict[str, list[list[dict[str, Any]]]], path: str | Path, 
     for i, (label, runs) in enumerate(curves.items()):
         epochs = sorted({r["epoch"] for rows in runs for r in rows})
         for key, style, band, name in (("pgd_acc", "-o", 0.18, "PGD"), ("clean_acc", "--", 0.08, "clean")):
-            per = [[100 * r[key] for rows in runs for r in rows if r["epoch"] == e] for e in epochs]
-            ax.plot(epochs, [sum(v) / len(v) for v in per], style, ms=3, color=f"C{i % 10}",
+            per = {e: [v for rows in runs for ep, v in _points(rows, key) if ep == e] for e in epochs}
+            xs = [e for e in epochs if per[e]]
+            ax.plot(xs, [sum(per[e]) / len(per[e]) for e in xs], style, ms=3, color=f"C{i % 10}",
                     label=f"{label} {name} (n={len(runs)})")
-            ax.fill_between(epochs, [min(v) for v in per], [max(v) for v in per], color=f"C{i % 10}", alpha=band,
-                            lw=0)
+            ax.fill_between(xs, [min(per[e]) for e in xs], [max(per[e]) for e in xs], color=f"C{i % 10}",
+                            alpha=band, lw=0)
     return _save_accuracy_figure(plt, fig, ax, path, title, title_size=9)

@@ -1,0 +1,99 @@
+"""`fastat bench ops`: one-line errors before anything runs, a line for each requested backend that cannot run here,
+and the files it writes (CSV, JSON, Markdown and the speed-up PNG)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastat import benchmark
+from fastat.cli import main
+from fastat.ops import _dispatch
+
+TINY = ["bench", "ops", "--device", "cpu", "--op", "pgd_step", "--shape", "4x8", "--grad-dtype", "fp32"]
+
+
+@pytest.fixture()
+def no_run(monkeypatch):
+    monkeypatch.setattr(benchmark, "run", lambda *a, **k: pytest.fail("benchmark ran despite bad input"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "nope"], "--backend: unknown backend 'nope'"),
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--device", "meta"], "--device must be cpu, cuda or cuda:N"),
+    (["--shape", "0x10"], "--shape must have rows and columns >= 1"),
+    (["--shape", "5x"], "--shape must look like 512x3072"),
+    (["--reps", "0"], "--reps must be >= 1"),
+    (["--op", "nope"], "--op: unknown op 'nope'"),
+])
+def test_bad_input_one_line(capsys, no_run, extra, message):
+    assert main([*TINY, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fastat bench ops: error: ") and message in err
+
+
+def test_cuda_without_gpu_is_one_line(capsys, no_run, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main([*TINY, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA device is available" in err
+
+
+def _triton_unavailable(monkeypatch, ops=None):
+    real = _dispatch.not_supported_reasons
+
+    def reasons(backend, op, device, dtypes=()):
+        """triton cannot run ``ops`` (all when None) and can run the others; the other backends as they are."""
+        if backend == "triton":
+            return ["tensors are on cpu and TRITON_INTERPRET=1 is not set"] if ops is None or op in ops else []
+        return real(backend, op, device, dtypes)
+
+    monkeypatch.setattr(_dispatch, "not_supported_reasons", reasons)
+
+
+def test_unavailable_backend_says_skipped(tmp_path, capsys, monkeypatch):
+    _triton_unavailable(monkeypatch)
+    assert main([*TINY, "--backend", "triton", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if "skipping" in line]
+    assert skipped == ["fastat bench ops: skipping backend 'triton' on cpu: tensors are on cpu and TRITON_INTERPRET=1 "
+                       "is not set"]
+    (folder,) = tmp_path.iterdir()
+    rows = json.loads((folder / "ops.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"torch"}
+
+
+def test_skipped_backends_names_the_ops(monkeypatch):
+    _triton_unavailable(monkeypatch, ops={"atas_step"})
+    assert benchmark.skipped_backends(["torch", "triton"], ("pgd_step", "atas_step"), "cpu") == {
+        "triton": "for atas_step on cpu: tensors are on cpu and TRITON_INTERPRET=1 is not set"}
+
+    def missing(*a, **k):
+        raise ModuleNotFoundError("No module named 'fastat_kernels'", name="fastat_kernels")
+
+    monkeypatch.setattr(_dispatch, "not_supported_reasons", missing)
+    assert benchmark.skipped_backends(["triton"], ("pgd_step",), "cpu") == {
+        "triton": "on cpu: fastat_kernels is not installed"}
+
+
+def test_writes_csv_json_md_png(tmp_path, capsys):
+    assert main([*TINY, "--backend", "torch", "--out", str(tmp_path)]) == 0
+    (folder,) = tmp_path.iterdir()
+    for name in ("ops.csv", "ops.json", "ops.md", "ops.png"):
+        assert (folder / name).stat().st_size > 0
+    assert (folder / "ops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"results written to {folder}" in capsys.readouterr().out
+
+
+def test_plot_speedups_grouped_bars(tmp_path):
+    def row(op, backend, speedup, dt="fp32"):
+        return benchmark.Row(op, backend, 4, 8, dt, 1.0 / speedup, 0.0, 0.0, 1.0, speedup, 1.0, 1.0)
+
+    rows = [row(op, b, s, dt) for op in ("pgd_step", "atas_step") for dt in ("fp32", "bf16")
+            for b, s in (("torch", 1.0), ("native", 3.0), ("triton", 0.001))]
+    out = benchmark.plot_speedups(rows, tmp_path / "ops.png", {"device": "cpu", "date": "2025-01-01"})
+    assert out.stat().st_size > 0
+    only_torch = benchmark.plot_speedups(rows[:1], tmp_path / "torch.png", {"device": "cpu", "date": "2025-01-01"})
+    assert only_torch.stat().st_size > 0
