@@ -58,11 +58,12 @@ def _weights(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in t.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("method", ["atas"])  # per-example state + global RNG
-def test_resume_bit_identical(tmp_path, method):
-    straight = fit(method=method, epochs=2, out=str(tmp_path / "a"), **TINY)
+# ATAS: per-example state + global RNG; its state may live in host memory before the kill and on the device after
+@pytest.mark.parametrize("first_hp", [{}, {"state_device": "cpu"}], ids=["device-state", "host-state-then-device"])
+def test_resume_bit_identical(tmp_path, first_hp):
+    straight = fit(method="atas", epochs=2, out=str(tmp_path / "a"), **TINY)
     # a run killed after epoch 1 (its checkpoint is all that is left), then a fresh Trainer resumes it to 2
-    first = Trainer(TrainConfig(method=method, epochs=2, out=str(tmp_path / "b"), **TINY))
+    first = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path / "b"), method_kwargs=first_hp, **TINY))
     real_epoch = first.train_epoch
 
     def killed_in_epoch_2(epoch):
@@ -73,33 +74,11 @@ def test_resume_bit_identical(tmp_path, method):
     first.train_epoch = killed_in_epoch_2
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    resumed = Trainer(TrainConfig(method=method, epochs=2, out=str(tmp_path / "b"), **TINY))
-    assert resumed.resume() and resumed.epoch == 1
+    resumed = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path / "b"), **TINY))
+    assert resumed.resume() and resumed.epoch == 1 and resumed.method.state_device is None
     resumed.fit()
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
-def test_atas_host_state_trains_bit_identically_and_resumes_either_way(tmp_path):
-    straight = fit(method="atas", epochs=2, **TINY)
-    first = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path), **TINY,
-                                method_kwargs={"state_device": "cpu"}))
-    real_epoch = first.train_epoch
-
-    def killed_in_epoch_2(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(epoch)
-
-    first.train_epoch = killed_in_epoch_2
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
-    resumed = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path), **TINY))  # device state now
-    assert resumed.resume() and resumed.method.state_device is None
-    resumed.fit()
-    a, b = _weights(straight), _weights(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
