@@ -97,3 +97,35 @@ def test_plot_speedups_grouped_bars(tmp_path):
     assert out.stat().st_size > 0
     only_torch = benchmark.plot_speedups(rows[:1], tmp_path / "torch.png", {"device": "cpu", "date": "2025-01-01"})
     assert only_torch.stat().st_size > 0
+
+
+def test_compile_baseline_column(tmp_path, capsys):
+    """`--backend compile` times torch.compile(reference) beside the others; every row gets its speed-up over it."""
+    assert main([*TINY, "--backend", "native", "--backend", "compile", "--out", str(tmp_path)]) == 0
+    assert "| vs compile |" in capsys.readouterr().out
+    (folder,) = tmp_path.iterdir()
+    rows = json.loads((folder / "ops.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"torch", "native", "compile"}
+    by = {r["backend"]: r for r in rows}
+    assert by["compile"]["speedup_vs_compile"] == 1.0
+    assert by["native"]["speedup_vs_compile"] == pytest.approx(by["compile"]["median_ms"] / by["native"]["median_ms"])
+
+
+def test_compare_flags_regressions(tmp_path, capsys):
+    assert main([*TINY, "--backend", "torch", "--out", str(tmp_path / "old")]) == 0
+    (old,) = (tmp_path / "old").iterdir()
+    data = json.loads((old / "ops.json").read_text())
+    assert main([*TINY, "--backend", "torch", "--out", "", "--compare", str(old / "ops.csv")]) in (0, 1)  # noise
+    for r in data["rows"]:
+        r["median_ms"] /= 10  # the earlier run was 10x faster: a regression now
+    (tmp_path / "fast.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main([*TINY, "--backend", "torch", "--out", "", "--compare", str(tmp_path / "fast.json")]) == 1
+    out = capsys.readouterr().out
+    assert "1 common cases, 1 more than 10% slower" in out and "REGRESSION pgd_step [torch] 4x8 fp32" in out
+    for r in data["rows"]:
+        r["median_ms"] *= 1000
+    (tmp_path / "slow.json").write_text(json.dumps(data))
+    assert main([*TINY, "--backend", "torch", "--out", "", "--compare", str(tmp_path / "slow.json")]) == 0
+    assert main([*TINY, "--compare", str(tmp_path / "missing")]) == 2
+    assert "no benchmark results" in capsys.readouterr().err

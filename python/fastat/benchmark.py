@@ -5,8 +5,11 @@ On CUDA, time = median of CUDA-event-timed launches after warm-up with an L2 flu
 Backends are called through their implementation (`_dispatch.implementation`), so the numbers are kernel costs
 without the Python argument checks of the public wrappers. "copy floor" is a `clone()` of the gradient: a fused
 memory-bound kernel that reads g once and writes δ once costs about that; `pct_floor` compares each kernel with the
-copy time scaled to the bytes that op must move (OpSpec.bytes_moved). `write_results` saves the rows as ops.csv,
-ops.json, ops.md and ops.png (the speed-ups over PyTorch as a grouped bar chart).
+copy time scaled to the bytes that op must move (OpSpec.bytes_moved). The pseudo-backend "compile" times
+`torch.compile(reference)` (Liger-Kernel's torch_compile provider; opt-in: each op x shape compiles once, seconds to
+minutes), and every row then also has its speed-up over it. `write_results` saves the rows as ops.csv, ops.json,
+ops.md and ops.png (the speed-ups over PyTorch as a grouped bar chart); `compare` flags regressions against an
+earlier run (xformers' regression gate).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from pathlib import Path
 
 import torch
 
-from .ops import _dispatch
+from .ops import _dispatch, reference
 from .ops._schemas import HOT_PATHS
 from .ops._specs import SPECS
 
 CUDA_SHAPES = ((512, 3072), (128, 3072), (64, 150528))
 CPU_SHAPES = ((128, 784), (512, 3072))
+COMPILE = "compile"  # the torch.compile(reference) baseline, a pseudo-backend
+REGRESSION = 0.10    # `compare`: slower than the earlier run by more than this fraction
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Row:
     speedup_vs_torch: float
     copy_floor_ms: float
     floor_ratio: float  # time / (copy time scaled to the op's bytes): 1.0 = at the floor, 2.0 = twice it
+    speedup_vs_compile: float = math.nan  # over torch.compile(reference), when the "compile" baseline ran
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, reps: int = 100) -> tuple[float, float, float]:
@@ -110,17 +116,68 @@ def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dt
         for backend in ("torch",) + tuple(b for b in backends if b != "torch"):
             if _reasons(backend, op, dev):
                 continue
-            impl = _dispatch.implementation(backend, op)
-            timings[backend] = time_ms(lambda: impl(*sample.args, **sample.kwargs), dev, reps)
+            impl = _compiled_reference(op) if backend == COMPILE else _dispatch.implementation(backend, op)
+            try:
+                timings[backend] = time_ms(lambda: impl(*sample.args, **sample.kwargs), dev, reps)
+            except Exception as exc:  # noqa: BLE001 - a baseline that cannot compile this case is reported, not fatal
+                if backend != COMPILE:
+                    raise
+                print(f"fastat bench ops: torch.compile({op}) failed at {r}x{c} {dt}: "
+                      f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
         nbytes = spec.bytes_moved(sample)
         for backend, (med, p20, p80) in timings.items():
+            vs_compile = timings[COMPILE][0] / med if COMPILE in timings else math.nan
             rows.append(Row(op, backend, r, c, dt, med, p20, p80, nbytes / med / 1e6, timings["torch"][0] / med,
-                            copy_ms, med / floor_ms))
+                            copy_ms, med / floor_ms, vs_compile))
     return rows
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled_reference(op: str) -> Callable:
+    """``torch.compile`` of the op's pure-PyTorch reference (static shapes: one compilation per shape)."""
+    if op not in _COMPILED:
+        _COMPILED[op] = torch.compile(getattr(reference, op), dynamic=False)
+    return _COMPILED[op]
+
+
+def compare(rows: list[Row], old_rows: list[dict], threshold: float = REGRESSION) -> list[dict]:
+    """The cases of ``rows`` whose median is more than ``threshold`` slower than the same (op, backend, shape, grad
+    dtype) in ``old_rows`` (rows of an earlier ops.json/ops.csv), slowest first: {case..., old_ms, new_ms, ratio}."""
+    def key(r) -> tuple:
+        return (r["op"], r["backend"], int(r["rows"]), int(r["cols"]), r["grad_dtype"])
+
+    old = {key(r): float(r["median_ms"]) for r in old_rows}
+    worse = []
+    for r in rows:
+        k = key(asdict(r))
+        if k in old and r.median_ms > old[k] * (1 + threshold):
+            worse.append({**dict(zip(("op", "backend", "rows", "cols", "grad_dtype"), k)), "old_ms": old[k],
+                          "new_ms": r.median_ms, "ratio": r.median_ms / old[k]})
+    return sorted(worse, key=lambda w: -w["ratio"])
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of an earlier run: a results folder (its ops.json), an ops.json or an ops.csv."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "ops.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {str(path)!r} (a results folder, ops.json or ops.csv)")
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    try:
+        return list(json.loads(path.read_text())["rows"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{str(path)!r} is not an ops.json of `fastat bench ops` ({exc})") from None
 
 
 def _reasons(backend: str, op: str, device: torch.device) -> list[str]:
     """Why ``backend`` cannot run ``op`` on ``device`` (`_dispatch.not_supported_reasons`); empty when it can."""
+    if backend == COMPILE:
+        return []
     try:
         return _dispatch.not_supported_reasons(backend, op, device)
     except ImportError as exc:  # the triton backend's package is not installed
@@ -143,11 +200,13 @@ def skipped_backends(backends, ops, device: str | torch.device) -> dict[str, str
 def markdown(rows: list[Row], env: dict[str, str]) -> str:
     head = (f"Measured {env['date']} on {env['device']} (torch {env['torch']}, triton {env.get('triton', '-')}, "
             f"fastat {env['git']}); median of CUDA-event/`torch.utils.benchmark` timings.\n\n")
-    lines = ["| op | backend | shape (B × n) | grad | median ms | GB/s | vs PyTorch | × copy floor |",
-             "|---|---|---|---|---|---|---|---|"]
+    compiled = any(math.isfinite(r.speedup_vs_compile) for r in rows)
+    lines = ["| op | backend | shape (B × n) | grad | median ms | GB/s | vs PyTorch | " + ("vs compile | " * compiled)
+             + "× copy floor |", "|---|---|---|---|---|---|---|" + "---|" * compiled + "---|"]
     for r in rows:
+        vs = (f"{r.speedup_vs_compile:.1f}× | " if math.isfinite(r.speedup_vs_compile) else "- | ") if compiled else ""
         lines.append(f"| {r.op} | {r.backend} | {r.rows} × {r.cols} | {r.grad_dtype} | {r.median_ms:.4f} | "
-                     f"{r.gbps:.1f} | {r.speedup_vs_torch:.1f}× | {r.floor_ratio:.2f} |")
+                     f"{r.gbps:.1f} | {r.speedup_vs_torch:.1f}× | {vs}{r.floor_ratio:.2f} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -227,7 +286,9 @@ def write_results(rows: list[Row], out_dir: str | Path, env: dict[str, str]) -> 
             writer.writeheader()
             for r in rows:
                 writer.writerow({**asdict(r), **env})
-    (folder / "ops.json").write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=2))
+    strict = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(r).items()}
+              for r in rows]  # valid JSON: a baseline that did not run is null
+    (folder / "ops.json").write_text(json.dumps({"env": env, "rows": strict}, indent=2))
     (folder / "ops.md").write_text(markdown(rows, env))
     if rows:
         plot_speedups(rows, folder / "ops.png", env)

@@ -33,11 +33,15 @@ def _add_bench(subparsers) -> None:
     ops.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     ops.add_argument("--shape", action="append", help="BxN, repeatable (default: per device)")
     ops.add_argument("--op", action="append", help="op name, repeatable (default: all hot paths)")
-    ops.add_argument("--backend", action="append", help="native, triton or torch, repeatable (default: all that can "
-                                                         "run; torch, the baseline, always runs)")
+    ops.add_argument("--backend", action="append",
+                     help="native, triton, torch or compile (torch.compile of the reference; opt-in, it compiles "
+                          "each case), repeatable (default: all fused backends that can run; torch always runs)")
     ops.add_argument("--grad-dtype", action="append", choices=["fp32", "bf16"], help="default: fp32 and bf16")
     ops.add_argument("--reps", type=int, default=100, help="timed repetitions per case on CUDA (default 100)")
     ops.add_argument("--out", default="bench/results", help="folder for CSV/JSON/Markdown/PNG ('' to skip)")
+    ops.add_argument("--compare", default=None, metavar="OLD",
+                     help="an earlier results folder (or its ops.json/ops.csv): list the cases more than 10%% slower "
+                          "now and exit 1 if there are any")
     ops.set_defaults(func=_run_bench_ops)
 
 
@@ -75,21 +79,33 @@ def _run_bench_ops(args) -> int:
         unknown = [op for op in args.op or () if op not in HOT_PATHS]
         if unknown:
             raise _BenchInputError(f"--op: unknown op {unknown[0]!r}; choose from {', '.join(HOT_PATHS)}")
-        unknown = [b for b in args.backend or () if b not in BACKENDS]
+        choices = (*BACKENDS, benchmark.COMPILE)
+        unknown = [b for b in args.backend or () if b not in choices]
         if unknown:
-            raise _BenchInputError(f"--backend: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+            raise _BenchInputError(f"--backend: unknown backend {unknown[0]!r}; choose from {', '.join(choices)}")
+        old_rows = benchmark.read_rows(args.compare) if args.compare else None
         if args.reps < 1:
             raise _BenchInputError(f"--reps must be >= 1, got {args.reps}")
-    except (_BenchInputError, ValueError) as exc:
+    except (_BenchInputError, ValueError, OSError) as exc:
         print(f"fastat bench ops: error: {exc}", file=sys.stderr)
         return 2
     ops = tuple(dict.fromkeys(args.op)) if args.op else HOT_PATHS
     for backend, why in benchmark.skipped_backends(args.backend or (), ops, device).items():
         print(f"fastat bench ops: skipping backend {backend!r} {why}", file=sys.stderr)
-    benchmark.run(str(device), args.out or None, shapes=shapes, ops=ops,
-                  backends=tuple(dict.fromkeys(args.backend)) if args.backend else None,
-                  grad_dtypes=tuple(args.grad_dtype or ("fp32", "bf16")), reps=args.reps)
-    return 0
+    rows = benchmark.run(str(device), args.out or None, shapes=shapes, ops=ops,
+                         backends=tuple(dict.fromkeys(args.backend)) if args.backend else None,
+                         grad_dtypes=tuple(args.grad_dtype or ("fp32", "bf16")), reps=args.reps)
+    if old_rows is None:
+        return 0
+    worse = benchmark.compare(rows, old_rows)
+    matched = len({(r.op, r.backend, r.rows, r.cols, r.grad_dtype) for r in rows} & {
+        (o["op"], o["backend"], int(o["rows"]), int(o["cols"]), o["grad_dtype"]) for o in old_rows})
+    print(f"compared with {args.compare}: {matched} common cases, {len(worse)} more than "
+          f"{benchmark.REGRESSION:.0%} slower")
+    for w in worse:
+        print(f"  REGRESSION {w['op']} [{w['backend']}] {w['rows']}x{w['cols']} {w['grad_dtype']}: "
+              f"{w['old_ms']:.4f} -> {w['new_ms']:.4f} ms ({w['ratio']:.2f}x)")
+    return 1 if worse else 0
 
 
 def _run_info(args) -> int:
