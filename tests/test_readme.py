@@ -33,7 +33,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SKIP_MARK = re.compile(r"#\s*readme-test:\s*skip\b")
-EXTERNAL_FLAGS = {"--no-build-isolation", "--nproc_per_node", "--benchmark-only"}  # pip, torchrun, pytest-benchmark
+EXTERNAL_FLAGS = {"--no-build-isolation", "--nproc_per_node", "--benchmark-only",  # pip, torchrun, pytest-benchmark
+                  "--early-stop"}  # locuslab/fast_adversarial (WONG), named where fastat mirrors it
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 # `fastat <cmd>` / `python -m fastat <cmd>` / `torchrun ... -m fastat <cmd>`; "bench ops" is a nested command.
 COMMAND = re.compile(r"(?<![\w./-])fastat\s+(bench\s+ops|train|sweep|eval|plot|info)\b")

@@ -390,3 +390,28 @@ def test_atas_warns_when_warm_up_covers_the_run():
 
     with pytest.warns(UserWarning, match="warmup_epochs"):
         ATAS(eps=0.1, epochs=3)
+
+
+def test_wong_co_check_uses_the_first_training_batch_in_train_mode(tmp_path):
+    from fastat.train import WongCODetector
+
+    t = fit(method="fgsm_rs", epochs=2, out=str(tmp_path), co_check="wong", **{**TINY, "co_steps": 5})
+    assert isinstance(t.monitor, WongCODetector) and len(t.monitor.history) == 2
+    assert [r["co_pgd_acc"] for r in t.history] == t.monitor.history
+    assert json.loads((tmp_path / "run.json").read_text())["co_check"] == "wong"
+    x, y = t._first_batch
+    assert x.shape[0] == TINY["batch_size"]
+    # standalone: train mode (BN batch statistics, running ones updated), a drop from the previous epoch
+    from fastat.models import build_model
+
+    model = build_model("small-cnn", in_channels=1, num_classes=10, input_size=(28, 28), width=4, hidden=8)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    det = WongCODetector(eps=0.2, steps=2, previous=0.9)
+    acc, co = det.check(model, x, y)
+    assert co == (acc < 0.7) and det.previous == acc and model.training
+    assert not torch.equal(bn.running_mean, before)
+    det.load_state_dict({"previous": 0.1, "history": [0.1]})
+    assert det.check(model, x, y)[1] is False and det.history[0] == 0.1
+    with pytest.raises(ConfigError, match="co_check"):
+        TrainConfig(method="fgsm", co_check="nope", **TINY).validate()

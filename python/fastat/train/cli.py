@@ -83,6 +83,9 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
     add("--co-steps", type=int, default=10, help="PGD steps of the catastrophic-overfitting check")
     add("--co-drop", type=float, default=0.2,
         help="CO when the check's PGD accuracy falls this much (absolute) below its best")
+    add("--co-check", default="test", choices=["test", "wong"],
+        help="the CO check: PGD on a fixed test batch vs its best (test), or WONG's --early-stop check, PGD on the "
+             "epoch's first training batch in train mode vs the previous epoch (wong; WONG uses --co-steps 5)")
     add("--on-co", default="log", choices=["log", "stop", "rollback"],
         help="on catastrophic overfitting: log it, stop, or roll back to the last good epoch and make the method "
              "more conservative (ZeroGrad q + 0.1, α × 0.8, ...)")
@@ -127,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        compile=args.compile,
                        eval_n=args.eval_n,
                        eval_steps=args.eval_steps, co_batch=args.co_batch, co_steps=args.co_steps,
-                       co_drop=args.co_drop, on_co=args.on_co, progress=not args.no_progress,
+                       co_drop=args.co_drop, co_check=args.co_check, on_co=args.on_co, progress=not args.no_progress,
                        final_eval=args.final_eval, final_n=args.final_n)
 
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .monitor import CO_ACTIONS
+from .monitor import CO_ACTIONS, CO_CHECKS
 from .schedules import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -98,6 +98,7 @@ class TrainConfig:
     co_batch: int = 256
     co_steps: int = 10
     co_drop: float = 0.2
+    co_check: str = "test"               # "test": fixed test batch vs the best; "wong": first training batch vs previous
     on_co: str = "log"
     max_rollbacks: int = 5
     q_step: float = 0.1
@@ -155,6 +156,8 @@ class TrainConfig:
         if self.attack_precision is not None and self.attack_precision not in PRECISIONS:
             raise ConfigError(f"argument 'attack_precision' must be one of {', '.join(PRECISIONS)} (or None: the "
                               f"training precision), got {self.attack_precision!r}")
+        if self.co_check not in CO_CHECKS:
+            raise ConfigError(f"argument 'co_check' must be one of {', '.join(CO_CHECKS)}, got {self.co_check!r}")
         if self.on_co not in CO_ACTIONS:
             raise ConfigError(f"argument 'on_co' must be one of {', '.join(CO_ACTIONS)}, got {self.on_co!r}")
         if self.on_co == "rollback" and self.out is None:

@@ -1,7 +1,13 @@
-"""Catastrophic-overfitting monitor: a cheap PGD check on one fixed batch after every epoch.
+"""Catastrophic-overfitting monitors: a cheap PGD check after every epoch.
 
-CO shows as PGD accuracy collapsing while clean accuracy keeps rising. The monitor flags an epoch when the batch's
-PGD accuracy falls more than ``drop`` (absolute) below the best seen so far, or below ``floor`` once it was above it.
+CO shows as PGD accuracy collapsing while clean accuracy keeps rising. Two checks (`--co-check`):
+
+* `COMonitor` ("test", the default): PGD on one fixed batch of test images in eval mode; flags an epoch when its PGD
+  accuracy falls more than ``drop`` (absolute) below the best seen so far, or below ``floor`` once it was above it.
+* `WongCODetector` ("wong"): WONG's ``--early-stop`` check (`train_fgsm.py:130-140`, methods.md §1, §10): PGD on the
+  first training batch of the epoch with the model left in train mode; flags a drop of more than ``drop`` from the
+  previous epoch. Usable on its own in any training loop.
+
 Actions (`--on-co`): "log" (record only), "stop" (end training), "rollback" (the ZeroGrad paper's §6.2 procedure:
 restore the last good checkpoint, make the method less prone to CO — q + q_step for ZeroGrad, α × alpha_factor for
 FGSM-style methods, λ / alpha_factor for GradAlign, smaller step bounds for ATAS and APART (`Method.strengthen`) —
@@ -10,15 +16,18 @@ and continue).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 CO_ACTIONS = ("log", "stop", "rollback")
+CO_CHECKS = ("test", "wong")
 
-__all__ = ["CO_ACTIONS", "COMonitor", "strengthen"]
+__all__ = ["CO_ACTIONS", "CO_CHECKS", "COMonitor", "WongCODetector", "strengthen"]
 
 
 @dataclass
@@ -52,6 +61,74 @@ class COMonitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.history = float(state["best"]), list(state["history"])
+
+
+@dataclass
+class WongCODetector:
+    """WONG's catastrophic-overfitting check (``--early-stop`` of locuslab/fast_adversarial): after each epoch, PGD-
+    ``steps`` (α = ``alpha``, default ε/4, i.e. WONG's 2/255 at 8/255; one random start, box-clipped; early stop: only
+    samples still classified correctly take a step) on the epoch's first training batch, the model left in
+    ``bn_mode`` "train" as WONG does (BatchNorm uses the batch's statistics and updates its running ones); CO when
+    the robust accuracy falls more than ``drop`` below the previous epoch's (WONG then stops and keeps the previous
+    epoch's weights: fastat's ``last_good.pt``). WONG runs 5 steps (``--co-steps 5``).
+
+    In your own loop::
+
+        detector = WongCODetector(eps=8 / 255)
+        for epoch in range(epochs):
+            for i, (x, y) in enumerate(loader):
+                first = (x, y) if i == 0 else first
+                ...
+            acc, co = detector.check(model, *first)
+    """
+
+    eps: float
+    alpha: float | None = None
+    steps: int = 5
+    drop: float = 0.2
+    bn_mode: str = "train"
+    previous: float = 0.0
+    history: list[float] = field(default_factory=list)
+
+    def check(self, model: nn.Module, x: Tensor, y: Tensor, precision: str = "fp32", *,
+              distributed: bool | None = None) -> tuple[float, bool]:
+        """(robust accuracy on (x, y), whether it signals catastrophic overfitting). ``distributed``: sum the counts
+        over the process group (each rank checks its own share of the batch)."""
+        from .. import distributed as dist_
+        from .. import ops
+        from ..methods.base import attack_mode, frozen_parameters
+
+        alpha = self.eps / 4 if self.alpha is None else self.alpha
+        x, y = x.detach().float(), y.detach()
+        cast = torch.autocast(x.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
+            if precision in ("bf16", "fp16") else contextlib.nullcontext()
+        with attack_mode(model, self.bn_mode), frozen_parameters(model):
+            delta = ops.uniform_init(x, self.eps)
+            for _ in range(self.steps):
+                x_in = (x + delta).requires_grad_(True)
+                with torch.enable_grad(), cast:
+                    logits = model(x_in)
+                active = logits.argmax(1) == y
+                if not bool(active.any()):
+                    break
+                grad, = torch.autograd.grad(F.cross_entropy(logits.float(), y), x_in)
+                delta = ops.pgd_step(delta, grad, x, self.eps, alpha, active)
+            with torch.no_grad(), cast:
+                correct = (model(x + delta).argmax(1) == y).sum().float()
+        counts = torch.stack([correct, torch.tensor(float(y.shape[0]), device=correct.device)])
+        if distributed or (distributed is None and dist_.current().enabled):
+            counts = dist_.all_reduce_sum(counts)
+        acc = float(counts[0] / counts[1].clamp(min=1))
+        co = acc - self.previous < -self.drop
+        self.history.append(acc)
+        self.previous = acc
+        return acc, co
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"previous": self.previous, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.previous, self.history = float(state["previous"]), list(state["history"])
 
 
 def strengthen(method: Any, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:

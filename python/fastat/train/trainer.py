@@ -55,7 +55,7 @@ from torch import nn
 from .. import distributed as dist_
 from ..checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .monitor import COMonitor, strengthen
+from .monitor import COMonitor, WongCODetector, strengthen
 from .records import MetricsWriter, final_eval_table
 from .schedules import make_scheduler
 
@@ -205,8 +205,10 @@ class Trainer:
         self.x_eval = test.images[:n_eval].float().div(255).to(self.device)
         self.y_eval = test.labels[:n_eval].long().to(self.device)
         n_co = min(cfg.co_batch, n_eval)
-        self.monitor = COMonitor(self.x_eval[:n_co], self.y_eval[:n_co], cfg.eps, steps=cfg.co_steps,
-                                 drop=cfg.co_drop)
+        self.monitor: COMonitor | WongCODetector = (
+            COMonitor(self.x_eval[:n_co], self.y_eval[:n_co], cfg.eps, steps=cfg.co_steps, drop=cfg.co_drop)
+            if cfg.co_check == "test" else WongCODetector(cfg.eps, steps=cfg.co_steps, drop=cfg.co_drop))
+        self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # this epoch's, for the "wong" check
         self.out = Path(cfg.out) if cfg.out else None
         try:
             self.writer = MetricsWriter(self.out, plot=cfg.plot) if self.out and self.dist.is_main else None
@@ -463,9 +465,12 @@ class Trainer:
         t0 = time.perf_counter()
         show = cfg.progress and self.dist.is_main
         bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show)
+        self._first_batch = None
         for x, y, info in bar:
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
+            if self._first_batch is None:  # the "wong" CO check's batch (the loader may reuse its buffers)
+                self._first_batch = (x.detach().clone(), y.detach().clone())
             self.step(x, y, info, epoch)
             tot_n += y.shape[0]
             if show and bar.n % 10 == 0:
@@ -632,7 +637,7 @@ class Trainer:
             row.update(self.evaluate())
             if self.ema is not None:
                 row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema).items() if k != "eval_seconds"})
-            co_acc, co = self.monitor.check(self.model, cfg.precision, distributed=self.dist.enabled)
+            co_acc, co = self._co_check()
             if not math.isfinite(row["train_loss"]):  # diverged (lr too high, fp16 overflow): handled as CO
                 row["diverged"] = co = True
                 self._say(f"epoch {epoch}: the training loss is {row['train_loss']} (diverged); handled as "
@@ -660,6 +665,14 @@ class Trainer:
         if cfg.final_eval != "none" and self.final is None:
             self.final_evaluation()
         return self.history
+
+    def _co_check(self) -> tuple[float, bool]:
+        """The CO monitor's (accuracy, CO?) after an epoch: the fixed test batch, or the epoch's first training batch
+        ("wong")."""
+        if isinstance(self.monitor, WongCODetector):
+            return self.monitor.check(self.model, *self._first_batch, self.cfg.precision,
+                                      distributed=self.dist.enabled)
+        return self.monitor.check(self.model, self.cfg.precision, distributed=self.dist.enabled)
 
     def final_evaluation(self) -> dict[str, Any]:
         """PGD-50-10 (α = ε/4, fp32, seed 0) and, with ``final_eval="pgd+aa"``, standard AutoAttack on the first
@@ -729,7 +742,8 @@ class Trainer:
             "model": self.model_config or {"name": type(self.model).__name__, "custom": True},
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "train_examples": self.loader.num_examples, "steps_per_epoch": len(self.loader),
-            "eval_n": int(self.x_eval.shape[0]), "co_batch": int(self.monitor.x.shape[0]),
+            "eval_n": int(self.x_eval.shape[0]), "co_check": self.cfg.co_check,
+            "co_batch": int(self.monitor.x.shape[0]) if isinstance(self.monitor, COMonitor) else self.cfg.batch_size,
             "world_size": self.dist.world_size, "device": device, "ops_backend": ops.get_backend(),
             "versions": {"fastat": __version__, "torch": torch.__version__, "python": platform.python_version(),
                          "cuda": torch.version.cuda},
