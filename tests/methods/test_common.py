@@ -37,6 +37,18 @@ def test_x_adv_in_ball_and_box(name, epoch):
         assert dist > 0.5 * method.eps  # it moved
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_first_batch_outside_the_pixel_box_is_refused(name):
+    """0..255 images or normalised inputs are the classic mistake (normalisation belongs inside the model)."""
+    model, (x, y) = tiny_net(), data()
+    for bad in (x * 255, x - 0.5, torch.where(x > 0.5, float("nan"), x)):
+        with pytest.raises(ValueError, match=r"argument 'x' must be images in \[0, 1\]"):
+            make(name).perturb(model, bad, y, batch_info())
+    method = make(name)
+    method.perturb(model, x, y, batch_info())  # checked once: later batches are not read on the host
+    method.perturb(model, x * 255, y, batch_info())
+
+
 def test_n_fgsm_reaches_beyond_eps_but_within_3eps():
     model, (x, y) = tiny_net(), data(b=32)
     method = make("n_fgsm")

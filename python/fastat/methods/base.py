@@ -176,6 +176,7 @@ class Method:
             setattr(self, key, value)
         self.generator: torch.Generator | None = None
         self.freeze_parameters = True
+        self._range_checked = False  # the first batch's x is checked to lie in [0, 1] (see `_check_inputs`)
 
     # ---- description
     @property
@@ -304,6 +305,15 @@ class Method:
         if x.dim() < 1 or not isinstance(y, Tensor) or tuple(y.shape) != (x.shape[0],):
             fail(owner, ValueError, f"argument 'y' must have shape (B,) = ({x.shape[0] if x.dim() else '?'},), "
                                     f"got {tuple(getattr(y, 'shape', ()))}")
+        # Pixel space: x in [0, 1], normalisation inside the model (fra31/auto-attack#13). Checked on the first batch
+        # only: the check reads x on the host, and a per-step sync would cost what the fused ops save.
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not self._range_checked and not capturing and x.numel():
+            lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+            if not (0.0 <= lo and hi <= 1.0):  # NaN fails too
+                fail(owner, ValueError, f"argument 'x' must be images in [0, 1] (pixel space; normalisation belongs "
+                                        f"inside the model), got values in [{lo:.4g}, {hi:.4g}]")
+            self._range_checked = True
 
     def _need_batch(self, batch: BatchInfo | None, x: Tensor) -> BatchInfo:
         if batch is None:
