@@ -61,7 +61,9 @@ class ATAS(Method):
 
     Deviations: δ is written back right after the attack instead of after the weight update (the same values: the
     write-back does not depend on the update). The official evaluation on padded 40×40 test images (§6.4) is not a
-    property of the method; fastat evaluates at the training resolution.
+    property of the method; fastat evaluates at the training resolution. Nor is the model's normalisation: the
+    official code normalises CIFAR with ImageNet's μ/σ inside its model (methods.md §0.1); fastat's models use the
+    data set's (pass ``mean``/``std`` to `build_model` for the official constants).
     """
 
     name = "atas"
