@@ -75,7 +75,7 @@ except ImportError:  # not installed: use the source tree
 
 import torch
 from fastat.train import TrainConfig, parse_number, parse_value
-from fastat.train.records import read_json, run_identity
+from fastat.train.records import read_json, run_identity, same_run
 from fastat.train.sweeps import finished_result, parse_hp, parse_methods, split_overrides, train_run
 
 ALL = ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign", "apart", "pgd")
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, cfg in order:
         spec = run_identity(cfg)
         prior = merged.get(label)
-        if prior is not None and (args.report_only or prior.get("spec") == spec):
+        if prior is not None and (args.report_only or same_run(prior.get("spec"), spec)):
             results[label] = prior
             continue
         if args.report_only:

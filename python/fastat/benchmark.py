@@ -132,14 +132,11 @@ def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dt
     return rows
 
 
-_COMPILED: dict[str, Callable] = {}
-
-
 def _compiled_reference(op: str) -> Callable:
-    """``torch.compile`` of the op's pure-PyTorch reference (static shapes: one compilation per shape)."""
-    if op not in _COMPILED:
-        _COMPILED[op] = torch.compile(getattr(reference, op), dynamic=False)
-    return _COMPILED[op]
+    """A fresh ``torch.compile`` of the op's pure-PyTorch reference for one case (static shapes). Dynamo is reset
+    first: its recompile limit counts per function, and past it the "compiled" baseline would silently run eager."""
+    torch._dynamo.reset()
+    return torch.compile(getattr(reference, op), dynamic=False)
 
 
 def compare(rows: list[Row], old_rows: list[dict], threshold: float = REGRESSION) -> list[dict]:

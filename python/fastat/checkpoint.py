@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise CheckpointError(f"checkpoint {str(path)!r} is a directory, expected a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise
     except Exception as exc:  # junk bytes surface as almost any exception type from the unpickler (KeyError, ...)
+        if isinstance(exc, RuntimeError) and zipfile.is_zipfile(path) and "PytorchStreamReader" not in str(exc):
+            # a readable torch file that could not be placed (e.g. CUDA tensors on a machine without a GPU)
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded with map_location={map_location!r}: "
+                                  f"{first}") from None
         text = str(exc)
         if "WeightsUnpickler error:" in text:  # the unpickler's finding, after torch's "weights_only=False" advice
             text = text.split("WeightsUnpickler error:", 1)[1]

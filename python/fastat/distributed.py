@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["Dist", "all_gather_object", "all_gather_rows", "all_reduce_sum", "backend", "barrier", "broadcast_",
-           "broadcast_object", "current", "env_world_size", "init", "local_cuda_index", "shard_range", "shutdown"]
+           "broadcast_object", "current", "env_rank", "env_world_size", "init", "local_cuda_index", "shard_range",
+           "shutdown"]
 
 BACKENDS = ("nccl", "gloo")
 
@@ -49,6 +50,14 @@ def env_world_size() -> int:
         return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
     except ValueError:
         return 1
+
+
+def env_rank() -> int:
+    """RANK as torchrun sets it (0 when unset or malformed: one process)."""
+    try:
+        return max(int(os.environ.get("RANK", "0")), 0)
+    except ValueError:
+        return 0
 
 
 def _env_int(name: str) -> int:

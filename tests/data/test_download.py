@@ -76,3 +76,13 @@ def test_eval_cli_download_flag(tmp_path, fake_torchvision, capsys):
             "--restarts", "1", "--device", "cpu", "--no-progress"]
     assert cli.main(args) == 2 and "--download" in capsys.readouterr().err
     assert cli.main(args + ["--download"]) == 0 and fake_torchvision.calls
+
+
+def test_present_data_is_read_without_the_lock(tmp_path, fake_torchvision, monkeypatch):
+    """The data is there: --download must not touch the root (the embedded copy's folder is read-only)."""
+    root = tmp_path / "mnist"
+    load_dataset("mnist", root=root, split="train", download=True)
+    (root / ".fastat-download.lock").unlink()
+    monkeypatch.setattr(datasets, "_download_lock", lambda root: pytest.fail("locked a root that needs nothing"))
+    assert len(load_dataset("mnist", root=root, split="test", download=True)) == 12
+    assert not (root / ".fastat-download.lock").exists() and len(fake_torchvision.calls) == 1

@@ -58,3 +58,17 @@ def test_read_metrics_corrupt_line_names_file_and_line(tmp_path):
 def test_read_metrics_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
         read_metrics(tmp_path)
+
+
+def test_same_run_across_versions_and_placements():
+    from fastat.train import TrainConfig
+    from fastat.train.records import run_identity, same_run
+
+    new = run_identity(TrainConfig(method="atas", device="cpu", method_kwargs={"state_device": "cpu", "c": 0.02}))
+    assert "state_device" not in new["method_kwargs"]  # where a process keeps state is not the experiment
+    old = {k: v for k, v in new.items() if k not in ("pad_mode", "drop_last", "attack_precision", "co_check")}
+    old["method_kwargs"] = {"c": 0.02, "state_device": "cpu"}  # written before those fields existed
+    assert same_run(old, new)
+    assert not same_run({**old, "pad_mode": "reflect"}, new)
+    assert same_run({**old, "final_n": 5}, new, free=("final_n",)) and not same_run({**old, "final_n": 5}, new)
+    assert not same_run(None, new) and not same_run([], new)

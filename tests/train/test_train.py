@@ -58,24 +58,28 @@ def _weights(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in t.model.state_dict().items()}
 
 
-# ATAS: per-example state + global RNG; its state may live in host memory before the kill and on the device after
+# ATAS: per-example state + global RNG, adaptive steps from epoch 1 and a δ reset at epoch 2 of 3; its state may live
+# in host memory before the kill and on the device after
 @pytest.mark.parametrize("first_hp", [{}, {"state_device": "cpu"}], ids=["device-state", "host-state-then-device"])
 def test_resume_bit_identical(tmp_path, first_hp):
-    straight = fit(method="atas", epochs=2, out=str(tmp_path / "a"), **TINY)
-    # a run killed after epoch 1 (its checkpoint is all that is left), then a fresh Trainer resumes it to 2
-    first = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path / "b"), method_kwargs=first_hp, **TINY))
+    hp = {"warmup_epochs": 0, "reset_every": 2}
+    straight = fit(method="atas", epochs=3, out=str(tmp_path / "a"), method_kwargs=hp, **TINY)
+    # a run killed in epoch 3 (its checkpoint after epoch 2 is all that is left), then a fresh Trainer resumes it
+    first = Trainer(TrainConfig(method="atas", epochs=3, out=str(tmp_path / "b"), method_kwargs={**hp, **first_hp},
+                                **TINY))
     real_epoch = first.train_epoch
 
-    def killed_in_epoch_2(epoch):
-        if epoch == 2:
+    def killed_in_epoch_3(epoch):
+        if epoch == 3:
             raise KeyboardInterrupt
         return real_epoch(epoch)
 
-    first.train_epoch = killed_in_epoch_2
+    first.train_epoch = killed_in_epoch_3
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    resumed = Trainer(TrainConfig(method="atas", epochs=2, out=str(tmp_path / "b"), **TINY))
-    assert resumed.resume() and resumed.epoch == 1 and resumed.method.state_device is None
+    resumed = Trainer(TrainConfig(method="atas", epochs=3, out=str(tmp_path / "b"), method_kwargs=hp, **TINY))
+    assert resumed.resume() and resumed.epoch == 2 and resumed.method.state_device is None
+    assert resumed.method.v_buf.any()  # the adaptive phase ran (v is only updated after warm-up)
     resumed.fit()
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
@@ -346,7 +350,10 @@ def test_cli_out_that_is_a_file_or_holds_a_run(tmp_path, capsys):
     assert main(BASE + run) == 0
     assert main(BASE + run) == 2  # a finished run is not overwritten by accident
     assert "already holds a run" in capsys.readouterr().err
+    (tmp_path / "r" / "final_eval.json").write_text("{}")  # from the old run: must not outlive --overwrite
     assert main(BASE + run + ["--overwrite"]) == 0
+    assert not (tmp_path / "r" / "final_eval.json").exists() and (tmp_path / "r" / "checkpoint.pt").exists()
+    assert main(BASE + run + ["--overwrite", "--resume"]) == 2
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     capsys.readouterr()
     assert main(BASE + run + ["--resume"]) == 2
@@ -415,3 +422,17 @@ def test_wong_co_check_uses_the_first_training_batch_in_train_mode(tmp_path):
     assert det.check(model, x, y)[1] is False and det.history[0] == 0.1
     with pytest.raises(ConfigError, match="co_check"):
         TrainConfig(method="fgsm", co_check="nope", **TINY).validate()
+
+
+def test_wong_check_runs_before_the_evaluation_so_logged_numbers_are_the_saved_weights(tmp_path):
+    t = fit(method="fgsm_rs", epochs=1, out=str(tmp_path), co_check="wong", **TINY)
+    logged = t.history[-1]
+    again = t.evaluate()  # the model as saved: the train-mode check must not have moved BN after the evaluation
+    assert (again["clean_acc"], again["pgd_acc"]) == (logged["clean_acc"], logged["pgd_acc"])
+
+
+def test_resume_refusal_names_a_changed_default(tmp_path):
+    fit(method="fgsm_rs", epochs=1, out=str(tmp_path), **{**TINY, "lr_peak": 0.4})
+    t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY))
+    with pytest.raises(ConfigError, match=r"default of lr_peak changed from 0\.4 to 0\.5 .*pass lr_peak=0\.4"):
+        t.resume()

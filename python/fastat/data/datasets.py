@@ -141,8 +141,13 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         return _load_image_folder(root, split, download=download, **kw)
     if kw:
         raise ValueError(f"load_dataset: unexpected options {sorted(kw)} for dataset {key!r}")
-    with _download_lock(root) if download else contextlib.nullcontext():
-        images, labels, classes = _READERS[key](root, split, download)
+    try:  # what is there already is read without the lock (the root may be read-only, e.g. the Debian package's)
+        images, labels, classes = _READERS[key](root, split, False)
+    except FileNotFoundError:
+        if not download:
+            raise
+        with _download_lock(root):
+            images, labels, classes = _READERS[key](root, split, True)
     spec = SPECS[key]
     return ImageDataset(key, split, images, labels, spec.num_classes, spec.mean, spec.std, spec.eps, spec.pad,
                         spec.flip, str(root), classes)

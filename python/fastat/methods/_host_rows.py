@@ -34,7 +34,7 @@ class HostRows:
     @staticmethod
     def host_index(index: Tensor) -> Tensor:
         """``index`` as int64 on the host (a device→host copy, hence a sync, when it lives on an accelerator)."""
-        return index.to(device="cpu", dtype=torch.int64)
+        return index.to(device="cpu", dtype=torch.int64, copy=True)  # a copy: the write-back in flight keeps it
 
     def fetch(self, buffers: Sequence[Tensor], index: Tensor, device: torch.device) -> list[Tensor]:
         """Copies of ``buf[index]`` for each host buffer, on ``device`` (new tensors the caller may update)."""
@@ -62,7 +62,7 @@ class HostRows:
             s.copy_(r, non_blocking=True)
             staged.append(s)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(rows[0].device))  # the stream the copies above were queued on
         self._pending = (list(buffers), index, staged, event)
 
     def flush(self) -> None:

@@ -137,13 +137,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..checkpoint import CheckpointError
-    from .trainer import CKPT, Trainer
+    from .trainer import CKPT, RUN_FILES, Trainer
 
     try:
         cfg = config_from_args(args)
+        if args.resume and args.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other (continue the run in --out, or replace it)")
         if args.out and (Path(args.out) / CKPT).exists() and not (args.resume or args.overwrite):
             raise ConfigError(f"{args.out!r} already holds a run ({CKPT}): pass --resume to continue it, "
                               "--overwrite to replace it, or another --out")
+        if args.out and args.overwrite and distributed.env_rank() == 0:  # the old run's files, before anything reads
+            for name in RUN_FILES:  # them (a roll-back to its last_good.pt, its final_eval.json in `fastat plot`)
+                (Path(args.out) / name).unlink(missing_ok=True)
         trainer = Trainer(cfg)
     except ConfigError as exc:
         print(f"fastat train: error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["FINISHED", "VOLATILE", "MetricsWriter", "final_eval_table", "plot_curves", "plot_sweep", "read_json",
-           "read_metrics", "run_identity", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
+           "read_metrics", "run_identity", "same_run", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
 
 # TrainConfig fields that do not change what a run computes (where it writes, how it reports, where the data is read
 # from, which GPU index): two configs equal in everything else are the same experiment.
@@ -86,10 +86,42 @@ def final_eval_table(reports: dict[str, dict[str, Any]]) -> str:
 
 def run_identity(config: Any) -> dict[str, Any]:
     """What makes two runs the same experiment: the `TrainConfig` (a dataclass with ``to_dict``) without the
-    `VOLATILE` fields, plus the device type ("cpu" / "cuda"), JSON-normalised (tuples become lists)."""
+    `VOLATILE` fields and the methods' placement hyper-parameters (ATAS ``state_device``: where a process keeps its
+    state), plus the device type ("cpu" / "cuda"), JSON-normalised (tuples become lists). Compare two with
+    `same_run`."""
     d = {k: v for k, v in config.to_dict().items() if k not in VOLATILE}
     d["device_type"] = str(config.device).split(":")[0]
-    return json.loads(json.dumps(d, sort_keys=True, default=str))
+    return _normalised(json.loads(json.dumps(d, sort_keys=True, default=str)))
+
+
+def same_run(old: Any, new: dict[str, Any], free: Any = ()) -> bool:
+    """Whether a stored identity ``old`` (None, or a `run_identity` written by any fastat version) names the same
+    experiment as ``new``, ignoring the keys in ``free``. A field newer than ``old`` counts at its default (the value
+    that run was trained with)."""
+    if not isinstance(old, dict):
+        return False
+    skip = set(free)
+    old = {**_default_identity(), **_normalised(old)}
+    new = {**_default_identity(), **new}
+    return {k: v for k, v in old.items() if k not in skip} == {k: v for k, v in new.items() if k not in skip}
+
+
+def _normalised(identity: dict[str, Any]) -> dict[str, Any]:
+    from ..methods import METHODS
+
+    placement = {name for cls in METHODS.values() for name in cls.placement_hparams}
+    kwargs = identity.get("method_kwargs")
+    if isinstance(kwargs, dict) and placement & set(kwargs):
+        identity = {**identity, "method_kwargs": {k: v for k, v in kwargs.items() if k not in placement}}
+    return identity
+
+
+def _default_identity() -> dict[str, Any]:
+    """`run_identity` of the default `TrainConfig`, without the keys every identity has (method, device type)."""
+    from .config import TrainConfig
+
+    d = run_identity(TrainConfig())
+    return {k: v for k, v in d.items() if k not in ("method", "method_kwargs", "device_type")}
 
 
 def read_json(path: str | Path) -> Any:

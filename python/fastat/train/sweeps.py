@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .. import distributed as dist_
 from .config import ConfigError, TrainConfig, parse_value
-from .records import (FINISHED, plot_sweep, read_json, run_identity, summarize_epochs, sweep_aggregate, sweep_markdown,
-                      sweep_run_row)
+from .records import (FINISHED, plot_sweep, read_json, run_identity, same_run, summarize_epochs, sweep_aggregate,
+                      sweep_markdown, sweep_run_row)
 
 __all__ = ["CONFIG_FIELDS", "add_parser", "finished_result", "parse_hp", "parse_methods", "run", "split_overrides",
            "sweep", "train_run"]
@@ -102,7 +102,7 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
 def finished_result(run_dir: Path, spec: dict[str, Any], result_file: str = RESULT) -> dict[str, Any] | None:
     """The result record of a finished run in ``run_dir`` with these settings, else None."""
     prior = read_json(Path(run_dir) / result_file)
-    return prior if isinstance(prior, dict) and prior.get("spec") == spec else None
+    return prior if isinstance(prior, dict) and same_run(prior.get("spec"), spec) else None
 
 
 def train_run(label: str, cfg: TrainConfig, run_dir: Path, *, spec_file: str = SPEC, result_file: str = RESULT,
@@ -122,8 +122,7 @@ def train_run(label: str, cfg: TrainConfig, run_dir: Path, *, spec_file: str = S
     resume = False
     if dist_.current().is_main:
         old, free = read_json(run_dir / spec_file), set(resume_free)
-        same = isinstance(old, dict) and {k: v for k, v in old.items() if k not in free} == \
-            {k: v for k, v in spec.items() if k not in free}
+        same = same_run(old, spec, free)
         resume = same and (run_dir / CKPT).exists()
         if run_dir.exists() and not resume and not (same and not move_unfinished) and any(run_dir.iterdir()):
             stale = run_dir.with_name(f"{run_dir.name}.old-{datetime.datetime.now():%Y%m%d-%H%M%S}")

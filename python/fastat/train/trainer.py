@@ -87,6 +87,10 @@ RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eva
                          "max_rollbacks", "final_eval", "final_n", "compile", "download"})
 FINAL = "final_eval.json"
 FINAL_STEPS, FINAL_RESTARTS = 50, 10
+# TrainConfig defaults that changed: {field: (old, new, date)}, named when a resume is refused over them
+CHANGED_DEFAULTS = {"lr_peak": (0.4, 0.5, "2026-12-01")}
+# what a run writes into its folder (`fastat train --overwrite` removes them first)
+RUN_FILES = (CKPT, GOOD, BEST, FINAL, "run.json", "metrics.jsonl", "metrics.csv", "curves.png")
 
 
 class Trainer:
@@ -469,7 +473,7 @@ class Trainer:
         for x, y, info in bar:
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self._first_batch is None:  # the "wong" CO check's batch (the loader may reuse its buffers)
+            if self._first_batch is None and self.cfg.co_check == "wong":  # (the loader may reuse its buffers)
                 self._first_batch = (x.detach().clone(), y.detach().clone())
             self.step(x, y, info, epoch)
             tot_n += y.shape[0]
@@ -549,7 +553,7 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by `save` (everything needed to continue bit-identically on the CPU)."""
-        self._restore(load_checkpoint(path, map_location=self.device, weights_only=False))
+        self._restore(load_checkpoint(path, map_location=self._ckpt_location, weights_only=False))
 
     def _restore(self, ck: dict[str, Any]) -> None:
         self._graph = self._graph_static = None  # a capture holds the tensors a load replaces (method, optimizer)
@@ -605,15 +609,18 @@ class Trainer:
         if diff:
             was = ", ".join(f"{k}={old.get(k)!r}" for k in diff)
             now = ", ".join(f"{k}={new.get(k)!r}" for k in diff)
+            hints = [f"the default of {k} changed from {o!r} to {n!r} on {day}: pass {k}={o!r}"
+                     for k, (o, n, day) in CHANGED_DEFAULTS.items() if k in diff and old.get(k) == o and new.get(k) == n]
             raise ConfigError(f"cannot resume {self.out}: its checkpoint was written with {was} (now {now}); "
-                              "pass the same arguments, or another --out to start a new run")
+                              "pass the same arguments, or another --out to start a new run"
+                              + "".join(f" ({h})" for h in hints))
 
     def resume(self) -> bool:
         """Load ``out/checkpoint.pt`` if there is one; returns whether it did. Raises ConfigError (before touching
         any state) if the checkpoint was written with a config that differs in anything but `RESUME_FREE` keys."""
         if self.out is None or not (self.out / CKPT).exists():
             return False
-        ck = load_checkpoint(self.out / CKPT, map_location=self.device, weights_only=False)
+        ck = load_checkpoint(self.out / CKPT, map_location=self._ckpt_location, weights_only=False)
         if ck.get("config") is not None:
             self.check_resumable(ck["config"])
         self._restore(ck)
@@ -634,14 +641,16 @@ class Trainer:
         while self.epoch < cfg.epochs:
             epoch = self.epoch + 1
             row: dict[str, Any] = {"event": "epoch", "epoch": epoch, **self.train_epoch(epoch)}
+            # before the evaluation: the "wong" check runs in train mode and moves the BatchNorm statistics, and the
+            # numbers logged must be those of the weights saved
+            co_acc, co = self._co_check()
             row.update(self.evaluate())
             if self.ema is not None:
                 row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema).items() if k != "eval_seconds"})
-            co_acc, co = self._co_check()
-            if not math.isfinite(row["train_loss"]):  # diverged (lr too high, fp16 overflow): handled as CO
+            if self._diverged(row["train_loss"]):  # lr too high, fp32/bf16 overflow: handled as CO
                 row["diverged"] = co = True
-                self._say(f"epoch {epoch}: the training loss is {row['train_loss']} (diverged); handled as "
-                          f"catastrophic overfitting (--on-co {cfg.on_co})")
+                self._say(f"epoch {epoch}: training diverged (loss {row['train_loss']}, non-finite weights or "
+                          f"losses); handled as catastrophic overfitting (--on-co {cfg.on_co})")
             row.update({"co_pgd_acc": co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
                                                            if isinstance(v, (int, float, str)) and k != "method"}})
             if self.dist.enabled:  # one decision for all ranks: rank 0's row (timings differ per rank)
@@ -666,6 +675,19 @@ class Trainer:
             self.final_evaluation()
         return self.history
 
+    @property
+    def _ckpt_location(self) -> torch.device:
+        """Where checkpoints are loaded: the training device, except for per-example state kept in host memory (ATAS
+        ``state_device="cpu"``), which must not pass through the GPU whole (every tensor is copied to its place
+        by the load_state_dict calls anyway)."""
+        return torch.device("cpu") if self.method.host_state else self.device
+
+    def _diverged(self, train_loss: float) -> bool:
+        """Non-finite weights, or (without fp16's grad scaler, which skips overflowing steps) a non-finite epoch loss."""
+        params = [p.detach() for p in self.model.parameters()]
+        weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+        return not weights_ok or (self.cfg.precision != "fp16" and not math.isfinite(train_loss))
+
     def _co_check(self) -> tuple[float, bool]:
         """The CO monitor's (accuracy, CO?) after an epoch: the fixed test batch, or the epoch's first training batch
         ("wong")."""
@@ -688,7 +710,7 @@ class Trainer:
         self._broadcast_model_buffers()
         models: dict[str, tuple[nn.Module, int]] = {"last": (self.model, self.epoch)}
         if self.out is not None and (self.out / BEST).exists():
-            best = load_checkpoint(self.out / BEST, map_location=self.device, weights_only=False)
+            best = load_checkpoint(self.out / BEST, map_location=self._ckpt_location, weights_only=False)
             if best["epoch"] != self.epoch:
                 model = copy.deepcopy(self.model)
                 model.load_state_dict(best["model"])
