@@ -3,10 +3,10 @@
 #
 #   build      MAX_JOBS=16 FASTAT_CUDA=1 pip install --no-build-isolation -e .   (fails loudly without CUDA)
 #   info       python -m fastat.info
-#   tests      pytest -m cuda -q tests/cuda, then pytest -m cuda -q tests (the rest)
+#   tests      pytest -m cuda -q tests/cuda (tests_cuda); after the benchmark, pytest -m cuda -q tests (tests_rest)
+#   bench      python bench/bench_ops.py --device cuda --out $OUT (run right after tests_cuda)
 #   memcheck   compute-sanitizer --tool memcheck  over pytest -x tests/cuda (FASTAT_CUDA_TEST_SHAPES=sanitizer)
 #   racecheck  compute-sanitizer --tool racecheck over the shared-memory kernels' tests (same reduced shapes)
-#   bench      python bench/bench_ops.py --device cuda --out $OUT
 # and, when named in GPU_CHECK_STAGES (not by default: they do not fit in one 600 s call with the above),
 #   triton     pytest -m triton tests/ops (the Triton kernels compiled for the GPU, no interpreter)
 #   evalbench  python bench/bench_eval_pgd.py --device cuda --out $OUT/eval_pgd.json (PGD-50-10, batched vs plain)
@@ -128,17 +128,17 @@ fi
 
 if ((BUILD_OK)); then
   wanted info && run_stage info "$PY" -m fastat.info
-  if wanted tests; then
-    run_stage tests_cuda "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests/cuda
-    run_stage tests_rest "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests --ignore=tests/cuda
-  fi
+  # the kernels' own tests, then the benchmark (issue #3's numbers), then the rest: with 15 device-minutes a session
+  # may get one call, and the stages that do not fit in its budget are the ones skipped
+  wanted tests && run_stage tests_cuda "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests/cuda
+  wanted bench && run_stage bench "$PY" bench/bench_ops.py --device cuda --out "$OUT"
+  wanted tests && run_stage tests_rest "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests --ignore=tests/cuda
   # Memory errors in every CUDA kernel; shared-memory races in the kernels that use shared memory (zerograd's
   # histograms/scans and cluster exchange, atas_step's block reduction).
   wanted memcheck && run_stage memcheck sanitize memcheck \
     -k "matches_reference or special_rows or storage_offsets or more_rows or mixed_layouts or out_of_range or reproducible or saturates"
   wanted racecheck && run_stage racecheck sanitize racecheck \
     -k "(zerograd or atas_step) and not opcheck and not deterministic and not graph"
-  wanted bench && run_stage bench "$PY" bench/bench_ops.py --device cuda --out "$OUT"
   wanted triton && run_stage triton "$PY" -m pytest -m triton -q -p no:cacheprovider -rfE tests/ops
   wanted evalbench && run_stage evalbench "$PY" bench/bench_eval_pgd.py --device cuda --out "$OUT/eval_pgd.json"
   wanted steps && run_stage steps "$PY" bench/bench_steps.py --shapes cifar --backend auto,torch --modes eager,graph \
