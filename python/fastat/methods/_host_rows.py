@@ -6,9 +6,10 @@ at 72×72×3 is 6.2 GB, ImageNet down-sampled to 32×32 as the official code doe
 
 * `fetch`: the rows of ``index`` are gathered on the host into a pinned staging tensor and copied to the device
   asynchronously (stream-ordered before the kernels that read them).
-* `store`: the updated device rows are copied back into another pinned staging tensor asynchronously, an event is
-  recorded, and the scatter into the host buffers is deferred until the state is next needed (`flush`: the next
-  `fetch`, a checkpoint, a reset), so the copy overlaps the rest of the training step.
+* `store`: the updated device rows are copied back into another pinned staging tensor on a side stream (after the
+  kernels that wrote them, and overlapping the rest of the training step on the main stream), an event is recorded
+  there, and the scatter into the host buffers is deferred until the state is next needed (`flush`: the next
+  `fetch`, a checkpoint, a reset), so neither the GPU nor the host waits for the copy.
 
 Traffic per step is 2 × rows × row bytes over PCIe/NVLink-C2C, plus one device→host copy of the batch's indices
 (a sync: steps with host state cannot be captured in a CUDA graph). On a CPU device (or any other than CUDA) the
@@ -30,6 +31,7 @@ class HostRows:
 
     def __init__(self) -> None:
         self._pending: tuple[list[Tensor], Tensor, list[Tensor], torch.cuda.Event] | None = None
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}  # the write-back's side stream, per device
 
     @staticmethod
     def host_index(index: Tensor) -> Tensor:
@@ -56,13 +58,20 @@ class HostRows:
             for buf, r in zip(buffers, rows):
                 buf.index_copy_(0, index, r.to(device=buf.device, dtype=buf.dtype))
             return
+        device = rows[0].device
+        side = self._streams.get(device)
+        if side is None:
+            side = self._streams[device] = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))  # after the kernels that wrote the rows
         staged = []
-        for buf, r in zip(buffers, rows):
-            s = torch.empty(r.shape, dtype=buf.dtype, pin_memory=True)
-            s.copy_(r, non_blocking=True)
-            staged.append(s)
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(rows[0].device))  # the stream the copies above were queued on
+        with torch.cuda.stream(side):
+            for buf, r in zip(buffers, rows):
+                s = torch.empty(r.shape, dtype=buf.dtype, pin_memory=True)
+                s.copy_(r, non_blocking=True)
+                r.record_stream(side)  # the caching allocator must not hand r's memory out before this copy ran
+                staged.append(s)
+            event = torch.cuda.Event()
+            event.record(side)
         self._pending = (list(buffers), index, staged, event)
 
     def flush(self) -> None:
