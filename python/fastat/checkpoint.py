@@ -90,17 +90,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     except (MemoryError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as exc:  # junk bytes surface as almost any exception type from the unpickler (KeyError, ...)
-        if isinstance(exc, RuntimeError) and zipfile.is_zipfile(path) and "PytorchStreamReader" not in str(exc):
-            # a readable torch file that could not be placed (e.g. CUDA tensors on a machine without a GPU)
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded with map_location={map_location!r}: "
-                                  f"{first}") from None
         text = str(exc)
+        if isinstance(exc, RuntimeError) and zipfile.is_zipfile(path) and "PytorchStreamReader" not in text:
+            # a readable torch file that could not be placed (e.g. CUDA tensors on a machine without a GPU)
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded with map_location={map_location!r}: "
+                                  f"{_first_line(text, type(exc).__name__)}") from None
         if "WeightsUnpickler error:" in text:  # the unpickler's finding, after torch's "weights_only=False" advice
             text = text.split("WeightsUnpickler error:", 1)[1]
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "no message")
         raise CheckpointError(f"checkpoint {str(path)!r} is not a fastat checkpoint ({type(exc).__name__}: "
-                              f"{first})") from None
+                              f"{_first_line(text, 'no message')})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"checkpoint {str(path)!r} is not a fastat checkpoint (format {found!r}, "
@@ -109,6 +107,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
     return ckpt
+
+
+def _first_line(text: str, default: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), default)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], *, strict: bool = True) -> nn.Module:

@@ -49,32 +49,14 @@ class _BenchInputError(Exception):
     """Bad input to `fastat bench ops`; reported as one line."""
 
 
-def _bench_device(name: str | None):
-    """The benchmark device: cpu or cuda[:N] (N an existing GPU); default cuda when available."""
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise _BenchInputError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise _BenchInputError(f"--device {name}: no CUDA device is available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise _BenchInputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
 def _run_bench_ops(args) -> int:
     from . import benchmark
+    from ._devices import resolve_device
     from .ops._dispatch import BACKENDS
     from .ops._schemas import HOT_PATHS
 
     try:
-        device = _bench_device(args.device)
+        device = resolve_device(args.device)
         shapes = [_parse_shape(text) for text in args.shape] if args.shape else None
         unknown = [op for op in args.op or () if op not in HOT_PATHS]
         if unknown:

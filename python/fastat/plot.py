@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
+
+from .train.records import finite_number
 
 __all__ = ["add_parser", "final_table", "run", "run_labels"]
 
@@ -28,20 +29,16 @@ def final_table(runs: dict[str, list[dict]]) -> str:
     rows = []
     for name, rs in runs.items():
         last = rs[-1]
-        best = max((r for r in rs if _finite(r.get("pgd_acc"))), key=lambda r: r["pgd_acc"], default=None)
-        secs = [r["train_seconds"] for r in rs if _finite(r.get("train_seconds"))]
+        best = max((r for r in rs if finite_number(r.get("pgd_acc"))), key=lambda r: r["pgd_acc"], default=None)
+        secs = [r["train_seconds"] for r in rs if finite_number(r.get("train_seconds"))]
         rows.append([name, last["epoch"], _pct(last.get("clean_acc")), _pct(last.get("pgd_acc")),
                      f"{_pct(best['pgd_acc'])} (ep {best['epoch']})" if best else "-",
                      f"{sum(secs) / len(secs):.1f}" if secs else "-"])
     return tabulate(rows, headers=["run", "epochs", "clean %", "PGD %", "best PGD %", "s/epoch"])
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _pct(value) -> str:
-    return f"{100 * value:.1f}" if _finite(value) else "-"
+    return f"{100 * value:.1f}" if finite_number(value) else "-"
 
 
 def run_labels(runs: list[str | Path]) -> list[str]:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.normalize import pixel_range_error
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -34,11 +36,13 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the forward pass, or nothing for fp32; δ, losses and gradients stay fp32 either way."""
+def autocast(device: torch.device, precision: str, *, cache_enabled: bool = True):
+    """bf16 (or fp16) autocast for the forward pass, or nothing for fp32; δ, losses and gradients stay fp32 either
+    way. ``cache_enabled=False`` for a CUDA-graph capture (cached weight casts would be stale on replay)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16,
+                          cache_enabled=cache_enabled)
 
 
 def logits_of(model: nn.Module, x: Tensor, precision: str) -> Tensor:
@@ -82,7 +86,6 @@ def check_inputs(fn: str, x: Tensor, y: Tensor) -> None:
         raise ValueError(f"{fn}: argument 'x' must be a floating (N, ...) tensor with N >= 1")
     if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         raise ValueError(f"{fn}: argument 'y' must be an integer ({x.shape[0]},) tensor")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{fn}: argument 'x' must be in [0, 1] pixel space (normalise inside the model), "
-                         f"got values in [{lo:.4g}, {hi:.4g}]")
+    problem = pixel_range_error(x)
+    if problem:
+        raise ValueError(f"{fn}: {problem}")

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .. import distributed as fdist
+from .._devices import resolve_device
 from ._common import PRECISIONS
 from .pgd import IMPLS
 
@@ -212,15 +213,10 @@ def _evaluate(args: argparse.Namespace, job: _Job, rank: Any) -> dict[str, Any]:
 
 
 def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise EvalInputError(f"--device must be like cpu, cuda or cuda:1, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalInputError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+        return resolve_device(name)
+    except ValueError as exc:
+        raise EvalInputError(str(exc)) from None
 
 
 def _rank_device(name: str | None) -> torch.device:

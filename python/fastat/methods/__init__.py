@@ -27,6 +27,7 @@ __all__ = [
     "ALIASES",
     "build_method",
     "method_names",
+    "without_placement",
     "Method",
     "BN_MODES",
     "FGSM",
@@ -64,6 +65,13 @@ ALIASES = {
 def _canonical(name: str) -> str:
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     return ALIASES.get(key, key)
+
+
+def without_placement(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` without the methods' placement hyper-parameters (`Method.placement_hparams`, e.g. ATAS's
+    ``state_device``): where a process keeps its state, which two runs of one experiment may choose differently."""
+    placement = {name for cls in METHODS.values() for name in cls.placement_hparams}
+    return {k: v for k, v in hparams.items() if k not in placement}
 
 
 def method_names() -> list[str]:

@@ -114,6 +114,10 @@ class ATAS(Method):
     def host_state(self) -> bool:
         return self.state_device is not None
 
+    def _home(self, device: torch.device) -> torch.device:
+        """Where the state lives when the kernels run on ``device``: there, or on the host (``state_device``)."""
+        return torch.device(self.state_device) if self.host_state else device
+
     @property
     def delta_buf(self) -> Tensor | None:
         """The per-example δ (N, C, H+2p, W+2p), current (a write-back in flight is finished first)."""
@@ -130,7 +134,7 @@ class ATAS(Method):
     def _ensure_buffers(self, batch: BatchInfo, x: Tensor) -> None:
         shape = buffer_shape(batch, x)
         self._device = x.device
-        home = torch.device(self.state_device) if self.host_state else x.device
+        home = self._home(x.device)
         if self._delta is None:
             dtype = STATE_DTYPES[self.state_dtype]
             if home == x.device:
@@ -164,18 +168,17 @@ class ATAS(Method):
         if delta_buf is not None and (v_buf.dim() != 1 or v_buf.shape[0] != delta_buf.shape[0]):
             fail("ATAS", ValueError, f"'v_buf' must have shape ({delta_buf.shape[0]},), got {tuple(v_buf.shape)}")
         self._rows.flush()
-        home = {} if not self.host_state else {"device": self.state_device}
-        self._delta = None if delta_buf is None else \
-            delta_buf.detach().to(dtype=STATE_DTYPES[self.state_dtype], **home).clone().contiguous()
-        self._v = None if v_buf is None else v_buf.detach().to(dtype=torch.float32, **home).clone().contiguous()
+        self._delta = None if delta_buf is None else delta_buf.detach().to(
+            dtype=STATE_DTYPES[self.state_dtype], device=self._home(delta_buf.device)).clone().contiguous()
+        self._v = None if v_buf is None else \
+            v_buf.detach().to(dtype=torch.float32, device=self._home(v_buf.device)).clone().contiguous()
         self._last = None
 
     def to(self, device: torch.device | str) -> ATAS:
         """Move the state to ``device`` (host state stays on the host; ``device`` is then where its rows are served
         and its random draws are made)."""
-        device = torch.device(device)
-        self._device = device
-        home = torch.device(self.state_device) if self.host_state else device
+        self._device = torch.device(device)
+        home = self._home(self._device)
         if self.delta_buf is not None:
             self._delta = self._delta.to(home).contiguous()
             self._v = self._v.to(home).contiguous()
@@ -198,9 +201,9 @@ class ATAS(Method):
     def on_epoch_start(self, epoch: int) -> None:
         reset = self.reset_every is not None and epoch % self.reset_every == 0 and epoch != self.epochs
         if reset and self.delta_buf is not None:
-            if self._delta.device == (self._device or self._delta.device):
+            if self._device is None or self._delta.device == self._device:  # drawn where it lives
                 self._uniform(self._delta)
-            else:
+            else:  # host state of an accelerator: drawn there in chunks, as at allocation
                 fill_uniform_on(self._delta, self._device, -self.eps, self.eps, self.generator)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import BatchInfo
+from ..models.normalize import pixel_range_error
 
 __all__ = ["Method", "BN_MODES", "attack_mode", "frozen_parameters", "input_grad"]
 
@@ -309,10 +310,9 @@ class Method:
         # only: the check reads x on the host, and a per-step sync would cost what the fused ops save.
         capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
         if not self._range_checked and not capturing and x.numel():
-            lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
-            if not (0.0 <= lo and hi <= 1.0):  # NaN fails too
-                fail(owner, ValueError, f"argument 'x' must be images in [0, 1] (pixel space; normalisation belongs "
-                                        f"inside the model), got values in [{lo:.4g}, {hi:.4g}]")
+            problem = pixel_range_error(x)
+            if problem:
+                fail(owner, ValueError, problem)
             self._range_checked = True
 
     def _need_batch(self, batch: BatchInfo | None, x: Tensor) -> BatchInfo:

@@ -13,6 +13,16 @@ import torch
 from torch import Tensor, nn
 
 
+def pixel_range_error(x: Tensor) -> str | None:
+    """None when every value of ``x`` lies in [0, 1] (pixel space), else the complaint about argument 'x' (NaN is
+    outside too; 0..255 and normalised images are the classic mistakes). Reads x's min and max on the host."""
+    lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+    if 0.0 <= lo and hi <= 1.0:
+        return None
+    return (f"argument 'x' must be images in [0, 1] (pixel space; normalisation belongs inside the model), got "
+            f"values in [{lo:.4g}, {hi:.4g}]")
+
+
 class Normalize(nn.Module):
     """y = (x − μ_c) / σ_c per channel; the identity when ``mean`` and ``std`` are None.
 

@@ -16,7 +16,6 @@ and continue).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,12 +95,12 @@ class WongCODetector:
         over the process group (each rank checks its own share of the batch)."""
         from .. import distributed as dist_
         from .. import ops
+        from ..eval._common import autocast
         from ..methods.base import attack_mode, frozen_parameters
 
         alpha = self.eps / 4 if self.alpha is None else self.alpha
         x, y = x.detach().float(), y.detach()
-        cast = torch.autocast(x.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
-            if precision in ("bf16", "fp16") else contextlib.nullcontext()
+        cast = autocast(x.device, precision)
         with attack_mode(model, self.bn_mode), frozen_parameters(model):
             delta = ops.uniform_init(x, self.eps)
             for _ in range(self.steps):

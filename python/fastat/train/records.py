@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["FINISHED", "VOLATILE", "MetricsWriter", "final_eval_table", "plot_curves", "plot_sweep", "read_json",
-           "read_metrics", "run_identity", "same_run", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
+           "finite_number", "read_metrics", "run_identity", "same_run", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
 
 # TrainConfig fields that do not change what a run computes (where it writes, how it reports, where the data is read
 # from, which GPU index): two configs equal in everything else are the same experiment.
@@ -107,13 +107,10 @@ def same_run(old: Any, new: dict[str, Any], free: Any = ()) -> bool:
 
 
 def _normalised(identity: dict[str, Any]) -> dict[str, Any]:
-    from ..methods import METHODS
+    from ..methods import without_placement
 
-    placement = {name for cls in METHODS.values() for name in cls.placement_hparams}
     kwargs = identity.get("method_kwargs")
-    if isinstance(kwargs, dict) and placement & set(kwargs):
-        identity = {**identity, "method_kwargs": {k: v for k, v in kwargs.items() if k not in placement}}
-    return identity
+    return {**identity, "method_kwargs": without_placement(kwargs)} if isinstance(kwargs, dict) else identity
 
 
 def _default_identity() -> dict[str, Any]:
@@ -187,7 +184,12 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
 
 def _points(rows: list[dict[str, Any]], key: str) -> list[tuple[Any, float]]:
     """(epoch, 100 × value) of the rows whose ``key`` holds a finite number (missing, None and nan are left out)."""
-    return [(r["epoch"], 100 * r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [(r["epoch"], 100 * r[key]) for r in rows if finite_number(r.get(key))]
+
+
+def finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not None, nan, ±inf, a string)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _accuracy_figure():

@@ -38,9 +38,7 @@ kernels are not bit-identical to eager ones, so a resumed run matches a straight
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import inspect
 import math
 import time
@@ -54,6 +52,7 @@ from torch import nn
 
 from .. import distributed as dist_
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..eval._common import autocast
 from .config import ConfigError, TrainConfig
 from .monitor import COMonitor, WongCODetector, strengthen
 from .records import MetricsWriter, final_eval_table
@@ -266,12 +265,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ steps
     def _autocast(self, precision: str | None = None):
-        p = precision or self.cfg.precision
-        if p == "fp32":
-            return contextlib.nullcontext()
-        # a CUDA-graph capture must not use autocast's weight-cast cache (the cached casts would be stale on replay)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16,
-                              cache_enabled=not self.graph_mode)
+        return autocast(self.device, precision or self.cfg.precision, cache_enabled=not self.graph_mode)
 
     def _add(self, key: str, value: torch.Tensor) -> None:
         acc = self._acc.get(key)
@@ -591,15 +585,14 @@ class Trainer:
 
     def _resolved_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """A config dict with the values that depend on the machine filled in (device type, model name)."""
-        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                    for f in dataclasses.fields(TrainConfig)}
-        d = {**defaults, **cfg}  # a field newer than the checkpoint: it was trained with that field's default
+        from ..methods import without_placement
+
+        d = {**TrainConfig().to_dict(), **cfg}  # a field newer than the checkpoint: it was trained with its default
         d["device"] = str(d.get("device") or self.device.type).split(":")[0]
         d["model"] = d.get("model") or default_model(d["device"])
         d["milestones"] = [float(m) for m in d.get("milestones", ())]
         # where the method keeps its state (ATAS state_device) may change between a run and its resumption
-        placement = getattr(self.method, "placement_hparams", ())
-        d["method_kwargs"] = {k: v for k, v in (d.get("method_kwargs") or {}).items() if k not in placement}
+        d["method_kwargs"] = without_placement(d.get("method_kwargs") or {})
         return d
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
