@@ -1,0 +1,468 @@
+"""fastat's CUDA kernels (csrc/cuda/*.cu, unmodified) run on the CPU emulator against fastat.ops.reference.
+
+No GPU needed: tests/cuda_emu/emulator.py compiles the kernel sources with g++ against a CPU emulation of the CUDA
+subset they use (every CUDA thread a fiber, blocks of a cluster on concurrent OS threads), see include/emu_cuda.h.
+This checks the kernels' logic (indexing, the radix selection, the cluster exchange, the launchers' path choices and
+fallbacks, vector/scalar paths, dtype handling) bit for bit where the op is exact, plus what the emulator watches:
+divergent barriers and warp collectives, deadlocks, shared-memory overruns, writes outside the output buffers and
+elements left unwritten. What it cannot check (timing, the memory model, real occupancy, the torch bindings, CUDA
+graphs, nvcc's code generation such as FMA contraction) stays with tests/cuda on a GPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import zlib
+
+import pytest
+import torch
+
+from fastat.ops import reference
+from fastat.ops._specs import SPECS, VARIANTS
+
+from . import emulator as emu
+
+pytestmark = pytest.mark.emulated
+
+
+@pytest.fixture(scope="module")
+def lib():
+    try:
+        lib = emu.build()
+    except emu.EmulatorError as e:
+        if "no C++ compiler" in str(e):
+            pytest.skip(str(e))
+        raise
+    emu.configure(lib)
+    return lib
+
+
+@pytest.fixture
+def device(lib, request):
+    """An H100-like emulated device, fresh for each test (per-device caches of the launchers start over), whose
+    blocks run their threads in a shuffled order between synchronisation points (a seed per test, printed), so that
+    a missing barrier shows as a wrong result."""
+    seed = zlib.crc32(request.node.nodeid.encode()) % 100_000 + 1
+    print(f"emulator schedule_seed={seed}")
+    emu.configure(lib, schedule_seed=seed)
+    emu.take_log(lib)
+    yield _Device(lib, seed)
+    emu.configure(lib)
+
+
+class _Device:
+    """The library, remembering the test's schedule seed so that emu.configure(device, ...) keeps it."""
+
+    def __init__(self, lib, seed):
+        self._lib, self.seed = lib, seed
+
+    def __getattr__(self, name):
+        return getattr(self._lib, name)
+
+
+OPS = {
+    "zerograd_step": emu.zerograd_step,
+    "multigrad_step": emu.multigrad_step,
+    "atas_gather": emu.atas_gather,
+    "atas_step": emu.atas_step,
+    "pgd_step": emu.pgd_step,
+}
+
+
+def _compare(got, want, spec, what):
+    for k, (g, w) in enumerate(zip(got, want)):
+        exact = spec.exact or (spec.name == "atas_step" and k == 2)  # v_buf is exact (fp64-accumulated norms)
+        atol = 0.0 if exact else (spec.atol if g.dtype == torch.float32 else torch.finfo(g.dtype).eps)
+        torch.testing.assert_close(g, w, rtol=0, atol=atol, equal_nan=True, msg=lambda m: f"{what} output {k}: {m}")
+
+
+def _run_both(lib, op, sample):
+    spec = SPECS[op]
+
+    def clone_mutated():
+        return tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
+
+    args = clone_mutated()
+    want = (getattr(reference, op)(*args, **sample.kwargs),) + tuple(args[i] for i in sample.mutated)
+    args = clone_mutated()
+    got = (OPS[op](lib, *args, **sample.kwargs),) + tuple(args[i] for i in sample.mutated)
+    return got, want, spec
+
+
+def _params(spec):
+    names = list(spec.params or {})
+    return [dict(zip(names, v)) for v in itertools.product(*(spec.params[n] for n in names))]
+
+
+# ------------------------------------------------------------------------------------------------- the op sweep
+SHAPES = [(1, 1), (3, 3), (2, 7), (7, 784), (3, 3072)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("rows,cols", SHAPES, ids=[f"{r}x{c}" for r, c in SHAPES])
+@pytest.mark.parametrize("op", list(OPS))
+def test_kernel_matches_reference(device, op, rows, cols, variant):
+    """The sample table of tests/ops/test_parity.py (ties, zeros, NaN, bf16/fp16, channels_last, non-contiguous)."""
+    spec = SPECS[op]
+    for params in _params(spec):
+        sample = spec.make(rows, cols, variant, torch.Generator().manual_seed(rows * 7919 + cols), "cpu", **params)
+        got, want, spec = _run_both(device, op, sample)
+        _compare(got, want, spec, f"{op} {rows}x{cols} {variant} {params}")
+
+
+# ------------------------------------------------------------------------------------- zerograd: every launch path
+def _zg_case(rows, cols, variant="random", q=0.35, seed=0):
+    return SPECS["zerograd_step"].make(rows, cols, variant, torch.Generator().manual_seed(seed), "cpu", q=q)
+
+
+def _kernels(log):
+    return [line.split(" grid=")[0] for line in log]
+
+
+ZG_PATHS = [
+    # (rows, cols, device settings, the kernels launched, in order)
+    (3, 16384, {}, ["zerograd_smem_kernel<float, float, 256, false>"]),  # 64 KB of dynamic shared memory (opt-in)
+    (2, 16385, {}, ["zerograd_smem_kernel<float, float, 512, true>"]),  # the smallest cluster row (2 blocks)
+    (1, 150528, {}, ["zerograd_smem_kernel<float, float, 512, true>"]),  # 224x224x3: a cluster of 8
+    (2, 40000, {"clusters": False}, ["zerograd_stream_kernel<float, float, 512>"]),  # no clusters (pre-sm_90)
+    (2, 40000, {"max_active_clusters": 0}, ["zerograd_stream_kernel<float, float, 512>"]),  # cluster does not fit
+    (2, 40000, {"refuse_cluster_launch": True},  # refused at launch: falls back
+     ["zerograd_smem_kernel<float, float, 512, true>", "zerograd_stream_kernel<float, float, 512>"]),
+    # a device that cannot give the row's 56000 bytes (the emulator counts static shared memory as 0): stream
+    (2, 14000, {"smem_optin": 40 * 1024}, ["zerograd_stream_kernel<float, float, 512>"]),
+    (1, 8 * 40960 + 1, {}, ["zerograd_stream_kernel<float, float, 512>"]),  # too long for a cluster
+]
+
+
+@pytest.mark.parametrize("rows,cols,settings,kernels", ZG_PATHS,
+                         ids=[f"{r}x{c}-{'-'.join(s) or 'h100'}" for r, c, s, _ in ZG_PATHS])
+def test_zerograd_launch_paths(device, rows, cols, settings, kernels):
+    emu.configure(device, **settings)
+    for variant, q in (("random", 0.35), ("ties", 0.7)):
+        sample = _zg_case(rows, cols, variant, q=q)
+        got, want, spec = _run_both(device, "zerograd_step", sample)
+        _compare(got, want, spec, f"zerograd {rows}x{cols} {variant} q={q} {settings}")
+        assert _kernels(emu.take_log(device)) == kernels
+
+
+@pytest.mark.parametrize("q", [0.0, 1e-7, 0.35, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("variant", ["random", "ties", "zeros", "nan", "grad_bf16", "grad_fp16"])
+def test_zerograd_cluster_quantiles(device, variant, q):
+    """The cluster path's distributed histograms at the extreme ranks, with ties, zeros and NaN spread over blocks."""
+    sample = _zg_case(3, 20011, variant, q=q, seed=3)
+    got, want, spec = _run_both(device, "zerograd_step", sample)
+    _compare(got, want, spec, f"zerograd cluster {variant} q={q}")
+
+
+def test_zerograd_ties_at_the_threshold(device):
+    """Rows made of a few magnitudes, so that lo and hi order statistics fall in and just past a run of ties."""
+    for cols in (9, 784, 20000):
+        n = cols
+        for q in (0.25, 0.5, 0.75):
+            g = torch.tensor([1.0, -2.0, 2.0, 3.0] * ((n + 3) // 4))[:n].repeat(2, 1)
+            x = torch.full((2, n), 0.5)
+            d = torch.zeros(2, n)
+            got = emu.zerograd_step(device, d, g, x, 0.1, 0.2, q)
+            torch.testing.assert_close(got, reference.zerograd_step(d, g, x, 0.1, 0.2, q), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------- ATAS: both paths
+ATAS_CASES = [
+    # (rows, (C, H, W), device settings, FASTAT_CUDA_ATAS_PATH, expected path, kernels)
+    (3, (3, 8, 8), {}, None, "fused", ["atas_step_fused_kernel<float, float, float, false>"]),
+    (2, (3, 32, 32), {}, None, "fused", ["atas_step_fused_kernel<float, float, float, true>"]),  # cluster of 3
+    (2, (3, 32, 32), {"clusters": False}, None, "split",
+     ["atas_norm_kernel<float>", "atas_update_kernel<float, float, float>"]),
+    (2, (3, 32, 32), {"max_active_clusters": 0}, None, "split",
+     ["atas_norm_kernel<float>", "atas_update_kernel<float, float, float>"]),
+    (2, (3, 32, 32), {"refuse_cluster_launch": True}, None, "split",
+     ["atas_step_fused_kernel<float, float, float, true>", "atas_norm_kernel<float>",
+      "atas_update_kernel<float, float, float>"]),
+    (2, (3, 32, 32), {}, "split", "split", ["atas_norm_kernel<float>", "atas_update_kernel<float, float, float>"]),
+    (1, (3, 100, 100), {}, "split", "split",  # several norm chunks per row, several tiles per plane
+     ["atas_norm_kernel<float>", "atas_update_kernel<float, float, float>"]),
+    (1, (3, 100, 100), {}, None, "fused", ["atas_step_fused_kernel<float, float, float, true>"]),  # cluster of 8
+]
+
+
+def _atas_sample(rows, chw, seed=0, warmup=False, variant="random"):
+    cols = chw[0] * chw[1] * chw[2]
+    from fastat.ops import _specs
+
+    saved = dict(_specs.IMAGE_SHAPES)
+    _specs.IMAGE_SHAPES[cols] = chw
+    try:
+        return SPECS["atas_step"].make(rows, cols, variant, torch.Generator().manual_seed(seed), "cpu", warmup=warmup)
+    finally:
+        _specs.IMAGE_SHAPES.clear()
+        _specs.IMAGE_SHAPES.update(saved)
+
+
+@pytest.mark.parametrize("rows,chw,settings,env,path,kernels", ATAS_CASES,
+                         ids=[f"{r}x{'x'.join(map(str, s))}-{'-'.join(st) or 'h100'}-{e or 'auto'}"
+                              for r, s, st, e, _, _ in ATAS_CASES])
+def test_atas_step_paths(device, monkeypatch, rows, chw, settings, env, path, kernels):
+    if env:
+        monkeypatch.setenv("FASTAT_CUDA_ATAS_PATH", env)
+    emu.configure(device, **settings)
+    for warmup in (False, True):
+        sample = _atas_sample(rows, chw, warmup=warmup)
+        taken: list = []
+        args = tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
+        want_args = tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
+        want = (reference.atas_step(*want_args, **sample.kwargs), want_args[0], want_args[1])
+        got = (emu.atas_step(device, *args, **sample.kwargs, path=taken), args[0], args[1])
+        _compare(got, want, SPECS["atas_step"], f"atas_step {rows}x{chw} {settings} {env} warmup={warmup}")
+        log = _kernels(emu.take_log(device))
+        assert taken == [path]
+        assert log == ([k for k in kernels if "norm" not in k] if warmup else kernels)
+
+
+def test_atas_step_repeated_calls_are_bit_identical(device):
+    """The cluster's partial sums are added in rank order: the same inputs give the same v and outputs every time."""
+    sample = _atas_sample(2, (3, 64, 64))
+    outs = []
+    for _ in range(2):
+        args = tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
+        outs.append((emu.atas_step(device, *args, **sample.kwargs), args[0], args[1]))
+    for a, b in zip(*outs):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_atas_out_of_range_index_and_offsets_are_clamped(device):
+    """The kernels clamp index/offsets into range (CUDA does not check values): never an access outside delta_buf."""
+    sample = _atas_sample(4, (1, 6, 5), seed=1)
+    delta_buf, v_buf, index, offsets, flips, g, x_adv, x = sample.args
+    n, hp_h = delta_buf.shape[0], delta_buf.shape[2] - x.shape[2]
+    bad_index = torch.tensor([-5, n + 10, 0, n - 1])
+    bad_offsets = torch.tensor([[-3, 99], [99, -3], [0, 0], [hp_h, hp_h]])
+    clamped_index = bad_index.clamp(0, n - 1)
+    clamped_offsets = bad_offsets.clamp(0, hp_h)
+    got = emu.atas_gather(device, delta_buf, bad_index, bad_offsets, flips, x)
+    want = reference.atas_gather(delta_buf, clamped_index, clamped_offsets, flips, x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for env_path in ("fused", "split"):
+        buf_g, v_g, buf_w, v_w = delta_buf.clone(), v_buf.clone(), delta_buf.clone(), v_buf.clone()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("FASTAT_CUDA_ATAS_PATH", env_path)
+            out_g = emu.atas_step(device, buf_g, v_g, bad_index[:2].unique(), bad_offsets[:2], flips[:2], g[:2],
+                                  x_adv[:2], x[:2], **sample.kwargs)
+        out_w = reference.atas_step(buf_w, v_w, clamped_index[:2], clamped_offsets[:2], flips[:2], g[:2], x_adv[:2],
+                                    x[:2], **sample.kwargs)
+        _compare((out_g, buf_g, v_g), (out_w, buf_w, v_w), SPECS["atas_step"], f"atas_step clamped {env_path}")
+
+
+def test_atas_dtypes(device):
+    """Every (grad, state, buffer) dtype combination the dispatch instantiates, on both paths."""
+    sample = _atas_sample(2, (3, 16, 16), seed=2)
+    delta_buf, v_buf, index, offsets, flips, g, x_adv, x = sample.args
+    for gd, dd, bd in itertools.product((torch.float32, torch.bfloat16, torch.float16), repeat=3):
+        for env_path in ("fused", "split"):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("FASTAT_CUDA_ATAS_PATH", env_path)
+                bg, vg = delta_buf.to(bd), v_buf.clone()
+                out_g = emu.atas_step(device, bg, vg, index, offsets, flips, g.to(gd), x_adv.to(dd), x.to(dd),
+                                      **sample.kwargs)
+            bw, vw = delta_buf.to(bd), v_buf.clone()
+            out_w = reference.atas_step(bw, vw, index, offsets, flips, g.to(gd), x_adv.to(dd), x.to(dd),
+                                        **sample.kwargs)
+            _compare((out_g, bg, vg), (out_w, bw, vw), SPECS["atas_step"], f"atas {gd} {dd} {bd} {env_path}")
+            torch.testing.assert_close(emu.atas_gather(device, bw, index, offsets, flips, x.to(dd)),
+                                       reference.atas_gather(bw, index, offsets, flips, x.to(dd)), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------- pgd / multigrad: vector paths
+@pytest.mark.parametrize("cols", [4, 4096, 4100, 8193])  # the 4096-element tiles: one, several, ragged
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_pgd_step_vector_and_scalar_paths(device, cols, misaligned):
+    sample = SPECS["pgd_step"].make(5, cols, "random", torch.Generator().manual_seed(cols), "cpu")
+    delta, grad, x, eps, alpha, active = sample.args
+    if misaligned:  # a storage offset of one element: the 16-byte vector loads are not allowed
+        grad = torch.cat([torch.zeros(1), grad.flatten()])[1:].view_as(grad)
+    got = emu.pgd_step(device, delta, grad, x, eps, alpha, active)
+    torch.testing.assert_close(got, reference.pgd_step(delta, grad, x, eps, alpha, active), rtol=0, atol=0)
+    vec = "true" if cols % 4 == 0 and not misaligned else "false"
+    assert _kernels(emu.take_log(device)) == [f"pgd_step_kernel<float, float, {vec}>"]
+
+
+@pytest.mark.parametrize("starts,threshold", [(1, None), (3, None), (3, 2), (5, 3), (8, None)])
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_multigrad_step_vector_and_scalar_paths(device, starts, threshold, misaligned):
+    sample = SPECS["multigrad_step"].make(3, 3072, "ties", torch.Generator().manual_seed(starts), "cpu",
+                                          starts=starts, threshold=threshold)
+    grads, x, eps, alpha, th = sample.args
+    if misaligned:
+        grads = torch.cat([torch.zeros(1), grads.flatten()])[1:].view_as(grads)
+    got = emu.multigrad_step(device, grads, x, eps, alpha, th)
+    torch.testing.assert_close(got, reference.multigrad_step(grads, x, eps, alpha, th), rtol=0, atol=0)
+    vec = "true" if not misaligned else "false"
+    assert _kernels(emu.take_log(device))[0].endswith(f"{vec}>")
+
+
+def test_grid_stride_loops_with_few_sms(device):
+    """With a 1-SM device the grid-stride kernels run a few blocks that loop over many tiles."""
+    emu.configure(device, sm_count=1)
+    sample = SPECS["multigrad_step"].make(8, 3072, "random", torch.Generator().manual_seed(5), "cpu")
+    grads, x, eps, alpha, th = sample.args
+    torch.testing.assert_close(emu.multigrad_step(device, grads, x, eps, alpha, th),
+                               reference.multigrad_step(grads, x, eps, alpha, th), rtol=0, atol=0)
+    assert "grid=16 " in emu.take_log(device)[0]
+
+
+# --------------------------------------------------------------------------------------------------- uniform_init
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def philox4x32_10(ctr, key):
+    """Philox4x32-10 (Salmon et al., Random123), the generator of curand and torch's CUDA RNG."""
+    c0, c1, c2, c3 = ctr
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = _PHILOX_M[0] * c0, _PHILOX_M[1] * c2
+        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & 0xFFFFFFFF, p1 & 0xFFFFFFFF, ((p0 >> 32) ^ c3 ^ k1) & 0xFFFFFFFF, \
+            p0 & 0xFFFFFFFF
+        k0, k1 = (k0 + _PHILOX_W[0]) & 0xFFFFFFFF, (k1 + _PHILOX_W[1]) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def test_philox_reference_known_answers():
+    """The Python Philox used below reproduces Random123's known-answer vectors (kat_vectors, philox4x32_10)."""
+    assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert philox4x32_10((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+@pytest.mark.parametrize("numel", [1, 5, 4096, 10001])
+def test_uniform_init_is_philox(device, numel):
+    """Element e = (word e%4 of Philox(counter=(offset/4, e/4), key=seed)) >> 8, scaled to [-eps, eps) and boxed.
+
+    eps = 2^-3 and x = 0.5 make every step exact in fp32, so the kernel's words can be read back and compared."""
+    seed, offset = 0x1234_5678_9ABC_DEF0, 8 * 4
+    eps = 0.125
+    x = torch.full((numel,), 0.5)
+    out = emu.uniform_init(device, x, eps, seed, offset)
+    words = ((out.double() + eps) / (2 * eps) * 2**24).round().long().tolist()
+    key = (seed & 0xFFFFFFFF, seed >> 32)
+    block = offset // 4
+    for e in sorted({0, 1, 2, 3, numel // 2, numel - 1} & set(range(numel))):
+        r = philox4x32_10((block & 0xFFFFFFFF, block >> 32, (e // 4) & 0xFFFFFFFF, (e // 4) >> 32), key)
+        assert words[e] == r[e % 4] >> 8, f"element {e}"
+    assert torch.equal(out, emu.uniform_init(device, x, eps, seed, offset))  # deterministic
+    assert not torch.equal(out, emu.uniform_init(device, x, eps, seed, offset + 4))  # the offset moves the stream
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_uniform_init_bounds_and_box(device, dtype):
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x.view(-1)[:2] = torch.tensor([0.0, 1.0])
+    x = x.to(dtype)
+    d = emu.uniform_init(device, x, 0.3, 42, 0)  # the perturbation, boxed so that x + d stays in [0, 1]
+    out, d, xf = d, d.float(), x.float()
+    assert out.dtype == dtype and not out.isnan().any()
+    assert (xf + d).min() >= 0 and (xf + d).max() <= 1
+    assert d.abs().max() <= 0.3 * (1 + torch.finfo(dtype).eps)
+    assert d.std() > 0.05  # not a constant
+
+
+# ----------------------------------------------------------------------------------------- empty and bad launches
+def test_empty_and_invalid_sizes(device):
+    z = torch.zeros(0, 5)
+    assert emu.zerograd_step(device, z, z, z, 0.1, 0.2, 0.5).shape == (0, 5)
+    assert emu.pgd_step(device, z, z, z, 0.1, 0.2).shape == (0, 5)
+    assert emu.take_log(device) == []  # nothing launched for an empty batch
+    # images of no elements: v is still updated (the fused launcher takes them, one block per row)
+    x = torch.zeros(2, 0, 4, 4)
+    index, offsets, flips = torch.tensor([1, 3]), torch.zeros(2, 2, dtype=torch.long), torch.tensor([True, False])
+    kw = SPECS["atas_step"].make(1, 3, "random", torch.Generator().manual_seed(0), "cpu").kwargs
+    bufs = [(torch.zeros(5, 0, 8, 8), torch.rand(5, generator=torch.Generator().manual_seed(1))) for _ in range(2)]
+    taken: list = []
+    emu.atas_step(device, *bufs[0], index, offsets, flips, x, x, x, **kw, path=taken)
+    reference.atas_step(*bufs[1], index, offsets, flips, x, x, x, **kw)
+    assert taken == ["fused"] and torch.equal(bufs[0][1], bufs[1][1])
+    assert not torch.equal(bufs[0][1], torch.rand(5, generator=torch.Generator().manual_seed(1)))
+
+
+def test_float16_and_bfloat16_round_like_torch(device):
+    """The kernels' from_float<T>/to_float on the emulator's fp16/bf16 round like torch's .to(): nearest even,
+    overflow to inf, subnormals, NaN."""
+    special = [0.0, -0.0, 1.0, 65504.0, 65519.0, 65520.0, 1e-8, 2.9e-8, 3e-8, 6e-8, -3.14159, float("inf"),
+               float("-inf"), float("nan"), 3.0e38, -1.17549435e-38, 1.00048828125, 1.0009765625]
+    bits = [0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x00000001, 0x807FFFFF, 0x3F800001, 0x477FF000, 0x477FEFFF]
+    vals = torch.tensor(special + [struct.unpack("f", struct.pack("I", b))[0] for b in bits])
+    vals = torch.cat([vals, torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 10.0 ** torch.randint(
+        -9, 6, (5000,), generator=torch.Generator().manual_seed(1))])
+    for code, dtype in ((2, torch.float16), (1, torch.bfloat16)):
+        out = torch.empty_like(vals)
+        device.emu_round_trip(vals.data_ptr(), out.data_ptr(), vals.numel(), code)
+        torch.testing.assert_close(out, vals.to(dtype).float(), rtol=0, atol=0, equal_nan=True,
+                                   msg=lambda m: f"{dtype}: {m}")
+
+
+# -------------------------------------------------------------------------------------------- random cases
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_cases(device, seed):
+    """Random row lengths (around the path boundaries too), dtypes, q and emulated devices, seeded."""
+    import random
+
+    rng = random.Random(seed)
+    settings = rng.choice([{}, {"clusters": False}, {"sm_count": rng.randint(1, 200)}, {"max_active_clusters": 0},
+                           {"smem_optin": rng.choice([0, 48 * 1024, 100 * 1024])}])
+    emu.configure(device, **settings)
+    gen = torch.Generator().manual_seed(seed)
+    dt, gdt, bdt = (rng.choice(_FLOATS) for _ in range(3))
+    what = f"seed={seed} {settings} {dt} {gdt} {bdt}"
+    # ZeroGrad
+    rows = rng.randint(1, 3)
+    n = rng.choice([rng.randint(1, 3000), rng.randint(16000, 17000), rng.randint(30000, 90000)])
+    x, d = torch.rand(rows, n, generator=gen).to(dt), ((torch.rand(rows, n, generator=gen) - 0.5) * 0.3).to(dt)
+    g = torch.randn(rows, n, generator=gen)
+    g = torch.round(g * rng.choice([1, 2, 4])) / 4 if rng.random() < 0.5 else g
+    g[torch.rand(rows, n, generator=gen) < rng.random() * 0.5] = 0
+    g = g.to(gdt)
+    q = rng.choice([0.0, 1.0, rng.random()])
+    torch.testing.assert_close(emu.zerograd_step(device, d, g, x, 0.1, 0.2, q),
+                               reference.zerograd_step(d, g, x, 0.1, 0.2, q), rtol=0, atol=0, equal_nan=True,
+                               msg=lambda m: f"zerograd {rows}x{n} q={q} {what}: {m}")
+    # ATAS, both ops, odd images and pads
+    b, c, h, w, p = rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 60), rng.randint(1, 60), rng.randint(0, 4)
+    n_ex = b + rng.randint(0, 3)
+    x = torch.rand(b, c, h, w, generator=gen).to(dt)
+    x_adv = (x.float() + 0.05 * torch.randn(b, c, h, w, generator=gen)).clamp(0, 1).to(dt)
+    g = (torch.randn(b, c, h, w, generator=gen) * 0.05 / (c * h * w) ** 0.5).to(gdt)
+    buf = ((torch.rand(n_ex, c, h + 2 * p, w + 2 * p, generator=gen) * 2 - 1) * 0.1).to(bdt)
+    v = torch.rand(n_ex, generator=gen) * 0.0025
+    idx = torch.randperm(n_ex, generator=gen)[:b]
+    off, fl = torch.randint(0, 2 * p + 1, (b, 2), generator=gen), torch.rand(b, generator=gen) < 0.5
+    kw = dict(SPECS["atas_step"].make(1, 3, "random", gen, "cpu").kwargs, warmup=rng.random() < 0.3)
+    torch.testing.assert_close(emu.atas_gather(device, buf, idx, off, fl, x),
+                               reference.atas_gather(buf, idx, off, fl, x), rtol=0, atol=0,
+                               msg=lambda m: f"atas_gather {what}: {m}")
+    b1, v1, b2, v2 = buf.clone(), v.clone(), buf.clone(), v.clone()
+    got = emu.atas_step(device, b1, v1, idx, off, fl, g, x_adv, x, **kw)
+    want = reference.atas_step(b2, v2, idx, off, fl, g, x_adv, x, **kw)
+    # the step size's sqrt/divide may differ by an ulp; it can then round the stored values one ulp of their dtype apart
+    for name, a, e, dtype in (("out", got, want, dt), ("delta_buf", b1, b2, bdt)):
+        torch.testing.assert_close(a, e, rtol=torch.finfo(dtype).eps if dtype != torch.float32 else 0,
+                                   atol=SPECS["atas_step"].atol, msg=lambda m: f"atas_step {name} {what}: {m}")
+    torch.testing.assert_close(v1, v2, rtol=0, atol=0, msg=lambda m: f"atas_step v {what}: {m}")
+    # PGD with a mask, MultiGrad with a random threshold
+    rows, n = rng.randint(1, 5), rng.randint(1, 9000)
+    x, d = torch.rand(rows, n, generator=gen).to(dt), ((torch.rand(rows, n, generator=gen) - 0.5) * 0.3).to(dt)
+    g = torch.randn(rows, n, generator=gen).to(gdt)
+    active = torch.rand(rows, generator=gen) < 0.5 if rng.random() < 0.5 else None
+    torch.testing.assert_close(emu.pgd_step(device, d, g, x, 0.1, 0.03, active),
+                               reference.pgd_step(d, g, x, 0.1, 0.03, active), rtol=0, atol=0)
+    starts = rng.randint(1, 6)
+    grads = torch.randn(starts, rows, 1, 1, n, generator=gen)
+    grads[torch.rand(grads.shape, generator=gen) < 0.1] = 0
+    grads = grads.to(gdt)
+    th = rng.choice([None, *range(1, starts + 1)])
+    xs = x.view(rows, 1, 1, n)
+    torch.testing.assert_close(emu.multigrad_step(device, grads, xs, 0.1, 0.2, th),
+                               reference.multigrad_step(grads, xs, 0.1, 0.2, th), rtol=0, atol=0)

@@ -1,0 +1,82 @@
+"""The emulator reports the bugs it claims to catch (tests/cuda_emu/selftest.cu), and runs correct code right.
+
+Without these, a permissive emulator would let test_emulated_kernels.py pass whatever the kernels do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from . import emulator as emu
+
+pytestmark = pytest.mark.emulated
+
+
+@pytest.fixture(scope="module")
+def lib():
+    try:
+        lib = emu.build()
+    except emu.EmulatorError as e:
+        if "no C++ compiler" in str(e):
+            pytest.skip(str(e))
+        raise
+    emu.configure(lib)
+    return lib
+
+
+def _run(lib, which, n=32):
+    buf = emu._Guarded(torch.zeros(n))
+    err = lib.emu_selftest(which, buf.t.data_ptr(), n)
+    emu._check(lib, f"selftest {which}", err)
+    return buf.check(f"selftest {which}")
+
+
+@pytest.mark.parametrize("which,message", [
+    (0, r"__syncthreads\(\) at selftest.cu:\d+ while other threads of the block wait at selftest.cu:\d+"),
+    (1, r"deadlock: .*1 have exited.*__ballot_sync at selftest.cu:\d+, mask 0xffffffff, has lanes 0xfffffffe"),
+    (2, r"__shfl_sync reads a lane outside the mask"),
+    (3, r"wrote past the end of its 64 bytes of dynamic shared memory"),
+    (4, r"traps.*__trap\(\)"),
+    (5, r"wrote outside the buffer"),
+    (8, r"launcher returned cudaError 9"),  # cudaErrorInvalidConfiguration: 1025 threads
+])
+def test_bug_is_reported(lib, which, message):
+    with pytest.raises(emu.EmulatorError, match=message):
+        _run(lib, which)
+    emu._check(lib, "after", 0)  # the failure was taken: the next launch starts clean
+
+
+def test_cluster_early_exit_is_reported(lib):
+    emu.configure(lib)
+    buf = torch.zeros(8)
+    with pytest.raises(emu.EmulatorError, match="another block of the cluster failed or exited"):
+        emu._check(lib, "cluster", lib.emu_selftest(6, buf.data_ptr(), 1))
+
+
+def test_cluster_shared_memory_exchange(lib):
+    """map_shared_rank reads the right block's copy of a __shared__ variable."""
+    emu.configure(lib)
+    buf = torch.zeros(8)  # n = 0 selects the exchange kernel
+    emu._check(lib, "cluster", lib.emu_selftest(6, buf.data_ptr(), 0))
+    # two clusters of 4: block b reads the value of block (rank + 1) % 4 of its own cluster
+    want = torch.tensor([100.0 * (c * 4 + (r + 1) % 4) for c in range(2) for r in range(4)])
+    assert torch.equal(buf, want)
+    assert emu.take_log(lib)[-1] == "cluster_exchange grid=8 block=64 smem=0 cluster=4"
+
+
+def test_warp_shuffles_are_exact(lib):
+    out = _run(lib, 7, n=64)
+    assert torch.equal(out, torch.tensor([float(sum(range(32)))] * 32 + [float(sum(range(32, 64)))] * 32))
+
+
+def test_shuffled_schedules_expose_a_missing_barrier(lib):
+    """In index order thread 0 writes before the others read, so the bug hides; shuffled orders expose it."""
+    emu.configure(lib, schedule_seed=0)
+    _run(lib, 9, n=64)
+    assert torch.equal(_run(lib, 9, n=64), torch.full((64,), 7.0))
+    wrong = 0
+    for seed in (1, 2, 3):
+        emu.configure(lib, schedule_seed=seed)
+        wrong += not torch.equal(_run(lib, 9, n=64), torch.full((64,), 7.0))
+    emu.configure(lib)
+    assert wrong == 3
