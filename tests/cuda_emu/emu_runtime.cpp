@@ -20,6 +20,15 @@
 
 #include "include/emu_cuda.h"
 
+#if FASTAT_EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#define EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define EMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define EMU_POISON(p, n) ((void)(p), (void)(n))
+#define EMU_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
@@ -244,6 +253,7 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
   b.warps.assign((b.threads + 31) / 32, WarpState{});
   b.fibers.assign(b.threads, Fiber{});
   std::memset(b.dyn.data() + b.dyn_bytes, kCanary, kCanaryBytes);
+  EMU_POISON(b.dyn.data() + b.dyn_bytes, kCanaryBytes);  // under ASan, any access past the end is reported
   const uintptr_t body_bits = reinterpret_cast<uintptr_t>(&body);
   for (unsigned t = 0; t < b.threads; ++t) {
     Fiber& f = b.fibers[t];
@@ -305,6 +315,7 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
   }
   for (Fiber& f : b.fibers) tl_stacks.put(f.stack);
   b.fibers.clear();
+  EMU_UNPOISON(b.dyn.data() + b.dyn_bytes, kCanaryBytes);
   if (!b.failed && b.dyn_bytes > 0) {
     for (size_t i = 0; i < kCanaryBytes; ++i) {
       if (b.dyn[b.dyn_bytes + i] != kCanary) {

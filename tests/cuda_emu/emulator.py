@@ -87,10 +87,18 @@ def _rank64() -> int:
     return int(QUANTILE_RANK_FP64)
 
 
+def asan_enabled() -> bool:
+    """FASTAT_EMU_ASAN=1: build with AddressSanitizer (the process must preload libasan, see test_asan.py)."""
+    return os.environ.get("FASTAT_EMU_ASAN", "0") == "1"
+
+
 def _flags() -> list[str]:
-    return ["-std=c++20", "-O1", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-Wall",
-            "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable",
-            f"-DFASTAT_QUANTILE_RANK64={_rank64()}"]
+    flags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-Wall",
+             "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable",
+             f"-DFASTAT_QUANTILE_RANK64={_rank64()}"]
+    if asan_enabled():
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-DFASTAT_EMU_ASAN=1"]
+    return flags
 
 
 def _sources() -> list[Path]:
@@ -157,7 +165,8 @@ def build(verbose: bool = False) -> ctypes.CDLL:
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             objects = list(pool.map(compile_one, units))
         tmp_lib = work / lib_path.name
-        res = subprocess.run([compiler, "-shared", "-pthread", *map(str, objects), "-o", str(tmp_lib)],
+        sanitize = ["-fsanitize=address"] if asan_enabled() else []
+        res = subprocess.run([compiler, "-shared", "-pthread", *sanitize, *map(str, objects), "-o", str(tmp_lib)],
                              capture_output=True, text=True)
         if res.returncode != 0:
             raise EmulatorError(f"linking the CUDA emulator failed:\n{res.stderr[-6000:]}")
