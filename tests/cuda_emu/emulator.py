@@ -191,6 +191,7 @@ def _load(path: Path) -> ctypes.CDLL:
         "emu_take_log": [ctypes.c_char_p, i],
         "emu_selftest": [i, p, i],
         "emu_round_trip": [p, p, i64, i],
+        "emu_uniform_init_captured": [p, p, i, i64, d, p, p, u64],
     }
     for name, argtypes in sig.items():
         fn = getattr(lib, name)

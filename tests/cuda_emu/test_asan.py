@@ -39,8 +39,8 @@ def _run(args, env, timeout=1800):
 
 
 def test_kernels_under_address_sanitizer():
-    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(HERE / "test_emulated_kernels.py")],
-               _asan_env())
+    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not full_sizes",
+                str(HERE / "test_emulated_kernels.py")], _asan_env())
     out = res.stdout + res.stderr
     assert res.returncode == 0 and "AddressSanitizer" not in out, out[-6000:]
 

@@ -354,6 +354,20 @@ def test_uniform_init_is_philox(device, numel):
     assert not torch.equal(out, emu.uniform_init(device, x, eps, seed, offset + 4))  # the offset moves the stream
 
 
+def test_uniform_init_under_graph_capture_reads_the_device_state(device):
+    """Captured (CUDA-graph) form: seed and offset come from device memory (+ the intra-graph offset), so each replay
+    draws what an eager call with those values draws; a null pointer is refused."""
+    x = torch.rand(2, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    seed, offset = torch.tensor([987654321987], dtype=torch.int64), torch.tensor([40], dtype=torch.int64)
+    out = emu._Guarded(x)
+    emu._check(device, "captured", device.emu_uniform_init_captured(x.data_ptr(), out.t.data_ptr(), 0, x.numel(), 0.2,
+                                                                    seed.data_ptr(), offset.data_ptr(), 8))
+    got = out.check("captured")
+    assert torch.equal(got, emu.uniform_init(device, x, 0.2, 987654321987, 48))
+    assert device.emu_uniform_init_captured(x.data_ptr(), out.t.data_ptr(), 0, x.numel(), 0.2, None,
+                                            offset.data_ptr(), 0) != 0  # cudaErrorInvalidValue
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_uniform_init_bounds_and_box(device, dtype):
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -466,3 +480,18 @@ def test_random_cases(device, seed):
     xs = x.view(rows, 1, 1, n)
     torch.testing.assert_close(emu.multigrad_step(device, grads, xs, 0.1, 0.2, th),
                                reference.multigrad_step(grads, xs, 0.1, 0.2, th), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------------ full sizes
+FULL = [("zerograd_step", 512, 3072), ("zerograd_step", 64, 150528), ("atas_step", 64, 150528),
+        ("atas_gather", 64, 150528), ("pgd_step", 512, 3072), ("multigrad_step", 128, 3072)]
+
+
+@pytest.mark.slow  # about 50 s in all on 2 cores
+@pytest.mark.parametrize("op,rows,cols", FULL, ids=[f"{o}-{r}x{c}" for o, r, c in FULL])
+def test_full_sizes(device, op, rows, cols):
+    """The sizes of the benchmarks and GPU parity tests (224x224x3 rows: clusters of 8 for ZeroGrad and ATAS)."""
+    emu.configure(device, schedule_seed=0)  # in order: the shuffle costs time and the sweep above already shuffles
+    sample = SPECS[op].make(rows, cols, "random", torch.Generator().manual_seed(rows + cols), "cpu")
+    got, want, spec = _run_both(device, op, sample)
+    _compare(got, want, spec, f"{op} {rows}x{cols}")
