@@ -196,14 +196,17 @@ def skipped_backends(backends, ops, device: str | torch.device) -> dict[str, str
 
 def markdown(rows: list[Row], env: dict[str, str]) -> str:
     head = (f"Measured {env['date']} on {env['device']} (torch {env['torch']}, triton {env.get('triton', '-')}, "
-            f"fastat {env['git']}); median of CUDA-event/`torch.utils.benchmark` timings.\n\n")
+            f"fastat {env['git']}); median (and 20th–80th percentiles) of CUDA-event/`torch.utils.benchmark` "
+            "timings.\n\n")
     compiled = any(math.isfinite(r.speedup_vs_compile) for r in rows)
-    lines = ["| op | backend | shape (B × n) | grad | median ms | GB/s | vs PyTorch | " + ("vs compile | " * compiled)
-             + "× copy floor |", "|---|---|---|---|---|---|---|" + "---|" * compiled + "---|"]
+    lines = ["| op | backend | shape (B × n) | grad | median ms | p20–p80 ms | GB/s | vs PyTorch | "
+             + ("vs compile | " * compiled) + "× copy floor |", "|---|---|---|---|---|---|---|---|" + "---|" * compiled
+             + "---|"]
     for r in rows:
         vs = (f"{r.speedup_vs_compile:.1f}× | " if math.isfinite(r.speedup_vs_compile) else "- | ") if compiled else ""
         lines.append(f"| {r.op} | {r.backend} | {r.rows} × {r.cols} | {r.grad_dtype} | {r.median_ms:.4f} | "
-                     f"{r.gbps:.1f} | {r.speedup_vs_torch:.1f}× | {vs}{r.floor_ratio:.2f} |")
+                     f"{r.p20_ms:.4f}–{r.p80_ms:.4f} | {r.gbps:.1f} | {r.speedup_vs_torch:.1f}× | "
+                     f"{vs}{r.floor_ratio:.2f} |")
     return head + "\n".join(lines) + "\n"
 
 
