@@ -20,13 +20,20 @@
 
 #include "include/emu_cuda.h"
 
+// Under AddressSanitizer: poisoned canaries, and the fiber switches announced to ASan so that it knows which stack
+// is live (without it, ASan may report false stack errors after a swapcontext).
 #if FASTAT_EMU_ASAN
 #include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
 #define EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define EMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#define EMU_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define EMU_FINISH_SWITCH(save, bottom_old, size_old) __sanitizer_finish_switch_fiber(save, bottom_old, size_old)
 #else
 #define EMU_POISON(p, n) ((void)(p), (void)(n))
 #define EMU_UNPOISON(p, n) ((void)(p), (void)(n))
+#define EMU_START_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#define EMU_FINISH_SWITCH(save, bottom_old, size_old) ((void)(save), (void)(bottom_old), (void)(size_old))
 #endif
 
 thread_local uint3 threadIdx;
@@ -44,6 +51,7 @@ struct Settings {
   int smem_optin = 227 * 1024;       // cudaDevAttrMaxSharedMemoryPerBlockOptin
   bool cluster_launch = true;        // cudaDevAttrClusterLaunch
   int max_active_clusters = 1 << 20; // what cudaOccupancyMaxActiveClusters answers when a cluster fits
+  int ptx_version = 0;               // cudaFuncGetAttributes' ptxVersion; 0: 90 with clusters, else 80
   bool refuse_cluster_launch = false;
   bool check_call_sites = true;
   uint64_t schedule_seed = 0;  // 0: threads resume in order 0, 1, ...; else a fresh random order every round
@@ -52,6 +60,7 @@ struct Settings {
 Settings g_settings;
 std::mutex g_mutex;  // guards the maps and messages below
 std::map<const void*, int> g_dynamic_smem_limit;  // per kernel: the opted-in limit
+std::map<const void*, size_t> g_static_smem;       // per kernel: static shared memory seen in its launches so far
 int g_device = 0;  // each emu_configure() is a new device, so the launchers' per-device caches ask again
 cudaError_t g_last_error = cudaSuccess;            // cudaGetLastError's
 std::string g_failure;                             // first kernel failure since the last emu_take_failure()
@@ -109,6 +118,7 @@ enum class Wait { kNone, kBarrier, kWarp, kDone };
 
 struct Fiber {
   ucontext_t ctx;
+  void* fake_stack = nullptr;  // ASan's bookkeeping across switches
   char* stack = nullptr;
   unsigned tid = 0;
   Wait wait = Wait::kNone;
@@ -133,6 +143,9 @@ struct Block {
   unsigned threads = 0, live = 0;
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
+  void* scheduler_fake_stack = nullptr;
+  const void* scheduler_stack = nullptr;  // the OS thread's stack, as ASan reported it on the first switch
+  size_t scheduler_stack_size = 0;
   int current = -1;
   uint64_t progress = 0;  // bumped by every arrival/departure/exit: a round of resumes without it is a deadlock
   // __syncthreads / cluster.sync (block part)
@@ -144,11 +157,14 @@ struct Block {
   // dynamic shared memory, with a canary tail
   std::vector<unsigned char> dyn;
   size_t dyn_bytes = 0;
+  // static shared memory: the __shared__ variables the block's threads declared (address, bytes)
+  std::vector<std::pair<char*, size_t>> shared;
+  size_t static_bytes = 0;
   // cluster
   Cluster* cluster = nullptr;
   unsigned rank = 0;
   char* tls_anchor = nullptr;
-  bool finished = false;
+  std::atomic<bool> finished{false};
   // failure
   bool failed = false;
   std::string error;
@@ -174,7 +190,9 @@ std::string kernel_name(const void* fn);
 void yield() {
   Block& b = me();
   Fiber& f = b.fibers[b.current];
+  EMU_START_SWITCH(&f.fake_stack, b.scheduler_stack, b.scheduler_stack_size);
   swapcontext(&f.ctx, &b.scheduler);
+  EMU_FINISH_SWITCH(f.fake_stack, nullptr, nullptr);
 }
 
 [[noreturn]] void fail_here(const std::string& why) {
@@ -200,9 +218,16 @@ void wait_until(Wait kind, Pred pred) {
 }
 
 void fiber_main(unsigned lo, unsigned hi) {
+  {
+    Block& b = me();
+    EMU_FINISH_SWITCH(nullptr, &b.scheduler_stack, &b.scheduler_stack_size);
+  }
   const auto* body = reinterpret_cast<const std::function<void()>*>(static_cast<uintptr_t>(hi) << 32 | lo);
   (*body)();
   Block& b = me();
+  if (b.bar_arrived > 0)
+    fail_here(format("exited while %u threads of the block wait at the barrier at %s (a barrier some threads skip)",
+                     b.bar_arrived, describe(b.bar_site).c_str()));
   b.fibers[b.current].wait = Wait::kDone;
   --b.live;
   ++b.progress;
@@ -251,6 +276,8 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
   b.threads = block_dim.x * block_dim.y * block_dim.z;
   b.live = b.threads;
   b.warps.assign((b.threads + 31) / 32, WarpState{});
+  b.shared.clear();
+  b.static_bytes = 0;
   b.fibers.assign(b.threads, Fiber{});
   std::memset(b.dyn.data() + b.dyn_bytes, kCanary, kCanaryBytes);
   EMU_POISON(b.dyn.data() + b.dyn_bytes, kCanaryBytes);  // under ASan, any access past the end is reported
@@ -288,7 +315,9 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
       if (f.wait == Wait::kDone) continue;
       b.current = static_cast<int>(t);
       threadIdx = uint3{t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y)};
+      EMU_START_SWITCH(&b.scheduler_fake_stack, f.stack, g_settings.fiber_stack);
       swapcontext(&b.scheduler, &f.ctx);
+      EMU_FINISH_SWITCH(b.scheduler_fake_stack, nullptr, nullptr);
       if (f.wait == Wait::kNone || f.wait == Wait::kDone) all_waiting = false;
     }
     if (b.failed || b.live == 0) break;
@@ -359,6 +388,9 @@ unsigned lane_id() { return threadIdx.x & 31u; }  // 1-D blocks (checked at laun
 void syncthreads(const Where& at) {
   const Site site = site_of(at);
   Block& b = me();
+  if (b.live != b.threads)
+    fail_here(format("__syncthreads() at %s after %u threads of the block exited (a barrier some threads skip)",
+                     describe(site).c_str(), b.threads - b.live));
   if (b.bar_arrived == 0) {
     b.bar_site = site;
   } else if (g_settings.check_call_sites && site != b.bar_site) {
@@ -404,7 +436,7 @@ void cluster_sync(const Where& at) {
       ++c.generation;
       c.cv.notify_all();
     } else {
-      const bool ok = c.cv.wait_for(lock, std::chrono::seconds(60), [&] {
+      const bool ok = c.cv.wait_for(lock, std::chrono::minutes(30), [&] {
         return c.generation != cgen || c.failed || c.arrived + c.finished >= c.size;
       });
       if (c.generation == cgen) {
@@ -475,7 +507,7 @@ void* map_shared(const void* p, unsigned rank, size_t bytes) {
   if (b.cluster == nullptr) fail_here("map_shared_rank in a kernel not launched as a cluster");
   if (rank >= b.cluster->size) fail_here(format("map_shared_rank: rank %u of a cluster of %u", rank, b.cluster->size));
   Block& other = *b.cluster->blocks[rank];
-  if (other.finished) fail_here(format("map_shared_rank: block rank %u of the cluster has exited", rank));
+  if (other.finished.load()) fail_here(format("map_shared_rank: block rank %u of the cluster has exited", rank));
   const char* c = static_cast<const char*>(p);
   const char* dyn = reinterpret_cast<const char*>(b.dyn.data());
   if (c >= dyn && c < dyn + b.dyn_bytes) {
@@ -483,16 +515,35 @@ void* map_shared(const void* p, unsigned rank, size_t bytes) {
     return other.dyn.data() + (c - dyn);
   }
   // A __shared__ (static thread_local) variable: same offset from the anchor in the other block's thread.
+  bool shared = false;
+  for (const auto& [start, size] : b.shared) shared = shared || (c >= start && c + bytes <= start + size);
+  if (!shared) fail_here("map_shared_rank of an address that is not this block's shared memory");
   return other.tls_anchor + (c - b.tls_anchor);
+}
+
+void shared_decl(void* p, size_t bytes) {
+  Block& b = me();
+  char* c = static_cast<char*>(p);
+  for (const auto& entry : b.shared)
+    if (entry.first == c) return;
+  b.shared.emplace_back(c, bytes);
+  b.static_bytes += bytes;
+  std::memset(c, 0xFF, bytes);
 }
 
 // ------------------------------------------------------------------------------------------------------ launches
 cudaError_t run_grid(const void* fn, const Config& cfg, unsigned cluster, const std::function<void()>& body) {
   const unsigned threads = cfg.block.x * cfg.block.y * cfg.block.z;
   const uint64_t blocks = static_cast<uint64_t>(cfg.grid.x) * cfg.grid.y * cfg.grid.z;
+  // Dynamic shared memory allowed: the opted-in value, else 48 KB less the kernel's static shared memory (known once
+  // the kernel has run: the emulator learns it from the __shared__ declarations its threads execute).
   int smem_limit = g_settings.smem_per_block;
+  bool static_known = false;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
+    auto st = g_static_smem.find(fn);
+    static_known = st != g_static_smem.end();
+    if (static_known) smem_limit -= static_cast<int>(st->second);
     auto it = g_dynamic_smem_limit.find(fn);
     if (it != g_dynamic_smem_limit.end()) smem_limit = it->second;
     g_log += format("%s grid=%u block=%u smem=%zu cluster=%u\n", kernel_name(fn).c_str(), cfg.grid.x, threads,
@@ -513,7 +564,7 @@ cudaError_t run_grid(const void* fn, const Config& cfg, unsigned cluster, const 
     return refused;
   }
   const dim3 grid = cfg.grid, block_dim = cfg.block;
-  auto run_cluster = [&](uint64_t first) -> std::string {
+  auto run_cluster = [&](uint64_t first, size_t* static_bytes) -> std::string {
     std::vector<std::unique_ptr<Block>> owned(cluster);
     Cluster c;
     c.size = cluster;
@@ -550,17 +601,27 @@ cudaError_t run_grid(const void* fn, const Config& cfg, unsigned cluster, const 
       }
       for (std::thread& t : workers) t.join();
     }
+    for (auto& b : owned) *static_bytes = std::max(*static_bytes, b->static_bytes);
     for (auto& b : owned)
       if (b->failed) return b->error;
     return std::string();
   };
+  size_t static_bytes = 0;
   for (uint64_t first = 0; first < blocks; first += cluster) {
-    const std::string error = run_cluster(first);
+    const std::string error = run_cluster(first, &static_bytes);
     if (!error.empty()) {
       record_failure(error);
       set_error(cudaErrorLaunchFailure);
       return cudaSuccess;  // the launch itself was accepted; the failure is sticky, as a device fault is
     }
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_static_smem[fn] = static_bytes;
+    if (!static_known && cfg.smem + static_bytes > static_cast<size_t>(g_settings.smem_per_block) &&
+        g_dynamic_smem_limit.find(fn) == g_dynamic_smem_limit.end())
+      g_log += format("  (learned: %zu bytes of static shared memory; with them this launch does not fit)\n",
+                      static_bytes);
   }
   return cudaSuccess;
 }
@@ -618,17 +679,27 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
   std::memset(attr, 0, sizeof *attr);
   attr->maxThreadsPerBlock = 1024;
-  attr->ptxVersion = g_settings.cluster_launch ? 90 : 80;
+  attr->ptxVersion = g_settings.ptx_version != 0 ? g_settings.ptx_version : (g_settings.cluster_launch ? 90 : 80);
   attr->binaryVersion = attr->ptxVersion;
   std::lock_guard<std::mutex> lock(emu::g_mutex);
+  auto st = emu::g_static_smem.find(func);
+  attr->sharedSizeBytes = st == emu::g_static_smem.end() ? 0 : st->second;
   auto it = emu::g_dynamic_smem_limit.find(func);
-  attr->maxDynamicSharedSizeBytes = it == emu::g_dynamic_smem_limit.end() ? g_settings.smem_per_block : it->second;
+  attr->maxDynamicSharedSizeBytes = it == emu::g_dynamic_smem_limit.end()
+                                        ? g_settings.smem_per_block - static_cast<int>(attr->sharedSizeBytes)
+                                        : it->second;
   return cudaSuccess;
 }
 
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
-  if (value < 0 || value > g_settings.smem_optin) {
+  size_t static_bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(emu::g_mutex);
+    auto st = emu::g_static_smem.find(func);
+    if (st != emu::g_static_smem.end()) static_bytes = st->second;
+  }
+  if (value < 0 || static_cast<size_t>(value) + static_bytes > static_cast<size_t>(g_settings.smem_optin)) {
     std::lock_guard<std::mutex> lock(emu::g_mutex);
     if (emu::g_last_error == cudaSuccess) emu::g_last_error = cudaErrorInvalidValue;
     return cudaErrorInvalidValue;
@@ -656,7 +727,7 @@ extern "C" {
 
 // Device properties and behaviours the launchers ask about; negative values leave a setting as it is.
 void emu_configure(int sm_count, int smem_optin, int cluster_launch, int max_active_clusters,
-                   int refuse_cluster_launch, int check_call_sites, int64_t schedule_seed) {
+                   int refuse_cluster_launch, int check_call_sites, int64_t schedule_seed, int ptx_version) {
   std::lock_guard<std::mutex> lock(emu::g_mutex);
   if (sm_count >= 0) g_settings.sm_count = sm_count;
   if (smem_optin >= 0) g_settings.smem_optin = smem_optin;
@@ -665,6 +736,7 @@ void emu_configure(int sm_count, int smem_optin, int cluster_launch, int max_act
   if (refuse_cluster_launch >= 0) g_settings.refuse_cluster_launch = refuse_cluster_launch != 0;
   if (check_call_sites >= 0) g_settings.check_call_sites = check_call_sites != 0;
   if (schedule_seed >= 0) g_settings.schedule_seed = static_cast<uint64_t>(schedule_seed);
+  if (ptx_version >= 0) g_settings.ptx_version = ptx_version;
   emu::g_dynamic_smem_limit.clear();  // a new device: opt-ins start over, and so do the launchers' caches
   ++emu::g_device;
 }

@@ -22,6 +22,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class EmulatorError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------- rewriting
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:\s*<[^<>;(){}]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
+_SHARED = re.compile(r"(?<![\w#])__shared__\s+([A-Za-z_][\w:<>, ]*?)\s+(\w+)\s*((?:\[[^\]]+\])*)\s*;")
 _ASM = re.compile(r"\basm\s+(?:volatile\s*)?\(")
 _ANON = re.compile(r"namespace\s*\{")
 
@@ -74,6 +77,11 @@ def rewrite(source: str, stem: str) -> str:
     out.append(source[pos:])
     text = "".join(out)
     text = _EXTERN_SHARED.sub(r"\1* \2 = ::emu::dynamic_smem<\1>();", text)
+    text = _SHARED.sub(r"static thread_local \1 \2\3; ::emu::shared_decl(&\2, sizeof(\2));", text)
+    for m in _ASM.finditer(text):  # dropped: only statements without results (prefetches, fences) may be
+        body = text[m.end():_matching_paren(text, m.end() - 1)]
+        if re.search(r':\s*"[=+]', body):
+            raise EmulatorError(f"{stem}: inline asm with output operands cannot be emulated: asm({body[:80]}...)")
     text = _ASM.sub("EMU_ASM(", text)
     ns = f"emu_anon_{re.sub(r'[^A-Za-z0-9_]', '_', stem)}"
     text = _ANON.sub(f"namespace {ns} {{}} using namespace {ns}; namespace {ns} {{", text)
@@ -92,8 +100,15 @@ def asan_enabled() -> bool:
     return os.environ.get("FASTAT_EMU_ASAN", "0") == "1"
 
 
+def contract_enabled() -> bool:
+    """FASTAT_EMU_CONTRACT=1: let g++ fuse a*b+c into FMAs (-ffp-contract=fast -mfma) as nvcc does by default, so
+    that an unprotected product-sum in an exact kernel shows as a mismatch (see test_contracted.py)."""
+    return os.environ.get("FASTAT_EMU_CONTRACT", "0") == "1"
+
+
 def _flags() -> list[str]:
-    flags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-Wall",
+    contract = ["-ffp-contract=fast", "-mfma"] if contract_enabled() else ["-ffp-contract=off"]
+    flags = ["-std=c++20", "-O1", "-fPIC", "-pthread", *contract, "-fno-fast-math", "-Wall",
              "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable",
              f"-DFASTAT_QUANTILE_RANK64={_rank64()}"]
     if asan_enabled():
@@ -132,48 +147,70 @@ def build(verbose: bool = False) -> ctypes.CDLL:
     digest = hashlib.sha256()
     for f in _sources():
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
-    digest.update(" ".join([compiler] + _flags()).encode())
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    digest.update(" ".join([compiler, version] + _flags()).encode())
     out_dir = _cache_root() / digest.hexdigest()[:16]
     lib_path = out_dir / "libfastat_cuda_emu.so"
     if not lib_path.exists():
-        work = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "csrc" / "cuda").mkdir(parents=True)
-        for f in CSRC.glob("*.h"):
-            shutil.copy(f, work / "csrc" / f.name)
-        units = []
-        for f in sorted((CSRC / "cuda").iterdir()):
-            if f.suffix in (".cu", ".cuh", ".h"):
-                (work / "csrc" / "cuda" / f.name).write_text(rewrite(f.read_text(), f.stem))
-            if f.suffix == ".cu":
-                units.append(work / "csrc" / "cuda" / f.name)
-        selftest = work / "selftest.cu"
-        selftest.write_text(rewrite((HERE / "selftest.cu").read_text(), "selftest"))
-        units += [HERE / "emu_runtime.cpp", HERE / "capi.cpp", selftest]
-        include = ["-I", str(HERE / "include"), "-I", str(work / "csrc" / "cuda")]
-
-        def compile_one(src: Path) -> Path:
-            obj = work / (src.stem + ".o")
-            cmd = [compiler, *_flags(), *include, "-x", "c++", "-c", str(src), "-o", str(obj)]
-            if verbose:
-                print(" ".join(cmd), file=sys.stderr)
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                raise EmulatorError(f"compiling {src.name} for the CUDA emulator failed:\n{res.stderr[-6000:]}")
-            return obj
-
-        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-            objects = list(pool.map(compile_one, units))
-        tmp_lib = work / lib_path.name
-        sanitize = ["-fsanitize=address"] if asan_enabled() else []
-        res = subprocess.run([compiler, "-shared", "-pthread", *sanitize, *map(str, objects), "-o", str(tmp_lib)],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise EmulatorError(f"linking the CUDA emulator failed:\n{res.stderr[-6000:]}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_lib, lib_path)  # atomic: concurrent builders (xdist, two sessions) both end up with a whole file
-        shutil.rmtree(work, ignore_errors=True)
+        _prune(_cache_root(), keep=out_dir.name)
+        work = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}-{threading.get_ident()}")
+        try:
+            _compile(compiler, work, lib_path, verbose)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return _load(lib_path)
+
+
+def _prune(root: Path, keep: str, max_entries: int = 8) -> None:
+    """Drops the oldest cached builds beyond `max_entries` (and leftovers of interrupted builds over a day old)."""
+    try:
+        entries = [p for p in root.iterdir() if p.is_dir() and p.name != keep]
+    except OSError:
+        return
+    now = time.time()
+    stale = [p for p in entries if ".tmp" in p.name and now - p.stat().st_mtime > 86400]
+    builds = sorted((p for p in entries if ".tmp" not in p.name), key=lambda p: p.stat().st_mtime)
+    for p in stale + builds[:max(0, len(builds) - max_entries + 1)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _compile(compiler: str, work: Path, lib_path: Path, verbose: bool) -> None:
+    """Rewrites the kernel sources into `work`, compiles them with the runtime, links lib_path."""
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "csrc" / "cuda").mkdir(parents=True)
+    for f in CSRC.glob("*.h"):
+        shutil.copy(f, work / "csrc" / f.name)
+    units = []
+    for f in sorted((CSRC / "cuda").iterdir()):
+        if f.suffix in (".cu", ".cuh", ".h"):
+            (work / "csrc" / "cuda" / f.name).write_text(rewrite(f.read_text(), f.stem))
+        if f.suffix == ".cu":
+            units.append(work / "csrc" / "cuda" / f.name)
+    selftest = work / "selftest.cu"
+    selftest.write_text(rewrite((HERE / "selftest.cu").read_text(), "selftest"))
+    units += [HERE / "emu_runtime.cpp", HERE / "capi.cpp", selftest]
+    include = ["-I", str(HERE / "include"), "-I", str(work / "csrc" / "cuda")]
+
+    def compile_one(src: Path) -> Path:
+        obj = work / (src.stem + ".o")
+        cmd = [compiler, *_flags(), *include, "-x", "c++", "-c", str(src), "-o", str(obj)]
+        if verbose:
+            print(" ".join(cmd), file=sys.stderr)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise EmulatorError(f"compiling {src.name} for the CUDA emulator failed:\n{res.stderr[-6000:]}")
+        return obj
+
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        objects = list(pool.map(compile_one, units))
+    tmp_lib = work / lib_path.name
+    sanitize = ["-fsanitize=address"] if asan_enabled() else []
+    res = subprocess.run([compiler, "-shared", "-pthread", *sanitize, *map(str, objects), "-o", str(tmp_lib)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise EmulatorError(f"linking the CUDA emulator failed:\n{res.stderr[-6000:]}")
+    lib_path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp_lib, lib_path)  # atomic: concurrent builders (xdist, two sessions) both end up with a whole file
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -186,7 +223,7 @@ def _load(path: Path) -> ctypes.CDLL:
         "emu_atas_gather": [p, i, p, p, p, p, p, i, p],
         "emu_atas_step": [p, i, p, p, p, p, p, i, p, p, p, i, p, p, i, p],
         "emu_uniform_init": [p, p, i, i64, d, u64, u64],
-        "emu_configure": [i, i, i, i, i, i, i64],
+        "emu_configure": [i, i, i, i, i, i, i64, i],
         "emu_take_failure": [ctypes.c_char_p, i],
         "emu_take_log": [ctypes.c_char_p, i],
         "emu_selftest": [i, p, i],
@@ -203,16 +240,17 @@ def _load(path: Path) -> ctypes.CDLL:
 # ------------------------------------------------------------------------------------------------------ the device
 def configure(lib, *, sm_count: int = 132, smem_optin: int = 227 * 1024, clusters: bool = True,
               max_active_clusters: int = 1 << 20, refuse_cluster_launch: bool = False,
-              check_call_sites: bool = True, schedule_seed: int | None = None) -> None:
+              check_call_sites: bool = True, schedule_seed: int | None = None, ptx_version: int = 0) -> None:
     """Sets what the emulated device answers (defaults: an H100/H200-like sm_90 part) and clears its opt-ins.
 
     schedule_seed: 0 runs a block's threads in index order between synchronisation points; another value shuffles
     that order every round (a missing barrier then shows as a wrong result under some seeds); None keeps the seed
-    `lib` carries (a test's device fixture), else 0."""
+    `lib` carries (a test's device fixture), else 0. ptx_version: what cudaFuncGetAttributes reports as the
+    kernels' PTX version (0: 90 with clusters, 80 without; 80 with clusters = a build for sm_80 JIT-run on an H100)."""
     if schedule_seed is None:
         schedule_seed = getattr(lib, "seed", 0)
     lib.emu_configure(sm_count, smem_optin, int(clusters), max_active_clusters, int(refuse_cluster_launch),
-                      int(check_call_sites), schedule_seed)
+                      int(check_call_sites), schedule_seed, ptx_version)
 
 
 def take_log(lib) -> list[str]:
@@ -251,8 +289,9 @@ class _Guarded:
             self.t.copy_(init)
 
     def check(self, what: str) -> torch.Tensor:
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[self.big.element_size()]
         for lo, hi in ((0, _GUARD), (self.big.numel() - _GUARD, self.big.numel())):
-            if not torch.equal(self.big[lo:hi].nan_to_num(7.0), self.before[lo:hi].nan_to_num(7.0)):
+            if not torch.equal(self.big[lo:hi].view(bits), self.before[lo:hi].view(bits)):
                 raise EmulatorError(f"{what}: a kernel wrote outside the buffer (guard elements changed)")
         return self.t
 
@@ -311,8 +350,9 @@ def _atas_shape(x, delta_buf):
 
 def atas_gather(lib, delta_buf, index, offsets, flips, x):
     xc, idx, off, fl = x.contiguous(), index.contiguous(), offsets.contiguous(), flips.contiguous()
+    buf = delta_buf.contiguous()  # held in a variable: the pointer must outlive the call
     out = _Guarded(xc)
-    _check(lib, "atas_gather", lib.emu_atas_gather(_ptr(delta_buf.contiguous()), DTYPES[delta_buf.dtype], _ptr(idx),
+    _check(lib, "atas_gather", lib.emu_atas_gather(_ptr(buf), DTYPES[delta_buf.dtype], _ptr(idx),
                                                    _ptr(off), _ptr(fl), _ptr(xc), _ptr(out.t), DTYPES[xc.dtype],
                                                    _atas_shape(xc, delta_buf)))
     return out.check("atas_gather")

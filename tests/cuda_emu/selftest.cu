@@ -71,6 +71,28 @@ __global__ void missing_barrier(float* out) {
   if (threadIdx.x == 0) value = -1.f;  // what a later block (the next launch) finds before thread 0 writes
 }
 
+__global__ void uninitialised_shared(float* out) {
+  __shared__ float acc;  // never zeroed: a GPU has garbage there; the emulator fills it with 0xFF bytes (NaN)
+  __syncthreads();
+  if (threadIdx.x == 0) acc += 1.f;
+  __syncthreads();
+  out[threadIdx.x] = acc;
+}
+
+__global__ void barrier_after_exit(float* out) {
+  if (threadIdx.x >= 48) return;  // "if (i >= n) return;" before a barrier
+  __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+
+__global__ void map_global_pointer(float* out) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  out[blockIdx.x] = *cluster.map_shared_rank(out, 0);  // not shared memory
+  cluster.sync();
+}
+
 }  // namespace
 
 extern "C" int emu_selftest(int which, float* out, int n) {
@@ -97,6 +119,21 @@ extern "C" int emu_selftest(int which, float* out, int n) {
     case 7: warp_sum<<<1, 64>>>(out); break;
     case 8: warp_sum<<<1, 1025>>>(out); break;  // too many threads: refused at launch
     case 9: missing_barrier<<<1, 64>>>(out); break;
+    case 10: uninitialised_shared<<<2, 32>>>(out); break;
+    case 11: barrier_after_exit<<<1, 64>>>(out); break;
+    case 12: {
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = 2;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(2);
+      config.blockDim = dim3(32);
+      config.attrs = attr;
+      config.numAttrs = 1;
+      return cudaLaunchKernelEx(&config, map_global_pointer, out);
+    }
     default: return -1;
   }
   return cudaGetLastError();

@@ -34,8 +34,21 @@ def lib():
         if "no C++ compiler" in str(e):
             pytest.skip(str(e))
         raise
-    emu.configure(lib)
+    _learn_static_shared_memory(lib)
     return lib
+
+
+def _learn_static_shared_memory(lib):
+    """Runs every ZeroGrad kernel whose launch decision depends on its static shared memory once, so that the
+    emulator knows those sizes (it learns them from the __shared__ declarations a kernel executes) and answers
+    cudaFuncGetAttributes the way a GPU would from the first decision of each test on."""
+    for dt, gdt in itertools.product(_FLOATS, repeat=2):
+        for n, settings in ((7, {}), (16385, {})):
+            emu.configure(lib, **settings)
+            z = torch.zeros(1, n)
+            emu.zerograd_step(lib, z.to(dt), z.to(gdt), z.to(dt), 0.1, 0.2, 0.5)
+    emu.configure(lib)
+    emu.take_log(lib)
 
 
 @pytest.fixture
@@ -70,14 +83,42 @@ OPS = {
 }
 
 
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def assert_bits_equal(got, want, what=""):
+    """Bit for bit, except that +0.0 and -0.0 count as equal and NaNs as equal whatever their payload: torch itself
+    is not consistent there (torch.maximum(+0.0, -0.0) is -0.0 in its vectorised CPU loop and +0.0 in its scalar
+    tail), so the reference cannot pin the sign of a zero, and kernels write the canonical NaN."""
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape}/{got.dtype} vs {want.shape}/" \
+                                                                f"{want.dtype}"
+    if not got.is_floating_point():
+        assert torch.equal(got, want), what
+        return
+    g, w = (t.contiguous() + 0.0 for t in (got, want))  # -0.0 + 0.0 = +0.0
+    gn, wn = g.isnan(), w.isnan()
+    diff = (g.view(_BITS[g.dtype]) != w.view(_BITS[w.dtype])) & ~(gn & wn)
+    if diff.any() or not torch.equal(gn, wn):
+        i = int(diff.flatten().nonzero()[0]) if diff.any() else int((gn != wn).flatten().nonzero()[0])
+        raise AssertionError(f"{what}: {int(diff.sum()) + int((gn != wn).sum())} elements differ, first at flat index "
+                             f"{i}: {g.flatten()[i].item()!r} vs {w.flatten()[i].item()!r}")
+
+
 def _compare(got, want, spec, what):
     for k, (g, w) in enumerate(zip(got, want)):
         exact = spec.exact or (spec.name == "atas_step" and k == 2)  # v_buf is exact (fp64-accumulated norms)
-        atol = 0.0 if exact else (spec.atol if g.dtype == torch.float32 else torch.finfo(g.dtype).eps)
-        torch.testing.assert_close(g, w, rtol=0, atol=atol, equal_nan=True, msg=lambda m: f"{what} output {k}: {m}")
+        if exact:
+            assert_bits_equal(g, w, f"{what} output {k}")
+        else:
+            atol = spec.atol if g.dtype == torch.float32 else torch.finfo(g.dtype).eps
+            torch.testing.assert_close(g, w, rtol=0, atol=atol, equal_nan=True,
+                                       msg=lambda m: f"{what} output {k}: {m}")
 
 
 def _run_both(lib, op, sample):
+    """(emulated kernel's outputs, reference's outputs, spec); mutated buffers are compared as outputs and the other
+    inputs must come back untouched."""
     spec = SPECS[op]
 
     def clone_mutated():
@@ -85,8 +126,12 @@ def _run_both(lib, op, sample):
 
     args = clone_mutated()
     want = (getattr(reference, op)(*args, **sample.kwargs),) + tuple(args[i] for i in sample.mutated)
+    snapshot = [a.clone() if isinstance(a, torch.Tensor) else a for a in sample.args]
     args = clone_mutated()
     got = (OPS[op](lib, *args, **sample.kwargs),) + tuple(args[i] for i in sample.mutated)
+    for i, (before, after) in enumerate(zip(snapshot, sample.args)):
+        if isinstance(before, torch.Tensor) and i not in sample.mutated:
+            assert_bits_equal(after, before, f"{op}: input {i} was modified")
     return got, want, spec
 
 
@@ -117,7 +162,7 @@ def _zg_case(rows, cols, variant="random", q=0.35, seed=0):
 
 
 def _kernels(log):
-    return [line.split(" grid=")[0] for line in log]
+    return [line.split(" grid=")[0] for line in log if not line.startswith(" ")]
 
 
 ZG_PATHS = [
@@ -129,8 +174,12 @@ ZG_PATHS = [
     (2, 40000, {"max_active_clusters": 0}, ["zerograd_stream_kernel<float, float, 512>"]),  # cluster does not fit
     (2, 40000, {"refuse_cluster_launch": True},  # refused at launch: falls back
      ["zerograd_smem_kernel<float, float, 512, true>", "zerograd_stream_kernel<float, float, 512>"]),
-    # a device that cannot give the row's 56000 bytes (the emulator counts static shared memory as 0): stream
-    (2, 14000, {"smem_optin": 40 * 1024}, ["zerograd_stream_kernel<float, float, 512>"]),
+    # devices that cannot give a row's shared memory (static + dynamic): stream
+    (2, 14000, {"smem_optin": 40 * 1024}, ["zerograd_stream_kernel<float, float, 512>"]),  # one block: 56000 B
+    (2, 16385, {"smem_optin": 48 * 1024}, ["zerograd_stream_kernel<float, float, 512>"]),  # cluster: 32784 + static
+    (2, 40000, {"smem_optin": 64 * 1024}, ["zerograd_stream_kernel<float, float, 512>"]),  # cluster: 53344 + static
+    # clusters on the GPU, but the kernel's code was built for sm_80 (its cluster branch traps): stream
+    (2, 40000, {"ptx_version": 80}, ["zerograd_stream_kernel<float, float, 512>"]),
     (1, 8 * 40960 + 1, {}, ["zerograd_stream_kernel<float, float, 512>"]),  # too long for a cluster
 ]
 
@@ -164,7 +213,7 @@ def test_zerograd_ties_at_the_threshold(device):
             x = torch.full((2, n), 0.5)
             d = torch.zeros(2, n)
             got = emu.zerograd_step(device, d, g, x, 0.1, 0.2, q)
-            torch.testing.assert_close(got, reference.zerograd_step(d, g, x, 0.1, 0.2, q), rtol=0, atol=0)
+            assert_bits_equal(got, reference.zerograd_step(d, g, x, 0.1, 0.2, q))
 
 
 # --------------------------------------------------------------------------------------------- ATAS: both paths
@@ -183,6 +232,10 @@ ATAS_CASES = [
     (1, (3, 100, 100), {}, "split", "split",  # several norm chunks per row, several tiles per plane
      ["atas_norm_kernel<float>", "atas_update_kernel<float, float, float>"]),
     (1, (3, 100, 100), {}, None, "fused", ["atas_step_fused_kernel<float, float, float, true>"]),  # cluster of 8
+    (2, (3, 32, 32), {"ptx_version": 80}, None, "split",  # built for sm_80, run on a cluster GPU
+     ["atas_norm_kernel<float>", "atas_update_kernel<float, float, float>"]),
+    (8, (3, 32, 32), {"clusters": False, "sm_count": 1}, None, "fused",  # a batch that fills the GPU: 1 block/row
+     ["atas_step_fused_kernel<float, float, float, false>"]),
 ]
 
 
@@ -241,7 +294,7 @@ def test_atas_out_of_range_index_and_offsets_are_clamped(device):
     clamped_offsets = bad_offsets.clamp(0, hp_h)
     got = emu.atas_gather(device, delta_buf, bad_index, bad_offsets, flips, x)
     want = reference.atas_gather(delta_buf, clamped_index, clamped_offsets, flips, x)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_bits_equal(got, want)
     for env_path in ("fused", "split"):
         buf_g, v_g, buf_w, v_w = delta_buf.clone(), v_buf.clone(), delta_buf.clone(), v_buf.clone()
         with pytest.MonkeyPatch.context() as mp:
@@ -268,8 +321,8 @@ def test_atas_dtypes(device):
             out_w = reference.atas_step(bw, vw, index, offsets, flips, g.to(gd), x_adv.to(dd), x.to(dd),
                                         **sample.kwargs)
             _compare((out_g, bg, vg), (out_w, bw, vw), SPECS["atas_step"], f"atas {gd} {dd} {bd} {env_path}")
-            torch.testing.assert_close(emu.atas_gather(device, bw, index, offsets, flips, x.to(dd)),
-                                       reference.atas_gather(bw, index, offsets, flips, x.to(dd)), rtol=0, atol=0)
+            assert_bits_equal(emu.atas_gather(device, bw, index, offsets, flips, x.to(dd)),
+                                       reference.atas_gather(bw, index, offsets, flips, x.to(dd)))
 
 
 # ------------------------------------------------------------------------------- pgd / multigrad: vector paths
@@ -281,7 +334,7 @@ def test_pgd_step_vector_and_scalar_paths(device, cols, misaligned):
     if misaligned:  # a storage offset of one element: the 16-byte vector loads are not allowed
         grad = torch.cat([torch.zeros(1), grad.flatten()])[1:].view_as(grad)
     got = emu.pgd_step(device, delta, grad, x, eps, alpha, active)
-    torch.testing.assert_close(got, reference.pgd_step(delta, grad, x, eps, alpha, active), rtol=0, atol=0)
+    assert_bits_equal(got, reference.pgd_step(delta, grad, x, eps, alpha, active))
     vec = "true" if cols % 4 == 0 and not misaligned else "false"
     assert _kernels(emu.take_log(device)) == [f"pgd_step_kernel<float, float, {vec}>"]
 
@@ -295,7 +348,7 @@ def test_multigrad_step_vector_and_scalar_paths(device, starts, threshold, misal
     if misaligned:
         grads = torch.cat([torch.zeros(1), grads.flatten()])[1:].view_as(grads)
     got = emu.multigrad_step(device, grads, x, eps, alpha, th)
-    torch.testing.assert_close(got, reference.multigrad_step(grads, x, eps, alpha, th), rtol=0, atol=0)
+    assert_bits_equal(got, reference.multigrad_step(grads, x, eps, alpha, th))
     vec = "true" if not misaligned else "false"
     assert _kernels(emu.take_log(device))[0].endswith(f"{vec}>")
 
@@ -305,8 +358,8 @@ def test_grid_stride_loops_with_few_sms(device):
     emu.configure(device, sm_count=1)
     sample = SPECS["multigrad_step"].make(8, 3072, "random", torch.Generator().manual_seed(5), "cpu")
     grads, x, eps, alpha, th = sample.args
-    torch.testing.assert_close(emu.multigrad_step(device, grads, x, eps, alpha, th),
-                               reference.multigrad_step(grads, x, eps, alpha, th), rtol=0, atol=0)
+    assert_bits_equal(emu.multigrad_step(device, grads, x, eps, alpha, th),
+                               reference.multigrad_step(grads, x, eps, alpha, th))
     assert "grid=16 " in emu.take_log(device)[0]
 
 
@@ -369,6 +422,22 @@ def test_uniform_init_under_graph_capture_reads_the_device_state(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_uniform_init_grid_stride_and_storage_dtypes(device, dtype):
+    """Few SMs, so each thread loops over several Philox groups; fp16/bf16 outputs are the exact fp32 values
+    rounded once."""
+    emu.configure(device, sm_count=1)  # 16 blocks of 256 threads for 5000 groups
+    numel, seed, offset, eps = 20001, 77, 12, 0.125
+    out = emu.uniform_init(device, torch.full((numel,), 0.5, dtype=dtype), eps, seed, offset)
+    assert "grid=16 " in emu.take_log(device)[0]
+    words = []
+    for j in range((numel + 3) // 4):
+        words += philox4x32_10((offset // 4, 0, j, 0), (seed, 0))
+    u = torch.tensor([w >> 8 for w in words[:numel]], dtype=torch.float64) * 2.0**-24
+    want = (u * (2 * eps) - eps).float().to(dtype)  # exact in fp32 for eps = 2^-3, then one rounding
+    assert_bits_equal(out, want, f"uniform_init {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_uniform_init_bounds_and_box(device, dtype):
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     x.view(-1)[:2] = torch.tensor([0.0, 1.0])
@@ -411,22 +480,19 @@ def test_float16_and_bfloat16_round_like_torch(device):
     for code, dtype in ((2, torch.float16), (1, torch.bfloat16)):
         out = torch.empty_like(vals)
         device.emu_round_trip(vals.data_ptr(), out.data_ptr(), vals.numel(), code)
-        torch.testing.assert_close(out, vals.to(dtype).float(), rtol=0, atol=0, equal_nan=True,
-                                   msg=lambda m: f"{dtype}: {m}")
+        assert_bits_equal(out, vals.to(dtype).float(), f"{dtype}")
 
 
 # -------------------------------------------------------------------------------------------- random cases
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(20))
 def test_random_cases(device, seed):
     """Random row lengths (around the path boundaries too), dtypes, q and emulated devices, seeded."""
     import random
 
     rng = random.Random(seed)
-    settings = rng.choice([{}, {"clusters": False}, {"sm_count": rng.randint(1, 200)}, {"max_active_clusters": 0},
-                           {"smem_optin": rng.choice([0, 48 * 1024, 100 * 1024])}])
+    settings = [{}, {"clusters": False}, {"sm_count": rng.randint(1, 200)}, {"max_active_clusters": 0},
+                {"smem_optin": rng.choice([0, 48 * 1024, 100 * 1024])}, {"ptx_version": 80},
+                {"refuse_cluster_launch": True}][seed % 7]
     emu.configure(device, **settings)
     gen = torch.Generator().manual_seed(seed)
     dt, gdt, bdt = (rng.choice(_FLOATS) for _ in range(3))
@@ -440,9 +506,8 @@ def test_random_cases(device, seed):
     g[torch.rand(rows, n, generator=gen) < rng.random() * 0.5] = 0
     g = g.to(gdt)
     q = rng.choice([0.0, 1.0, rng.random()])
-    torch.testing.assert_close(emu.zerograd_step(device, d, g, x, 0.1, 0.2, q),
-                               reference.zerograd_step(d, g, x, 0.1, 0.2, q), rtol=0, atol=0, equal_nan=True,
-                               msg=lambda m: f"zerograd {rows}x{n} q={q} {what}: {m}")
+    assert_bits_equal(emu.zerograd_step(device, d, g, x, 0.1, 0.2, q),
+                               reference.zerograd_step(d, g, x, 0.1, 0.2, q), f"zerograd {rows}x{n} q={q} {what}")
     # ATAS, both ops, odd images and pads
     b, c, h, w, p = rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 60), rng.randint(1, 60), rng.randint(0, 4)
     n_ex = b + rng.randint(0, 3)
@@ -454,9 +519,8 @@ def test_random_cases(device, seed):
     idx = torch.randperm(n_ex, generator=gen)[:b]
     off, fl = torch.randint(0, 2 * p + 1, (b, 2), generator=gen), torch.rand(b, generator=gen) < 0.5
     kw = dict(SPECS["atas_step"].make(1, 3, "random", gen, "cpu").kwargs, warmup=rng.random() < 0.3)
-    torch.testing.assert_close(emu.atas_gather(device, buf, idx, off, fl, x),
-                               reference.atas_gather(buf, idx, off, fl, x), rtol=0, atol=0,
-                               msg=lambda m: f"atas_gather {what}: {m}")
+    assert_bits_equal(emu.atas_gather(device, buf, idx, off, fl, x),
+                               reference.atas_gather(buf, idx, off, fl, x), f"atas_gather {what}")
     b1, v1, b2, v2 = buf.clone(), v.clone(), buf.clone(), v.clone()
     got = emu.atas_step(device, b1, v1, idx, off, fl, g, x_adv, x, **kw)
     want = reference.atas_step(b2, v2, idx, off, fl, g, x_adv, x, **kw)
@@ -464,22 +528,22 @@ def test_random_cases(device, seed):
     for name, a, e, dtype in (("out", got, want, dt), ("delta_buf", b1, b2, bdt)):
         torch.testing.assert_close(a, e, rtol=torch.finfo(dtype).eps if dtype != torch.float32 else 0,
                                    atol=SPECS["atas_step"].atol, msg=lambda m: f"atas_step {name} {what}: {m}")
-    torch.testing.assert_close(v1, v2, rtol=0, atol=0, msg=lambda m: f"atas_step v {what}: {m}")
+    assert_bits_equal(v1, v2, f"atas_step v {what}")
     # PGD with a mask, MultiGrad with a random threshold
     rows, n = rng.randint(1, 5), rng.randint(1, 9000)
     x, d = torch.rand(rows, n, generator=gen).to(dt), ((torch.rand(rows, n, generator=gen) - 0.5) * 0.3).to(dt)
     g = torch.randn(rows, n, generator=gen).to(gdt)
     active = torch.rand(rows, generator=gen) < 0.5 if rng.random() < 0.5 else None
-    torch.testing.assert_close(emu.pgd_step(device, d, g, x, 0.1, 0.03, active),
-                               reference.pgd_step(d, g, x, 0.1, 0.03, active), rtol=0, atol=0)
+    assert_bits_equal(emu.pgd_step(device, d, g, x, 0.1, 0.03, active),
+                               reference.pgd_step(d, g, x, 0.1, 0.03, active))
     starts = rng.randint(1, 6)
     grads = torch.randn(starts, rows, 1, 1, n, generator=gen)
     grads[torch.rand(grads.shape, generator=gen) < 0.1] = 0
     grads = grads.to(gdt)
     th = rng.choice([None, *range(1, starts + 1)])
     xs = x.view(rows, 1, 1, n)
-    torch.testing.assert_close(emu.multigrad_step(device, grads, xs, 0.1, 0.2, th),
-                               reference.multigrad_step(grads, xs, 0.1, 0.2, th), rtol=0, atol=0)
+    assert_bits_equal(emu.multigrad_step(device, grads, xs, 0.1, 0.2, th),
+                               reference.multigrad_step(grads, xs, 0.1, 0.2, th))
 
 
 # ------------------------------------------------------------------------------------------------------ full sizes

@@ -39,6 +39,9 @@ def _run(lib, which, n=32):
     (4, r"traps.*__trap\(\)"),
     (5, r"wrote outside the buffer"),
     (8, r"launcher returned cudaError 9"),  # cudaErrorInvalidConfiguration: 1025 threads
+    (11, r"(__syncthreads\(\) at selftest.cu:\d+ after 16 threads of the block exited"
+         r"|exited while \d+ threads of the block wait at the barrier at selftest.cu:\d+)"),
+    (12, r"map_shared_rank of an address that is not this block's shared memory"),
 ])
 def test_bug_is_reported(lib, which, message):
     with pytest.raises(emu.EmulatorError, match=message):
@@ -62,6 +65,24 @@ def test_cluster_shared_memory_exchange(lib):
     want = torch.tensor([100.0 * (c * 4 + (r + 1) % 4) for c in range(2) for r in range(4)])
     assert torch.equal(buf, want)
     assert emu.take_log(lib)[-1] == "cluster_exchange grid=8 block=64 smem=0 cluster=4"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_uninitialised_shared_memory_is_garbage(lib, seed):
+    """Static __shared__ variables start as 0xFF bytes in every block (NaN as floats), never as 0 or as what the
+    previous block or launch left."""
+    emu.configure(lib, schedule_seed=seed)
+    for _ in range(2):
+        assert _run(lib, 10, n=64).isnan().all()
+    emu.configure(lib)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_barrier_after_early_exit_is_reported_whatever_the_order(lib, seed):
+    emu.configure(lib, schedule_seed=seed)
+    with pytest.raises(emu.EmulatorError, match="threads of the block (exited|wait at the barrier)"):
+        _run(lib, 11, n=64)
+    emu.configure(lib)
 
 
 def test_warp_shuffles_are_exact(lib):

@@ -36,7 +36,7 @@
 #define __noinline__ __attribute__((noinline))
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static thread_local
+#define __shared__ static thread_local  // build.py rewrites plain declarations to also call emu::shared_decl
 #define CUDARTAPI
 
 // ---------------------------------------------------------------------------------------------------- vector types
@@ -159,6 +159,10 @@ void cluster_sync(const Where& at);
 void warp_exchange(unsigned mask, uint64_t value, uint64_t* all, const char* what, const Where& at);
 [[noreturn]] void trap(const char* why);
 void* map_shared(const void* p, unsigned rank, size_t bytes);
+// Called where a kernel declares a __shared__ variable (inserted by the rewrite): the first thread of a block to get
+// there fills it with 0xFF bytes (uninitialised shared memory holds garbage: NaN as floats), and the emulator learns
+// the kernel's static shared-memory size and which addresses are shared memory (map_shared_rank checks them).
+void shared_decl(void* p, size_t bytes);
 void* dynamic_smem_base();
 unsigned cluster_rank();
 unsigned cluster_blocks();
@@ -176,6 +180,12 @@ inline T from_bits(uint64_t b) {
   T v;
   std::memcpy(&v, &b, sizeof(T));
   return v;
+}
+
+// A kernel argument converted to its parameter type the way a call converts it (implicitly: no void* -> T*).
+template <typename To, typename From>
+To as_param(From&& v) {
+  return std::forward<From>(v);
 }
 
 template <typename T>
@@ -199,7 +209,7 @@ template <typename... P, typename... A>
 cudaError_t launch(void (*kernel)(P...), const Config& cfg, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
   // Arguments are converted to the parameter types once, at the launch, as CUDA copies them into the parameter space.
-  std::tuple<typename std::decay<P>::type...> params(static_cast<typename std::decay<P>::type>(args)...);
+  std::tuple<typename std::decay<P>::type...> params(as_param<typename std::decay<P>::type>(args)...);
   return run_grid(reinterpret_cast<const void*>(kernel), cfg, 1, [&] {
     auto copy = params;  // each thread gets its own copy of the parameters
     std::apply(kernel, copy);
@@ -219,7 +229,7 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
       cluster = a.val.clusterDim.x;
     }
   }
-  std::tuple<typename std::decay<P>::type...> params(static_cast<typename std::decay<P>::type>(args)...);
+  std::tuple<typename std::decay<P>::type...> params(emu::as_param<typename std::decay<P>::type>(args)...);
   const emu::Config cfg(config->gridDim, config->blockDim, config->dynamicSmemBytes, config->stream);
   return emu::run_grid(reinterpret_cast<const void*>(kernel), cfg, cluster, [&] {
     auto copy = params;
@@ -238,7 +248,8 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
   uint64_t all[32];
   emu::warp_exchange(mask, emu::to_bits(v), all, "__shfl_xor_sync", at);
   const unsigned src = emu::lane_id() ^ static_cast<unsigned>(lane_mask);
-  if (src >= 32 || !(mask >> src & 1u)) emu::trap("__shfl_xor_sync reads a lane outside the mask");
+  if (src >= 32) return v;  // out of range: the caller's own value
+  if (!(mask >> src & 1u)) emu::trap("__shfl_xor_sync reads a lane outside the mask");
   return emu::from_bits<T>(all[src]);
 }
 template <typename T>
@@ -356,7 +367,12 @@ inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
 
-// CUDA's min/max overloads for device code (same-type arguments or the usual arithmetic conversions).
+// CUDA's min/max overloads for device code: fminf/fmaxf for floating point (a NaN operand gives the other one), the
+// usual arithmetic conversions otherwise.
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }
 template <typename A, typename B>
 inline typename std::common_type<A, B>::type min(A a, B b) {
   using C = typename std::common_type<A, B>::type;

@@ -1,8 +1,11 @@
-"""The emulated CUDA kernels under AddressSanitizer: the CPU counterpart of compute-sanitizer's memcheck.
+"""The emulated-kernel tests again, in child processes, with the emulator built two other ways.
 
-The kernel tests run again in a child process with the emulator built with -fsanitize=address (FASTAT_EMU_ASAN=1)
-and libasan preloaded (the interpreter itself is not instrumented): any read or write of a kernel outside the
-tensors it was given, or past the dynamic shared memory it was launched with, aborts the child with a report.
+* AddressSanitizer (FASTAT_EMU_ASAN=1, libasan preloaded; the interpreter itself is not instrumented), the CPU
+  counterpart of compute-sanitizer's memcheck: any read or write of a kernel outside the tensors it was given, or past
+  the dynamic shared memory it was launched with, aborts the child with a report.
+* FMA contraction (FASTAT_EMU_CONTRACT=1: -ffp-contract=fast -mfma), as nvcc contracts a*b+c by default: an exact op
+  whose result depends on an unprotected product-sum (one not written with __fmul_rn/__fadd_rn/__fmaf_rn) would
+  then differ from the reference.
 """
 
 from __future__ import annotations
@@ -61,3 +64,20 @@ def test_address_sanitizer_reports_an_out_of_bounds_read():
     res = _run(["-c", _OOB], _asan_env(), timeout=600)
     assert "heap-buffer-overflow" in res.stderr and "READ of size 4" in res.stderr and "pgd_step_kernel" in res.stderr
     assert "no report" not in res.stdout
+
+
+def _has_fma() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " fma " in f" {line.split(':', 1)[1]} " for line in f)
+    except OSError:
+        return False
+
+
+def test_kernels_with_fma_contraction():
+    if not _has_fma():
+        pytest.skip("this CPU has no FMA instructions")
+    env = dict(os.environ, FASTAT_EMU_CONTRACT="1")
+    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
+                str(HERE / "test_emulated_kernels.py")], env)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
