@@ -1,6 +1,7 @@
 // The emulator's scheduler and CUDA runtime stand-ins (see include/emu_cuda.h for the model).
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -159,11 +160,12 @@ struct Block {
   size_t dyn_bytes = 0;
   // static shared memory: the __shared__ variables the block's threads declared (address, bytes)
   std::vector<std::pair<char*, size_t>> shared;
+  std::mutex shared_mutex;
   size_t static_bytes = 0;
   // cluster
   Cluster* cluster = nullptr;
   unsigned rank = 0;
-  char* tls_anchor = nullptr;
+  std::atomic<char*> tls_anchor{nullptr};
   std::atomic<bool> finished{false};
   // failure
   bool failed = false;
@@ -276,7 +278,10 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
   b.threads = block_dim.x * block_dim.y * block_dim.z;
   b.live = b.threads;
   b.warps.assign((b.threads + 31) / 32, WarpState{});
-  b.shared.clear();
+  {
+    std::lock_guard<std::mutex> lock(b.shared_mutex);
+    b.shared.clear();
+  }
   b.static_bytes = 0;
   b.fibers.assign(b.threads, Fiber{});
   std::memset(b.dyn.data() + b.dyn_bytes, kCanary, kCanaryBytes);
@@ -299,6 +304,7 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
   std::vector<unsigned> order(b.threads);
   for (unsigned t = 0; t < b.threads; ++t) order[t] = t;
   uint64_t rng = g_settings.schedule_seed * 0x9E3779B97F4A7C15ull + (block_idx.x + 1) * 0xBF58476D1CE4E5B9ull;
+  uint64_t round = 0;
   while (b.live > 0 && !b.failed) {
     if (g_settings.schedule_seed != 0) {
       for (unsigned i = b.threads; i > 1; --i) {  // Fisher-Yates with xorshift64
@@ -308,11 +314,21 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
         std::swap(order[i - 1], order[rng % i]);
       }
     }
+    // Shuffled schedules also resume only a random half of the threads every other round, so that some warps get
+    // ahead of others past warp collectives (a missing __syncthreads before a phase that starts with a shuffle or
+    // ballot then shows); the deadlock check only counts full rounds.
+    const bool partial = g_settings.schedule_seed != 0 && (++round & 1) != 0;
     bool all_waiting = true;
     for (unsigned k = 0; k < b.threads && !b.failed; ++k) {
       const unsigned t = order[k];
       Fiber& f = b.fibers[t];
       if (f.wait == Wait::kDone) continue;
+      if (partial) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        if (rng & 1) continue;
+      }
       b.current = static_cast<int>(t);
       threadIdx = uint3{t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y)};
       EMU_START_SWITCH(&b.scheduler_fake_stack, f.stack, g_settings.fiber_stack);
@@ -321,6 +337,7 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
       if (f.wait == Wait::kNone || f.wait == Wait::kDone) all_waiting = false;
     }
     if (b.failed || b.live == 0) break;
+    if (partial) continue;
     if (all_waiting && b.progress == seen) {
       unsigned at_barrier = 0, at_warp = 0;
       for (const Fiber& f : b.fibers) {
@@ -514,16 +531,31 @@ void* map_shared(const void* p, unsigned rank, size_t bytes) {
     if (c + bytes > dyn + b.dyn_bytes) fail_here("map_shared_rank: object extends past dynamic shared memory");
     return other.dyn.data() + (c - dyn);
   }
-  // A __shared__ (static thread_local) variable: same offset from the anchor in the other block's thread.
+  // A __shared__ (static thread_local) variable: same offset from the anchor in the other block's thread, which must
+  // have started and declared it (else a cluster.sync() is missing before the access).
   bool shared = false;
-  for (const auto& [start, size] : b.shared) shared = shared || (c >= start && c + bytes <= start + size);
+  {
+    std::lock_guard<std::mutex> lock(b.shared_mutex);
+    for (const auto& [start, size] : b.shared) shared = shared || (c >= start && c + bytes <= start + size);
+  }
   if (!shared) fail_here("map_shared_rank of an address that is not this block's shared memory");
-  return other.tls_anchor + (c - b.tls_anchor);
+  char* anchor = other.tls_anchor.load();
+  bool declared = false;
+  if (anchor != nullptr) {
+    char* there = anchor + (c - b.tls_anchor.load());
+    std::lock_guard<std::mutex> lock(other.shared_mutex);
+    for (const auto& [start, size] : other.shared)
+      declared = declared || (there >= start && there + bytes <= start + size);
+    if (declared) return there;
+  }
+  fail_here(format("map_shared_rank: block rank %u of the cluster has not declared that shared variable yet (a "
+                   "cluster.sync() is missing before the access)", rank));
 }
 
 void shared_decl(void* p, size_t bytes) {
   Block& b = me();
   char* c = static_cast<char*>(p);
+  std::lock_guard<std::mutex> lock(b.shared_mutex);  // peers of a cluster read the list (map_shared_rank)
   for (const auto& entry : b.shared)
     if (entry.first == c) return;
   b.shared.emplace_back(c, bytes);
@@ -531,8 +563,49 @@ void shared_decl(void* p, size_t bytes) {
   std::memset(c, 0xFF, bytes);
 }
 
+// ------------------------------------------------------------------------------------------------- crash reports
+// A kernel that dereferences a wild or misaligned pointer (a 16-byte vector load off its alignment) crashes the
+// process, as it would fault on a GPU. Before the crash, say which kernel, block and thread did it; then the previous
+// handler (Python's faulthandler under pytest) runs as usual.
+namespace {
+
+struct sigaction g_previous[2];
+
+void on_fault(int sig, siginfo_t* info, void* context) {
+  const int slot = sig == SIGSEGV ? 0 : 1;
+  if (tl_block != nullptr) {
+    char msg[512];
+    const int n = std::snprintf(msg, sizeof msg,
+                                "\nfastat CUDA emulator: %s at address %p in a kernel, block (%u,%u,%u) thread %u (an "
+                                "out-of-bounds, wild or misaligned access, which faults on a GPU too)\n",
+                                sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr, blockIdx.x, blockIdx.y,
+                                blockIdx.z, threadIdx.x);
+    if (n > 0) (void)!write(2, msg, static_cast<size_t>(n));
+  }
+  sigaction(sig, &g_previous[slot], nullptr);  // then fault again under the previous handler (or the default)
+  (void)context;
+}
+
+void install_fault_reporter() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_previous[0]);
+    sigaction(SIGBUS, &sa, &g_previous[1]);
+  });
+}
+
+}  // namespace
+
 // ------------------------------------------------------------------------------------------------------ launches
 cudaError_t run_grid(const void* fn, const Config& cfg, unsigned cluster, const std::function<void()>& body) {
+#if !FASTAT_EMU_ASAN
+  install_fault_reporter();  // (ASan reports faults itself)
+#endif
   const unsigned threads = cfg.block.x * cfg.block.y * cfg.block.z;
   const uint64_t blocks = static_cast<uint64_t>(cfg.grid.x) * cfg.grid.y * cfg.grid.z;
   // Dynamic shared memory allowed: the opted-in value, else 48 KB less the kernel's static shared memory (known once

@@ -326,7 +326,7 @@ def test_atas_dtypes(device):
 
 
 # ------------------------------------------------------------------------------- pgd / multigrad: vector paths
-@pytest.mark.parametrize("cols", [4, 4096, 4100, 8193])  # the 4096-element tiles: one, several, ragged
+@pytest.mark.parametrize("cols", [4, 4096, 4098, 4100, 8193])  # 4096-element tiles: one, several, ragged; n % 4
 @pytest.mark.parametrize("misaligned", [False, True])
 def test_pgd_step_vector_and_scalar_paths(device, cols, misaligned):
     sample = SPECS["pgd_step"].make(5, cols, "random", torch.Generator().manual_seed(cols), "cpu")
@@ -559,3 +559,87 @@ def test_full_sizes(device, op, rows, cols):
     sample = SPECS[op].make(rows, cols, "random", torch.Generator().manual_seed(rows + cols), "cpu")
     got, want, spec = _run_both(device, op, sample)
     _compare(got, want, spec, f"{op} {rows}x{cols}")
+
+
+# ------------------------------------------------------------------------------- cases the sample table misses
+@pytest.mark.parametrize("cols", [4, 784, 20010])  # one block, one block, a cluster of 2
+def test_zerograd_interpolation_weight_one_half(device, cols):
+    """q = 0.5 on an even row: rank (n-1)/2 has w = 0.5 exactly, where torch's lerp switches from the low-end to the
+    high-end formula, with half of each row in [1, 2) and half in [2^20, 2^21) so that the median falls in a gap.
+    (The two formulas round apart there about half the time, but tau only shows through the mask |g| >= tau, and no
+    element lies strictly between the two order statistics: the choice cannot change an output.)"""
+    gen = torch.Generator().manual_seed(cols)
+    low = 1 + torch.rand(64, cols // 2, generator=gen)
+    high = 2.0**20 * (1 + torch.rand(64, cols - cols // 2, generator=gen))
+    g = torch.cat([low, high], 1)[:, torch.randperm(cols, generator=gen)]
+    g = torch.where(torch.rand(g.shape, generator=gen) < 0.5, -g, g)
+    x, d = torch.full_like(g, 0.5), torch.zeros_like(g)
+    assert_bits_equal(emu.zerograd_step(device, d, g, x, 0.1, 0.2, 0.5),
+                      reference.zerograd_step(d, g, x, 0.1, 0.2, 0.5))
+
+
+@pytest.mark.parametrize("cols", [9, 784, 20011])
+def test_zerograd_infinite_gradients(device, cols):
+    """±inf in |g| ranks above every finite value and below NaN: tau may be inf (then only the infs are kept)."""
+    gen = torch.Generator().manual_seed(cols)
+    g = torch.randn(4, cols, generator=gen)
+    g[0, ::3] = float("inf")  # a third of the row: the 0.7-quantile lands among them
+    g[1, 0] = float("-inf")
+    g[2, :] = float("inf")
+    g[3, 1], g[3, 2] = float("inf"), float("nan")  # NaN wins: nothing kept
+    x, d = torch.full_like(g, 0.5), torch.zeros_like(g)
+    for q in (0.3, 0.7, 1.0):
+        assert_bits_equal(emu.zerograd_step(device, d, g, x, 0.1, 0.2, q),
+                          reference.zerograd_step(d, g, x, 0.1, 0.2, q), f"q={q}")
+
+
+@pytest.mark.parametrize("n", [2, 784, 20002, 8 * 40960 + 2])  # one block, one block, cluster, stream
+def test_zerograd_inf_at_the_quantile(device, n):
+    """±inf must not count as NaN; at w = 0.5 with the hi-th value inf, torch's lerp gives NaN (inf - inf·0.5), so
+    nothing is kept, while the other lerp formula would give inf and keep the infs."""
+    gen = torch.Generator().manual_seed(n)
+    g = torch.randn(2, n, generator=gen)
+    sign = torch.where(torch.rand(2, n, generator=gen) < 0.5, -1.0, 1.0)
+    g[0, torch.randperm(n, generator=gen)[: n // 2]] = float("inf")  # row 0: the hi-th is inf, the lo-th finite
+    g[0] *= sign[0]
+    g[1, torch.randperm(n, generator=gen)[: max(1, n // 10)]] = float("-inf")  # row 1: a few infs, tau finite
+    x, d = torch.full((2, n), 0.5), torch.zeros(2, n)
+    for q in (0.5, 0.35, 1.0):
+        assert_bits_equal(emu.zerograd_step(device, d, g, x, 0.1, 0.2, q),
+                          reference.zerograd_step(d, g, x, 0.1, 0.2, q), f"n={n} q={q}")
+
+
+def test_atas_cluster_partials_add_in_rank_order(device):
+    """A cluster of 3 blocks, one nonzero g per block's slice, chosen so that the fp64 sum of the three partials
+    rounds to a different fp32 in rank order (0, 1, 2: what the reference's sum gives too) than in another order."""
+    sample = _atas_sample(1, (3, 32, 32), seed=5)
+    delta_buf, v_buf, index, offsets, flips, g, x_adv, x = sample.args
+    g = torch.zeros_like(g)
+    gf = g.view(-1)
+    gf[0], gf[1024], gf[2048] = 1.0188270807266235, 5.780956053058617e-05, 8.06960160844028e-05
+    v_buf = torch.zeros_like(v_buf)
+    taken: list = []
+    bg, vg, bw, vw = delta_buf.clone(), v_buf.clone(), delta_buf.clone(), v_buf.clone()
+    emu.atas_step(device, bg, vg, index, offsets, flips, g, x_adv, x, **sample.kwargs, path=taken)
+    reference.atas_step(bw, vw, index, offsets, flips, g, x_adv, x, **sample.kwargs)
+    assert "cluster=3" in emu.take_log(device)[-1] and taken == ["fused"]
+    p = [float(v) ** 2 for v in (gf[0], gf[1024], gf[2048])]
+    in_order = torch.tensor((p[0] + p[1]) + p[2], dtype=torch.float64).float()
+    assert in_order != torch.tensor((p[2] + p[1]) + p[0], dtype=torch.float64).float()  # the inputs do tell apart
+    want = in_order * 0.5  # v_old = 0, beta = 0.5
+    assert vg[index[0]].item() == want.item() == vw[index[0]].item()
+
+
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_atas_step_other_hyper_parameters(device, monkeypatch, path):
+    """beta ≠ 1/2 (the sample table's 0.5 makes beta and 1 - beta interchangeable), step bounds that bind, warm-up."""
+    monkeypatch.setenv("FASTAT_CUDA_ATAS_PATH", path)
+    sample = _atas_sample(3, (3, 32, 32), seed=4)
+    for kw in (dict(beta=0.9), dict(beta=0.0), dict(beta=1.0), dict(step_min=0.05, step_max=0.06),
+               dict(c=0.5, gamma_over_c=1.5), dict(eps=8 / 255, beta=0.99)):
+        kwargs = dict(sample.kwargs, **kw)
+        args = [a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args)]
+        want_args = [a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args)]
+        got = (emu.atas_step(device, *args, **kwargs), args[0], args[1])
+        want = (reference.atas_step(*want_args, **kwargs), want_args[0], want_args[1])
+        _compare(got, want, SPECS["atas_step"], f"atas_step {path} {kw}")

@@ -16,6 +16,14 @@
 // memory, __trap(), reads of the shared memory of a cluster block that has exited, and the launch configuration
 // (block size, grid, dynamic shared memory against the opted-in limit, cluster dimensions). It does not model memory
 // ordering beyond that, timing, or occupancy: those stay for compute-sanitizer on a GPU.
+//
+// A kernel that dereferences a wild or misaligned pointer crashes the process (it would fault on a GPU too); a signal
+// handler first prints the kernel's block and thread to stderr (under pytest, add -s to see it past the capture).
+//
+// Limits: blocks that are not in one cluster run one after another, so races between blocks (two blocks writing the
+// same global address) go unseen; a thread that spins on a flag another thread sets never yields and hangs the
+// process (no kernel here spins); a fiber that overflows its 128 KB stack hits a guard page (SIGSEGV, not a report);
+// 2-D/3-D blocks and warp shuffles with width < 32 are refused rather than emulated.
 #pragma once
 
 #include <cmath>
