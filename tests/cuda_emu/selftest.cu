@@ -93,6 +93,21 @@ __global__ void map_global_pointer(float* out) {
   cluster.sync();
 }
 
+// One launch of `kernel` as clusters of `cluster` blocks, `grid` blocks of `threads` in all.
+cudaError_t launch_clusters(void (*kernel)(float*), unsigned grid, unsigned cluster, unsigned threads, float* out) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(threads);
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, out);
+}
+
 }  // namespace
 
 extern "C" int emu_selftest(int which, float* out, int n) {
@@ -103,37 +118,13 @@ extern "C" int emu_selftest(int which, float* out, int n) {
     case 3: smem_overrun<<<1, 32, 16 * sizeof(float)>>>(out, 16); break;  // 64 bytes past the end
     case 4: traps<<<1, 1>>>(out); break;
     case 5: global_overrun<<<1, n + 1>>>(out, n); break;
-    case 6: {
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = 4;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cudaLaunchConfig_t config = {};
-      config.gridDim = dim3(8);
-      config.blockDim = dim3(64);
-      config.attrs = attr;
-      config.numAttrs = 1;
-      return cudaLaunchKernelEx(&config, n == 0 ? cluster_exchange : cluster_early_exit, out);
-    }
+    case 6: return launch_clusters(n == 0 ? cluster_exchange : cluster_early_exit, 8, 4, 64, out);
     case 7: warp_sum<<<1, 64>>>(out); break;
     case 8: warp_sum<<<1, 1025>>>(out); break;  // too many threads: refused at launch
     case 9: missing_barrier<<<1, 64>>>(out); break;
     case 10: uninitialised_shared<<<2, 32>>>(out); break;
     case 11: barrier_after_exit<<<1, 64>>>(out); break;
-    case 12: {
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = 2;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cudaLaunchConfig_t config = {};
-      config.gridDim = dim3(2);
-      config.blockDim = dim3(32);
-      config.attrs = attr;
-      config.numAttrs = 1;
-      return cudaLaunchKernelEx(&config, map_global_pointer, out);
-    }
+    case 12: return launch_clusters(map_global_pointer, 2, 2, 32, out);
     default: return -1;
   }
   return cudaGetLastError();

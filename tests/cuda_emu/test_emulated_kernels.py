@@ -27,15 +27,9 @@ pytestmark = pytest.mark.emulated
 
 
 @pytest.fixture(scope="module")
-def lib():
-    try:
-        lib = emu.build()
-    except emu.EmulatorError as e:
-        if "no C++ compiler" in str(e):
-            pytest.skip(str(e))
-        raise
-    _learn_static_shared_memory(lib)
-    return lib
+def lib(emulator_lib):
+    _learn_static_shared_memory(emulator_lib)
+    return emulator_lib
 
 
 def _learn_static_shared_memory(lib):

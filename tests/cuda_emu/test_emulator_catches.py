@@ -13,15 +13,9 @@ pytestmark = pytest.mark.emulated
 
 
 @pytest.fixture(scope="module")
-def lib():
-    try:
-        lib = emu.build()
-    except emu.EmulatorError as e:
-        if "no C++ compiler" in str(e):
-            pytest.skip(str(e))
-        raise
-    emu.configure(lib)
-    return lib
+def lib(emulator_lib):
+    emu.configure(emulator_lib)
+    return emulator_lib
 
 
 def _run(lib, which, n=32):

@@ -304,30 +304,25 @@ template <typename T, typename = typename std::enable_if<std::is_integral<T>::va
 inline T atomicAdd(T* p, typename std::type_identity<T>::type v) {
   return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
-inline float atomicAdd(float* p, float v) {
-  auto* u = reinterpret_cast<uint32_t*>(p);
-  uint32_t old = __atomic_load_n(u, __ATOMIC_RELAXED);
+namespace emu {
+// Floating-point atomic add as a compare-and-swap loop on the bit pattern (Bits: the same-sized unsigned type).
+template <typename F, typename Bits>
+inline F atomic_add_float(F* p, F v) {
+  static_assert(sizeof(F) == sizeof(Bits), "bit pattern type");
+  auto* u = reinterpret_cast<Bits*>(p);
+  Bits old = __atomic_load_n(u, __ATOMIC_RELAXED);
   for (;;) {
-    float was;
-    std::memcpy(&was, &old, 4);
-    const float sum = was + v;
-    uint32_t next;
-    std::memcpy(&next, &sum, 4);
+    F was;
+    std::memcpy(&was, &old, sizeof(F));
+    const F sum = was + v;
+    Bits next;
+    std::memcpy(&next, &sum, sizeof(F));
     if (__atomic_compare_exchange_n(u, &old, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return was;
   }
 }
-inline double atomicAdd(double* p, double v) {
-  auto* u = reinterpret_cast<uint64_t*>(p);
-  uint64_t old = __atomic_load_n(u, __ATOMIC_RELAXED);
-  for (;;) {
-    double was;
-    std::memcpy(&was, &old, 8);
-    const double sum = was + v;
-    uint64_t next;
-    std::memcpy(&next, &sum, 8);
-    if (__atomic_compare_exchange_n(u, &old, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return was;
-  }
-}
+}  // namespace emu
+inline float atomicAdd(float* p, float v) { return emu::atomic_add_float<float, uint32_t>(p, v); }
+inline double atomicAdd(double* p, double v) { return emu::atomic_add_float<double, uint64_t>(p, v); }
 template <typename T>
 inline T atomicMax(T* p, typename std::type_identity<T>::type v) {
   T old = __atomic_load_n(p, __ATOMIC_RELAXED);
