@@ -139,11 +139,36 @@ def _cache_root() -> Path:
     return Path(tempfile.gettempdir()) / f"fastat-cuda-emu-{os.getuid()}"
 
 
+_PROBE = """
+#include <source_location>
+#include <ucontext.h>
+int main() { _Float16 h = static_cast<_Float16>(1.5f); ucontext_t c; getcontext(&c);
+             return static_cast<int>(std::source_location::current().line()) > 0 && h > 1 ? 0 : 1; }
+"""
+
+
+def toolchain_problem(compiler: str | None = None) -> str | None:
+    """Why this machine cannot build the emulator (no C++ compiler, no C++20 <source_location>, no _Float16, no
+    ucontext), or None. A failure to compile the kernels themselves is not a toolchain problem: it is a bug."""
+    compiler = compiler or os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler}) to build the CUDA emulator"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.cpp"
+        src.write_text(_PROBE)
+        res = subprocess.run([compiler, "-std=c++20", str(src), "-o", str(Path(tmp) / "probe")], capture_output=True,
+                             text=True)
+    if res.returncode != 0:
+        return f"{compiler} cannot build the CUDA emulator (needs C++20 <source_location>, _Float16, ucontext)"
+    return None
+
+
 def build(verbose: bool = False) -> ctypes.CDLL:
     """Compiles (or reuses) the emulated kernels and returns the loaded library."""
     compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        raise EmulatorError(f"no C++ compiler ({compiler}) to build the CUDA emulator")
+    problem = toolchain_problem(compiler)
+    if problem:
+        raise EmulatorError(problem)
     digest = hashlib.sha256()
     for f in _sources():
         digest.update(f.name.encode() + b"\0" + f.read_bytes())

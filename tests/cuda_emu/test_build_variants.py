@@ -36,6 +36,13 @@ def _asan_env():
                 ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0")
 
 
+@pytest.fixture(autouse=True)
+def _toolchain():
+    problem = emu.toolchain_problem()
+    if problem:
+        pytest.skip(problem)
+
+
 def _run(args, env, timeout=1800):
     return subprocess.run([sys.executable, *args], env=env, cwd=emu.ROOT, capture_output=True, text=True,
                           timeout=timeout)
