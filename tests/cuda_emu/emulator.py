@@ -2,8 +2,10 @@
 
 The kernel sources are compiled unmodified except for three mechanical rewrites C++ needs (`k<<<cfg>>>(args)` becomes
 `::emu::launch(k, ::emu::Config(cfg), args)`, `extern __shared__ T a[];` becomes a pointer to the block's dynamic
-shared memory, inline PTX becomes a no-op) and anonymous namespaces get a name, so that the launch log and error
-messages can name the kernels. See include/emu_cuda.h for what is emulated and checked.
+shared memory, inline PTX without outputs becomes a no-op), a call after each `__shared__` declaration (so the
+emulator can fill it with garbage per block and learn the kernel's static shared memory), and named anonymous
+namespaces, so that the launch log and error messages can name the kernels. See include/emu_cuda.h for what is
+emulated and checked.
 
     lib = build()                      # cached by a hash of the sources and flags
     out = zerograd_step(lib, delta, grad, x, eps, alpha, q)
@@ -96,13 +98,13 @@ def _rank64() -> int:
 
 
 def asan_enabled() -> bool:
-    """FASTAT_EMU_ASAN=1: build with AddressSanitizer (the process must preload libasan, see test_asan.py)."""
+    """FASTAT_EMU_ASAN=1: build with AddressSanitizer (the process must preload libasan, see test_build_variants.py)."""
     return os.environ.get("FASTAT_EMU_ASAN", "0") == "1"
 
 
 def contract_enabled() -> bool:
     """FASTAT_EMU_CONTRACT=1: let g++ fuse a*b+c into FMAs (-ffp-contract=fast -mfma) as nvcc does by default, so
-    that an unprotected product-sum in an exact kernel shows as a mismatch (see test_contracted.py)."""
+    that an unprotected product-sum in an exact kernel shows as a mismatch (see test_build_variants.py)."""
     return os.environ.get("FASTAT_EMU_CONTRACT", "0") == "1"
 
 
