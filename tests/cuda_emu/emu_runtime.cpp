@@ -619,6 +619,7 @@ cudaError_t run_grid(const void* fn, const Config& cfg, unsigned cluster, const 
     if (static_known) smem_limit -= static_cast<int>(st->second);
     auto it = g_dynamic_smem_limit.find(fn);
     if (it != g_dynamic_smem_limit.end()) smem_limit = it->second;
+    if (g_log.size() > (1u << 20)) g_log.erase(0, g_log.find('\n', g_log.size() / 2) + 1);  // keep the newest ~512 KB
     g_log += format("%s grid=%u block=%u smem=%zu cluster=%u\n", kernel_name(fn).c_str(), cfg.grid.x, threads,
                     cfg.smem, cluster);
   }
