@@ -77,6 +77,14 @@ void set_error(cudaError_t e) {
   if (g_last_error == cudaSuccess) g_last_error = e;
 }
 
+// One step of xorshift64 (the schedule shuffles' generator).
+uint64_t next_random(uint64_t& state) {
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  return state;
+}
+
 std::string format(const char* fmt, ...) {
   char buf[1024];
   va_list ap;
@@ -121,7 +129,6 @@ struct Fiber {
   ucontext_t ctx;
   void* fake_stack = nullptr;  // ASan's bookkeeping across switches
   char* stack = nullptr;
-  unsigned tid = 0;
   Wait wait = Wait::kNone;
 };
 
@@ -153,7 +160,6 @@ struct Block {
   unsigned bar_arrived = 0;
   uint64_t bar_generation = 0;
   Site bar_site;
-  bool bar_cluster = false;
   std::vector<WarpState> warps;
   // dynamic shared memory, with a canary tail
   std::vector<unsigned char> dyn;
@@ -197,13 +203,16 @@ void yield() {
   EMU_FINISH_SWITCH(f.fake_stack, nullptr, nullptr);
 }
 
+// "kernel<...>: block (x,y,z)", the start of every failure message (blockIdx: the block on this OS thread).
+std::string block_label(const Block& b) {
+  return format("%s: block (%u,%u,%u)", kernel_name(b.fn).c_str(), blockIdx.x, blockIdx.y, blockIdx.z);
+}
+
 [[noreturn]] void fail_here(const std::string& why) {
   Block& b = me();
   if (!b.failed) {
     b.failed = true;
-    b.error = format("%s: block (%u,%u,%u) thread %u: ", kernel_name(b.fn).c_str(), blockIdx.x, blockIdx.y,
-                     blockIdx.z, threadIdx.x) +
-              why;
+    b.error = block_label(b) + format(" thread %u: ", threadIdx.x) + why;
   }
   for (;;) yield();  // the scheduler never resumes a failed block's fibers
 }
@@ -289,7 +298,6 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
   const uintptr_t body_bits = reinterpret_cast<uintptr_t>(&body);
   for (unsigned t = 0; t < b.threads; ++t) {
     Fiber& f = b.fibers[t];
-    f.tid = t;
     f.stack = tl_stacks.get(g_settings.fiber_stack);
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
@@ -307,12 +315,7 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
   uint64_t round = 0;
   while (b.live > 0 && !b.failed) {
     if (g_settings.schedule_seed != 0) {
-      for (unsigned i = b.threads; i > 1; --i) {  // Fisher-Yates with xorshift64
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::swap(order[i - 1], order[rng % i]);
-      }
+      for (unsigned i = b.threads; i > 1; --i) std::swap(order[i - 1], order[next_random(rng) % i]);  // Fisher-Yates
     }
     // Shuffled schedules also resume only a random half of the threads every other round, so that some warps get
     // ahead of others past warp collectives (a missing __syncthreads before a phase that starts with a shuffle or
@@ -323,12 +326,7 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
       const unsigned t = order[k];
       Fiber& f = b.fibers[t];
       if (f.wait == Wait::kDone) continue;
-      if (partial) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        if (rng & 1) continue;
-      }
+      if (partial && (next_random(rng) & 1)) continue;
       b.current = static_cast<int>(t);
       threadIdx = uint3{t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y)};
       EMU_START_SWITCH(&b.scheduler_fake_stack, f.stack, g_settings.fiber_stack);
@@ -350,10 +348,9 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
           open += format("; warp %zu: %s at %s, mask 0x%08x, has lanes 0x%08x", wi, c.what,
                          describe(c.site).c_str(), c.mask, c.arrived);
       b.failed = true;
-      b.error = format("%s: block (%u,%u,%u): deadlock: %u threads wait at a barrier, %u in a warp collective, %u "
-                       "have exited (a barrier or collective some threads never reach)",
-                       kernel_name(b.fn).c_str(), block_idx.x, block_idx.y, block_idx.z, at_barrier, at_warp,
-                       b.threads - b.live) +
+      b.error = block_label(b) + format(": deadlock: %u threads wait at a barrier, %u in a warp collective, %u have "
+                                        "exited (a barrier or collective some threads never reach)",
+                                        at_barrier, at_warp, b.threads - b.live) +
                 open;
       break;
     }
@@ -366,8 +363,7 @@ void run_block(Block& b, const dim3& block_idx, const dim3& grid, const dim3& bl
     for (size_t i = 0; i < kCanaryBytes; ++i) {
       if (b.dyn[b.dyn_bytes + i] != kCanary) {
         b.failed = true;
-        b.error = format("%s: block (%u,%u,%u) wrote past the end of its %zu bytes of dynamic shared memory",
-                         kernel_name(b.fn).c_str(), block_idx.x, block_idx.y, block_idx.z, b.dyn_bytes);
+        b.error = block_label(b) + format(" wrote past the end of its %zu bytes of dynamic shared memory", b.dyn_bytes);
         break;
       }
     }
@@ -402,40 +398,45 @@ std::string kernel_name(const void* fn) {
 // --------------------------------------------------------------------------------------------- device-side entries
 unsigned lane_id() { return threadIdx.x & 31u; }  // 1-D blocks (checked at launch)
 
-void syncthreads(const Where& at) {
+namespace {
+
+// The other blocks' part of cluster.sync(), done by the last thread of block b to arrive: an OS-level barrier across
+// the cluster's threads.
+void cluster_arrive(Cluster& c) {
+  std::unique_lock<std::mutex> lock(c.mutex);
+  const uint64_t cgen = c.generation;
+  if (++c.arrived == c.size) {
+    c.arrived = 0;
+    ++c.generation;
+    c.cv.notify_all();
+    return;
+  }
+  const bool ok = c.cv.wait_for(lock, std::chrono::minutes(30), [&] {
+    return c.generation != cgen || c.failed || c.arrived + c.finished >= c.size;
+  });
+  if (c.generation == cgen) {
+    c.failed = true;
+    c.cv.notify_all();
+    lock.unlock();
+    fail_here(ok ? "cluster.sync(): another block of the cluster failed or exited without reaching it"
+                 : "cluster.sync(): timed out waiting for the other blocks of the cluster");
+  }
+}
+
+// __syncthreads() (cluster = nullptr) and cluster.sync(): every thread of the block arrives, from the same place; the
+// last to arrive (after the cluster's other blocks, for cluster.sync) releases the others.
+void block_barrier(const Where& at, const char* what, Cluster* cluster) {
   const Site site = site_of(at);
   Block& b = me();
   if (b.live != b.threads)
-    fail_here(format("__syncthreads() at %s after %u threads of the block exited (a barrier some threads skip)",
+    fail_here(format("%s at %s after %u threads of the block exited (a barrier some threads skip)", what,
                      describe(site).c_str(), b.threads - b.live));
   if (b.bar_arrived == 0) {
     b.bar_site = site;
   } else if (g_settings.check_call_sites && site != b.bar_site) {
-    fail_here("__syncthreads() at " + describe(site) + " while other threads of the block wait at " +
-              describe(b.bar_site) + " (divergent barrier)");
+    fail_here(format("%s at %s while other threads of the block wait at %s (divergent barrier)", what,
+                     describe(site).c_str(), describe(b.bar_site).c_str()));
   }
-  const uint64_t gen = b.bar_generation;
-  ++b.bar_arrived;
-  ++b.progress;
-  if (b.bar_arrived == b.live) {
-    b.bar_arrived = 0;
-    ++b.bar_generation;
-  } else {
-    wait_until(Wait::kBarrier, [&] { return b.bar_generation != gen || b.failed; });
-  }
-}
-
-void cluster_sync(const Where& at) {
-  const Site site = site_of(at);
-  Block& b = me();
-  if (b.cluster == nullptr) fail_here("cluster.sync() in a kernel not launched as a cluster");
-  if (b.bar_arrived == 0) {
-    b.bar_site = site;
-  } else if (g_settings.check_call_sites && site != b.bar_site) {
-    fail_here("cluster.sync() at " + describe(site) + " while other threads of the block wait at " +
-              describe(b.bar_site) + " (divergent barrier)");
-  }
-  if (b.live != b.threads) fail_here("cluster.sync() after some threads of the block exited");
   const uint64_t gen = b.bar_generation;
   ++b.bar_arrived;
   ++b.progress;
@@ -443,36 +444,25 @@ void cluster_sync(const Where& at) {
     wait_until(Wait::kBarrier, [&] { return b.bar_generation != gen || b.failed; });
     return;
   }
-  // The block's last thread: wait for the other blocks of the cluster (an OS-level barrier), then release the block.
-  Cluster& c = *b.cluster;
-  {
-    std::unique_lock<std::mutex> lock(c.mutex);
-    const uint64_t cgen = c.generation;
-    if (++c.arrived == c.size) {
-      c.arrived = 0;
-      ++c.generation;
-      c.cv.notify_all();
-    } else {
-      const bool ok = c.cv.wait_for(lock, std::chrono::minutes(30), [&] {
-        return c.generation != cgen || c.failed || c.arrived + c.finished >= c.size;
-      });
-      if (c.generation == cgen) {
-        c.failed = true;
-        c.cv.notify_all();
-        lock.unlock();
-        fail_here(ok ? "cluster.sync(): another block of the cluster failed or exited without reaching it"
-                     : "cluster.sync(): timed out waiting for the other blocks of the cluster");
-      }
-    }
-  }
+  if (cluster != nullptr) cluster_arrive(*cluster);
   b.bar_arrived = 0;
   ++b.bar_generation;
+}
+
+}  // namespace
+
+void syncthreads(const Where& at) { block_barrier(at, "__syncthreads()", nullptr); }
+
+void cluster_sync(const Where& at) {
+  Block& b = me();
+  if (b.cluster == nullptr) fail_here("cluster.sync() in a kernel not launched as a cluster");
+  block_barrier(at, "cluster.sync()", b.cluster);
 }
 
 void warp_exchange(unsigned mask, uint64_t value, uint64_t* all, const char* what, const Where& at) {
   const Site site = site_of(at);
   Block& b = me();
-  const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+  const unsigned lane = lane_id(), warp = threadIdx.x >> 5;
   const unsigned lanes_here = std::min(32u, b.threads - warp * 32);
   if (lanes_here < 32 && (mask >> lanes_here) != 0)
     fail_here(format("%s with mask 0x%08x in a warp of only %u threads", what, mask, lanes_here));
@@ -519,6 +509,18 @@ void* dynamic_smem_base() { return me().dyn.data(); }
 unsigned cluster_rank() { return me().rank; }
 unsigned cluster_blocks() { return me().cluster == nullptr ? 1 : me().cluster->size; }
 
+namespace {
+
+// Whether [p, p + bytes) lies in one of the __shared__ variables block b has declared so far.
+bool declares(Block& b, const char* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(b.shared_mutex);
+  for (const auto& [start, size] : b.shared)
+    if (p >= start && p + bytes <= start + size) return true;
+  return false;
+}
+
+}  // namespace
+
 void* map_shared(const void* p, unsigned rank, size_t bytes) {
   Block& b = me();
   if (b.cluster == nullptr) fail_here("map_shared_rank in a kernel not launched as a cluster");
@@ -533,20 +535,11 @@ void* map_shared(const void* p, unsigned rank, size_t bytes) {
   }
   // A __shared__ (static thread_local) variable: same offset from the anchor in the other block's thread, which must
   // have started and declared it (else a cluster.sync() is missing before the access).
-  bool shared = false;
-  {
-    std::lock_guard<std::mutex> lock(b.shared_mutex);
-    for (const auto& [start, size] : b.shared) shared = shared || (c >= start && c + bytes <= start + size);
-  }
-  if (!shared) fail_here("map_shared_rank of an address that is not this block's shared memory");
+  if (!declares(b, c, bytes)) fail_here("map_shared_rank of an address that is not this block's shared memory");
   char* anchor = other.tls_anchor.load();
-  bool declared = false;
   if (anchor != nullptr) {
     char* there = anchor + (c - b.tls_anchor.load());
-    std::lock_guard<std::mutex> lock(other.shared_mutex);
-    for (const auto& [start, size] : other.shared)
-      declared = declared || (there >= start && there + bytes <= start + size);
-    if (declared) return there;
+    if (declares(other, there, bytes)) return there;
   }
   fail_here(format("map_shared_rank: block rank %u of the cluster has not declared that shared variable yet (a "
                    "cluster.sync() is missing before the access)", rank));
@@ -789,10 +782,8 @@ cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, const void* func, cons
     *clusters = 0;
     return cudaErrorInvalidValue;
   }
-  unsigned size = 1;
-  for (unsigned i = 0; i < config->numAttrs; ++i)
-    if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) size = config->attrs[i].val.clusterDim.x;
-  *clusters = size <= 8 ? g_settings.max_active_clusters : 0;
+  const cudaLaunchAttributeValue* dims = emu::cluster_dims(config);
+  *clusters = (dims == nullptr || dims->clusterDim.x <= 8) ? g_settings.max_active_clusters : 0;
   return cudaSuccess;
 }
 

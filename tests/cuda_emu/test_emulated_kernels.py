@@ -110,18 +110,19 @@ def _compare(got, want, spec, what):
                                        msg=lambda m: f"{what} output {k}: {m}")
 
 
+def _clone_mutated(sample):
+    """The sample's arguments, with fresh copies of the buffers the op writes in place."""
+    return tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
+
+
 def _run_both(lib, op, sample):
     """(emulated kernel's outputs, reference's outputs, spec); mutated buffers are compared as outputs and the other
     inputs must come back untouched."""
     spec = SPECS[op]
-
-    def clone_mutated():
-        return tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
-
-    args = clone_mutated()
+    args = _clone_mutated(sample)
     want = (getattr(reference, op)(*args, **sample.kwargs),) + tuple(args[i] for i in sample.mutated)
     snapshot = [a.clone() if isinstance(a, torch.Tensor) else a for a in sample.args]
-    args = clone_mutated()
+    args = _clone_mutated(sample)
     got = (OPS[op](lib, *args, **sample.kwargs),) + tuple(args[i] for i in sample.mutated)
     for i, (before, after) in enumerate(zip(snapshot, sample.args)):
         if isinstance(before, torch.Tensor) and i not in sample.mutated:
@@ -256,8 +257,7 @@ def test_atas_step_paths(device, monkeypatch, rows, chw, settings, env, path, ke
     for warmup in (False, True):
         sample = _atas_sample(rows, chw, warmup=warmup)
         taken: list = []
-        args = tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
-        want_args = tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
+        args, want_args = _clone_mutated(sample), _clone_mutated(sample)
         want = (reference.atas_step(*want_args, **sample.kwargs), want_args[0], want_args[1])
         got = (emu.atas_step(device, *args, **sample.kwargs, path=taken), args[0], args[1])
         _compare(got, want, SPECS["atas_step"], f"atas_step {rows}x{chw} {settings} {env} warmup={warmup}")
@@ -271,7 +271,7 @@ def test_atas_step_repeated_calls_are_bit_identical(device):
     sample = _atas_sample(2, (3, 64, 64))
     outs = []
     for _ in range(2):
-        args = tuple(a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args))
+        args = _clone_mutated(sample)
         outs.append((emu.atas_step(device, *args, **sample.kwargs), args[0], args[1]))
     for a, b in zip(*outs):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
@@ -634,8 +634,7 @@ def test_atas_step_other_hyper_parameters(device, monkeypatch, path):
     for kw in (dict(beta=0.9), dict(beta=0.0), dict(beta=1.0), dict(step_min=0.05, step_max=0.06),
                dict(c=0.5, gamma_over_c=1.5), dict(eps=8 / 255, beta=0.99)):
         kwargs = dict(sample.kwargs, **kw)
-        args = [a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args)]
-        want_args = [a.clone() if i in sample.mutated else a for i, a in enumerate(sample.args)]
+        args, want_args = _clone_mutated(sample), _clone_mutated(sample)
         got = (emu.atas_step(device, *args, **kwargs), args[0], args[1])
         want = (reference.atas_step(*want_args, **kwargs), want_args[0], want_args[1])
         _compare(got, want, SPECS["atas_step"], f"atas_step {path} {kw}")

@@ -213,36 +213,40 @@ struct Config {
 // error (configuration refused: nothing runs) and records a failure of the kernel as the sticky error.
 cudaError_t run_grid(const void* fn, const Config& cfg, unsigned cluster, const std::function<void()>& body);
 
+// A launch of `kernel` in clusters of `cluster` blocks (1: none) with `args`.
 template <typename... P, typename... A>
-cudaError_t launch(void (*kernel)(P...), const Config& cfg, A&&... args) {
+cudaError_t launch_grid(void (*kernel)(P...), const Config& cfg, unsigned cluster, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
   // Arguments are converted to the parameter types once, at the launch, as CUDA copies them into the parameter space.
   std::tuple<typename std::decay<P>::type...> params(as_param<typename std::decay<P>::type>(args)...);
-  return run_grid(reinterpret_cast<const void*>(kernel), cfg, 1, [&] {
+  return run_grid(reinterpret_cast<const void*>(kernel), cfg, cluster, [&] {
     auto copy = params;  // each thread gets its own copy of the parameters
     std::apply(kernel, copy);
   });
+}
+
+// What `kernel<<<grid, block, smem, stream>>>(args)` becomes (see emulator.py's rewrite).
+template <typename... P, typename... A>
+cudaError_t launch(void (*kernel)(P...), const Config& cfg, A&&... args) {
+  return launch_grid(kernel, cfg, 1, std::forward<A>(args)...);
+}
+
+// The cluster dimensions a launch configuration asks for (its last such attribute), or nullptr.
+inline const cudaLaunchAttributeValue* cluster_dims(const cudaLaunchConfig_t* config) {
+  const cudaLaunchAttributeValue* dims = nullptr;
+  for (unsigned i = 0; i < config->numAttrs; ++i)
+    if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) dims = &config->attrs[i].val;
+  return dims;
 }
 
 }  // namespace emu
 
 template <typename... P, typename... A>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
-  static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
-  unsigned cluster = 1;
-  for (unsigned i = 0; i < config->numAttrs; ++i) {
-    const cudaLaunchAttribute& a = config->attrs[i];
-    if (a.id == cudaLaunchAttributeClusterDimension) {
-      if (a.val.clusterDim.y != 1 || a.val.clusterDim.z != 1) return cudaErrorInvalidValue;
-      cluster = a.val.clusterDim.x;
-    }
-  }
-  std::tuple<typename std::decay<P>::type...> params(emu::as_param<typename std::decay<P>::type>(args)...);
+  const cudaLaunchAttributeValue* dims = emu::cluster_dims(config);
+  if (dims != nullptr && (dims->clusterDim.y != 1 || dims->clusterDim.z != 1)) return cudaErrorInvalidValue;
   const emu::Config cfg(config->gridDim, config->blockDim, config->dynamicSmemBytes, config->stream);
-  return emu::run_grid(reinterpret_cast<const void*>(kernel), cfg, cluster, [&] {
-    auto copy = params;
-    std::apply(kernel, copy);
-  });
+  return emu::launch_grid(kernel, cfg, dims != nullptr ? dims->clusterDim.x : 1u, std::forward<A>(args)...);
 }
 
 // ---------------------------------------------------------------------------------------------- device intrinsics
