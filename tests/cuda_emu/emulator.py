@@ -7,15 +7,22 @@ emulator can fill it with garbage per block and learn the kernel's static shared
 namespaces, so that the launch log and error messages can name the kernels. See include/emu_cuda.h for what is
 emulated and checked.
 
-    lib = build()                      # cached by a hash of the sources and flags
-    out = zerograd_step(lib, delta, grad, x, eps, alpha, q)
+The binding, csrc/cuda/bindings.cpp, is compiled too, against torch's headers and the stand-ins of include/c10/cuda
+and include/ATen/cuda (torch_shim.cpp), with its kernels registered as the CPU kernels of `fastat_emu::<op>` (the
+`fastat::` schemas and fakes): so the tests call the kernels through the code a GPU runs, from the argument checks
+and layout handling to the launchers' arguments and the Philox generator protocol.
 
-Each wrapper mirrors csrc/cuda/bindings.cpp on CPU tensors (same layouts, dtype tags and scalar roundings) and raises
-EmulatorError with the emulator's message when a kernel fails (deadlock, divergent barrier, trap, overrun, ...).
+    lib = build()                      # cached by a hash of the sources, flags and torch version
+    out = zerograd_step(lib, delta, grad, x, eps, alpha, q)      # torch.ops.fastat_emu.zerograd_step, guarded
+
+The wrappers arm a guarded CPU allocator for the call (the binding's outputs and copies start as NaN and sit between
+guard bytes) and raise EmulatorError with the emulator's message when a kernel fails (deadlock, divergent barrier,
+trap, overrun, a write outside a tensor, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -36,6 +43,9 @@ ROOT = HERE.parents[1]
 CSRC = ROOT / "csrc"
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 CUDA_SUCCESS = 0
+KERNELS_LIB = "libfastat_cuda_emu.so"  # the kernels, the emulator's runtime, capi.cpp, selftest.cu
+OPS_LIB = "libfastat_cuda_emu_ops.so"  # csrc/cuda/bindings.cpp and torch_shim.cpp, registering fastat_emu::<op>
+NAMESPACE = "fastat_emu"
 
 
 class EmulatorError(RuntimeError):
@@ -90,6 +100,21 @@ def rewrite(source: str, stem: str) -> str:
     return text
 
 
+_IMPL_BLOCK = re.compile(r"^TORCH_LIBRARY_IMPL\(fastat, CUDA, m\)", re.M)
+
+
+def rewrite_bindings(source: str) -> str:
+    """csrc/cuda/bindings.cpp as the emulator builds it: its kernels are registered as the CPU kernels of
+    `fastat_emu::<op>` (the same schemas as `fastat::`), and the check that operands are CUDA tensors accepts the CPU
+    tensors the emulated device works on. The rest (checks, layouts, allocation, launches, the generator protocol)
+    compiles as it is, against the stand-ins of include/c10/cuda and include/ATen/cuda (torch_shim.cpp)."""
+    source, blocks = _IMPL_BLOCK.subn(f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)", source)
+    if blocks != 1 or ".is_cuda()" not in source:
+        raise EmulatorError("bindings.cpp: expected one `TORCH_LIBRARY_IMPL(fastat, CUDA, m)` block and `.is_cuda()` "
+                            "checks to rewrite")
+    return source.replace(".is_cuda()", ".is_cpu()")
+
+
 # -------------------------------------------------------------------------------------------------------- building
 def _rank64() -> int:
     from fastat.ops.reference import QUANTILE_RANK_FP64
@@ -118,11 +143,23 @@ def _flags() -> list[str]:
     return flags
 
 
+def _torch_flags() -> list[str]:
+    """What a translation unit including torch's headers needs (the includes of torch.utils.cpp_extension, torch's
+    C++ ABI); the emulator's stand-in headers come first, so c10/cuda and ATen/cuda resolve to them."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    flags = [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", "-Wno-sign-compare"]
+    for d in cpp_extension.include_paths():
+        flags += ["-isystem", d]
+    return flags
+
+
 def _sources() -> list[Path]:
     files = sorted((CSRC / "cuda").glob("*.cu")) + sorted((CSRC / "cuda").glob("*.cuh"))
     files += sorted((CSRC / "cuda").glob("*.h")) + sorted(CSRC.glob("*.h"))
-    files += [HERE / "emu_runtime.cpp", HERE / "capi.cpp", HERE / "selftest.cu", Path(__file__)]
-    files += sorted((HERE / "include").glob("*.h"))
+    files += [CSRC / "cuda" / "bindings.cpp", HERE / "emu_runtime.cpp", HERE / "capi.cpp", HERE / "selftest.cu",
+              HERE / "torch_shim.cpp", Path(__file__)]
+    files += sorted((HERE / "include").rglob("*.h"))
     return files
 
 
@@ -175,9 +212,9 @@ def build(verbose: bool = False) -> ctypes.CDLL:
     for f in _sources():
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    digest.update(" ".join([compiler, version] + _flags()).encode())
+    digest.update(" ".join([compiler, version, torch.__version__] + _flags() + _torch_flags()).encode())
     out_dir = _cache_root() / digest.hexdigest()[:16]
-    lib_path = out_dir / "libfastat_cuda_emu.so"
+    lib_path = out_dir / KERNELS_LIB
     if not lib_path.exists():
         _prune(_cache_root(), keep=out_dir.name)
         work = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}-{threading.get_ident()}")
@@ -185,7 +222,9 @@ def build(verbose: bool = False) -> ctypes.CDLL:
             _compile(compiler, work, lib_path, verbose)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return _load(lib_path)
+    lib = _load(lib_path)
+    _load_ops(out_dir / OPS_LIB)
+    return lib
 
 
 def _prune(root: Path, keep: str, max_entries: int = 8) -> None:
@@ -216,11 +255,15 @@ def _compile(compiler: str, work: Path, lib_path: Path, verbose: bool) -> None:
     selftest = work / "selftest.cu"
     selftest.write_text(rewrite((HERE / "selftest.cu").read_text(), "selftest"))
     units += [HERE / "emu_runtime.cpp", HERE / "capi.cpp", selftest]
-    include = ["-I", str(HERE / "include"), "-I", str(work / "csrc" / "cuda")]
+    bindings = work / "csrc" / "cuda" / "bindings.cpp"
+    bindings.write_text(rewrite_bindings((CSRC / "cuda" / "bindings.cpp").read_text()))
+    torch_units = [bindings, HERE / "torch_shim.cpp"]  # the slowest first
+    include = ["-I", str(HERE / "include"), "-I", str(work / "csrc" / "cuda"), "-I", str(work / "csrc")]
 
     def compile_one(src: Path) -> Path:
         obj = work / (src.stem + ".o")
-        cmd = [compiler, *_flags(), *include, "-x", "c++", "-c", str(src), "-o", str(obj)]
+        extra = _torch_flags() if src in torch_units else []
+        cmd = [compiler, *_flags(), *include, *extra, "-x", "c++", "-c", str(src), "-o", str(obj)]
         if verbose:
             print(" ".join(cmd), file=sys.stderr)
         res = subprocess.run(cmd, capture_output=True, text=True)
@@ -229,26 +272,33 @@ def _compile(compiler: str, work: Path, lib_path: Path, verbose: bool) -> None:
         return obj
 
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        objects = list(pool.map(compile_one, units))
-    tmp_lib = work / lib_path.name
+        objects = list(pool.map(compile_one, torch_units + units))
     sanitize = ["-fsanitize=address"] if asan_enabled() else []
-    res = subprocess.run([compiler, "-shared", "-pthread", *sanitize, *map(str, objects), "-o", str(tmp_lib)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        raise EmulatorError(f"linking the CUDA emulator failed:\n{res.stderr[-6000:]}")
+
+    def link(name: str, objs: list[Path], libs: list[str]) -> None:
+        cmd = [compiler, "-shared", "-pthread", *sanitize, *map(str, objs), f"-Wl,-soname,{name}", *libs, "-o",
+               str(work / name)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise EmulatorError(f"linking {name} for the CUDA emulator failed:\n{res.stderr[-6000:]}")
+
+    # the kernels and the emulator; the binding on top of them, against torch (its libraries are loaded already)
+    link(KERNELS_LIB, objects[len(torch_units):], [])
+    import torch.utils.cpp_extension as cpp_extension
+
+    torch_lib = [f"-L{d}" for d in cpp_extension.library_paths()]
+    link(OPS_LIB, objects[:len(torch_units)], [f"-L{work}", f"-l:{KERNELS_LIB}", "-Wl,-rpath,$ORIGIN", *torch_lib,
+                                                "-lc10", "-ltorch_cpu"])
     lib_path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp_lib, lib_path)  # atomic: concurrent builders (xdist, two sessions) both end up with a whole file
+    # atomic, the kernels last (their file is the cache's marker): concurrent builders both end up with whole files
+    os.replace(work / OPS_LIB, lib_path.parent / OPS_LIB)
+    os.replace(work / KERNELS_LIB, lib_path)
 
 
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     p, i, i64, d, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_uint64
     sig = {
-        "emu_zerograd_step": [p, p, p, p, i, i, i64, i64, d, d, d],
-        "emu_multigrad_step": [p, p, p, i, i, i64, i64, i64, d, d],
-        "emu_pgd_step": [p, p, p, p, p, i, i, i64, i64, d, d],
-        "emu_atas_gather": [p, i, p, p, p, p, p, i, p],
-        "emu_atas_step": [p, i, p, p, p, p, p, i, p, p, p, i, p, p, i, p],
         "emu_uniform_init": [p, p, i, i64, d, u64, u64],
         "emu_configure": [i, i, i, i, i, i, i64, i],
         "emu_take_failure": [ctypes.c_char_p, i],
@@ -280,11 +330,17 @@ def configure(lib, *, sm_count: int = 132, smem_optin: int = 227 * 1024, cluster
                       int(check_call_sites), schedule_seed, ptx_version)
 
 
-def take_log(lib) -> list[str]:
-    """The launches since the last call: 'kernel<...> grid=G block=T smem=S cluster=K' lines."""
+def _take_launches(lib) -> list[str]:
     buf = ctypes.create_string_buffer(1 << 20)
     lib.emu_take_log(buf, len(buf))
     return buf.value.decode().splitlines()
+
+
+def take_log(lib) -> list[str]:
+    """The launches since the last call: 'kernel<...> grid=G block=T smem=S cluster=K' lines."""
+    launched = _pending_log + _take_launches(lib)
+    _pending_log.clear()
+    return launched
 
 
 def _check(lib, what: str, err: int) -> None:
@@ -323,91 +379,120 @@ class _Guarded:
         return self.t
 
 
-def _row_format(t: torch.Tensor) -> torch.memory_format:
-    # bindings.cpp (common.h row_format): channels_last stays channels_last for 4-D tensors, else contiguous
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _rows(t: torch.Tensor) -> tuple[int, int]:
-    """(batch, row_numel) of a per-row operand, as bindings.cpp passes them."""
-    return (t.shape[0], t.numel() // t.shape[0]) if t.shape[0] > 0 else (0, 0)
-
-
 # ------------------------------------------------------------------------------------------------------------ ops
+class _Ops:
+    """The loaded binding: torch.ops.fastat_emu and the guarded allocator's switches (torch_shim.cpp)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.library = torch.library.Library(NAMESPACE, "DEF")  # kept alive: it owns the schemas and fakes
+        from fastat.ops._library import register_fakes
+        from fastat.ops._schemas import SCHEMAS
+
+        for schema in SCHEMAS.values():
+            self.library.define(schema)
+        register_fakes(NAMESPACE, self.library)
+        torch.ops.load_library(str(path))  # runs bindings.cpp's TORCH_LIBRARY_IMPL(fastat_emu, CPU, m)
+        self.c = ctypes.CDLL(str(path))
+        self.c.emu_guards_arm.argtypes = [ctypes.c_int]
+        self.c.emu_guards_check.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        self.ops = getattr(torch.ops, NAMESPACE)
+
+
+_OPS: _Ops | None = None
+
+
+def _load_ops(path: Path) -> None:
+    global _OPS
+    if _OPS is None:
+        _OPS = _Ops(path)
+    elif _OPS.path != path:  # one fastat_emu per process: the ops cannot be registered twice
+        raise EmulatorError(f"the emulated ops were loaded from {_OPS.path} already, not {path}")
+
+
+def ops():
+    """torch.ops.fastat_emu: the emulated CUDA kernels behind the real binding, on CPU tensors (after build())."""
+    if _OPS is None:
+        raise EmulatorError("build() the emulator first")
+    return _OPS.ops
+
+
+_pending_log: list[str] = []  # launches a wrapper has looked at, not yet taken by take_log()
+
+
+_armed = 0  # nesting depth of guarded_allocations()
+
+
+@contextlib.contextmanager
+def guarded_allocations(lib, what: str = "emulated ops"):
+    """Within the block, CPU tensors come from the guarded allocator of torch_shim.cpp (filled with NaN, between guard
+    bytes). On leaving it: a kernel fault the emulator recorded, or a changed guard in a tensor allocated inside,
+    raises EmulatorError (also when the block raised the binding's "CUDA kernel launch failed")."""
+    global _armed
+    if _OPS is None:
+        raise EmulatorError("build() the emulator first")
+    if _armed == 0 and _OPS.c.emu_guards_arm(1) != 0:
+        raise EmulatorError("torch refused the guarded CPU allocator")
+    _armed += 1
+    try:
+        yield
+    except RuntimeError:
+        _check(lib, what, CUDA_SUCCESS)  # the emulator's own message first
+        raise
+    finally:
+        _armed -= 1
+        if _armed == 0:
+            _OPS.c.emu_guards_arm(0)
+    _check(lib, what, CUDA_SUCCESS)
+    buf = ctypes.create_string_buffer(1 << 12)
+    if _OPS.c.emu_guards_check(buf, len(buf)):
+        raise EmulatorError(f"{what}: {buf.value.decode()}")
+
+
+def call(lib, name: str, *args, mutated: tuple[int, ...] = (), **kwargs):
+    """torch.ops.fastat_emu.<name>(*args, **kwargs) under guarded_allocations(), the positional tensors in `mutated`
+    replaced by guarded copies for the call (returned in `args`, for the caller to copy back). Returns (out, args)."""
+    args = list(args)
+    with guarded_allocations(lib, name):
+        for i in mutated:
+            args[i] = args[i].clone()
+        out = getattr(ops(), name)(*args, **kwargs)
+    return out, args
+
+
 def zerograd_step(lib, delta, grad, x, eps, alpha, q):
-    fmt = _row_format(delta)
-    d, g, xc = (t.contiguous(memory_format=fmt) for t in (delta, grad, x))
-    out = _Guarded(d)
-    batch, n = _rows(d)
-    _check(lib, "zerograd_step", lib.emu_zerograd_step(_ptr(d), _ptr(g), _ptr(xc), _ptr(out.t), DTYPES[d.dtype],
-                                                       DTYPES[g.dtype], batch, n, eps, alpha, q))
-    return out.check("zerograd_step")
+    return call(lib, "zerograd_step", delta, grad, x, eps, alpha, q)[0]
 
 
 def pgd_step(lib, delta, grad, x, eps, alpha, active=None):
-    fmt = _row_format(delta)
-    d, g, xc = (t.contiguous(memory_format=fmt) for t in (delta, grad, x))
-    act = None if active is None else active.contiguous()
-    out = _Guarded(d)
-    batch, n = _rows(d)
-    _check(lib, "pgd_step", lib.emu_pgd_step(_ptr(d), _ptr(g), _ptr(xc), _ptr(act), _ptr(out.t), DTYPES[d.dtype],
-                                             DTYPES[g.dtype], batch, n, eps, alpha))
-    return out.check("pgd_step")
+    return call(lib, "pgd_step", delta, grad, x, eps, alpha, active)[0]
 
 
 def multigrad_step(lib, grads, x, eps, alpha, threshold=None):
-    fmt = _row_format(x)
-    g = grads.permute(0, 1, 3, 4, 2).contiguous() if fmt == torch.channels_last else grads.contiguous()
-    xc = x.contiguous(memory_format=fmt)
-    out = _Guarded(xc)
-    starts = grads.shape[0]
-    th = starts if threshold is None else threshold
-    _check(lib, "multigrad_step", lib.emu_multigrad_step(_ptr(g), _ptr(xc), _ptr(out.t), DTYPES[xc.dtype],
-                                                         DTYPES[g.dtype], starts, xc.numel(), 2 * th - starts, eps,
-                                                         alpha))
-    return out.check("multigrad_step")
-
-
-def _atas_shape(x, delta_buf):
-    s = (x.shape[0], x.shape[1], x.shape[2], x.shape[3], delta_buf.shape[0], delta_buf.shape[2], delta_buf.shape[3])
-    return (ctypes.c_int64 * 7)(*s)
+    return call(lib, "multigrad_step", grads, x, eps, alpha, threshold)[0]
 
 
 def atas_gather(lib, delta_buf, index, offsets, flips, x):
-    xc, idx, off, fl = x.contiguous(), index.contiguous(), offsets.contiguous(), flips.contiguous()
-    buf = delta_buf.contiguous()  # held in a variable: the pointer must outlive the call
-    out = _Guarded(xc)
-    _check(lib, "atas_gather", lib.emu_atas_gather(_ptr(buf), DTYPES[delta_buf.dtype], _ptr(idx),
-                                                   _ptr(off), _ptr(fl), _ptr(xc), _ptr(out.t), DTYPES[xc.dtype],
-                                                   _atas_shape(xc, delta_buf)))
-    return out.check("atas_gather")
+    return call(lib, "atas_gather", delta_buf, index, offsets, flips, x)[0]
 
 
-def atas_step(lib, delta_buf, v_buf, index, offsets, flips, grad, x_adv, x, eps, c, beta, gamma_over_c, step_min,
-              step_max, warmup=False, path: list | None = None):
-    """As fastat.ops.atas_step (delta_buf and v_buf updated in place); `path` gets 'fused' or 'split' appended."""
-    g, xa, xc = grad.contiguous(), x_adv.contiguous(), x.contiguous()
-    idx, off, fl = index.contiguous(), offsets.contiguous(), flips.contiguous()
-    out = _Guarded(xa)
-    buf = _Guarded(delta_buf.contiguous(), delta_buf)  # in place, between guards; copied back below
-    v = _Guarded(v_buf.contiguous(), v_buf)
-    scalars = (ctypes.c_double * 6)(eps, c, beta, gamma_over_c, step_min, step_max)
-    taken = ctypes.c_int(0)
-    err = lib.emu_atas_step(_ptr(buf.t), DTYPES[delta_buf.dtype], _ptr(v.t), _ptr(idx), _ptr(off), _ptr(fl),
-                            _ptr(g), DTYPES[g.dtype], _ptr(xa), _ptr(xc), _ptr(out.t), DTYPES[xc.dtype],
-                            _atas_shape(xc, delta_buf), scalars, int(warmup), ctypes.byref(taken))
-    _check(lib, "atas_step", err)
-    delta_buf.copy_(buf.check("atas_step delta_buf"))
-    v_buf.copy_(v.check("atas_step v_buf"))
-    out = out.check("atas_step")
+def atas_step(lib, delta_buf, v_buf, index, offsets, flips, grad, x_adv, x, path: list | None = None, **kwargs):
+    """As fastat.ops.atas_step (delta_buf and v_buf updated in place); `path` gets 'fused' or 'split' appended, as the
+    launch log shows."""
+    out, args = call(lib, "atas_step", delta_buf, v_buf, index, offsets, flips, grad, x_adv, x, mutated=(0, 1),
+                     **kwargs)
+    delta_buf.copy_(args[0])
+    v_buf.copy_(args[1])
     if path is not None:
-        path.append({1: "fused", 2: "split"}.get(taken.value, "none"))
+        launched = _take_launches(lib)
+        _pending_log.extend(launched)
+        path.append("split" if any("atas_update_kernel" in k for k in launched) else
+                    "fused" if any("atas_step_fused_kernel" in k for k in launched) else "none")
     return out
 
 
 def uniform_init(lib, x, eps, seed, offset):
+    """The launcher with a chosen Philox seed and offset (capi.cpp; the binding takes them from a generator)."""
     xc = x.contiguous()
     out = _Guarded(xc)
     _check(lib, "uniform_init", lib.emu_uniform_init(_ptr(xc), _ptr(out.t), DTYPES[xc.dtype], xc.numel(), eps, seed,

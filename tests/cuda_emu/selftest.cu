@@ -37,6 +37,12 @@ __global__ void traps(float*) { __trap(); }
 
 __global__ void global_overrun(float* out, int n) { out[threadIdx.x] = 2.f; }  // launched with more threads than n
 
+__global__ void global_overread(float* out, int n) {  // launched with n + 2 threads: the last two read past out[n-1]
+  const float v = out[threadIdx.x];
+  __syncthreads();
+  if (threadIdx.x < n) out[threadIdx.x] = v + 1.f;
+}
+
 __global__ void cluster_exchange(float* out) {
   __shared__ float mine;
   namespace cg = cooperative_groups;
@@ -125,6 +131,7 @@ extern "C" int emu_selftest(int which, float* out, int n) {
     case 10: uninitialised_shared<<<2, 32>>>(out); break;
     case 11: barrier_after_exit<<<1, 64>>>(out); break;
     case 12: return launch_clusters(map_global_pointer, 2, 2, 32, out);
+    case 13: global_overread<<<1, n + 2>>>(out, n); break;
     default: return -1;
   }
   return cudaGetLastError();

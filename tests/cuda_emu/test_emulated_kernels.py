@@ -1,11 +1,12 @@
 """fastat's CUDA kernels (csrc/cuda/*.cu, unmodified) run on the CPU emulator against fastat.ops.reference.
 
 No GPU needed: tests/cuda_emu/emulator.py compiles the kernel sources with g++ against a CPU emulation of the CUDA
-subset they use (every CUDA thread a fiber, blocks of a cluster on concurrent OS threads), see include/emu_cuda.h.
-This checks the kernels' logic (indexing, the radix selection, the cluster exchange, the launchers' path choices and
-fallbacks, vector/scalar paths, dtype handling) bit for bit where the op is exact, plus what the emulator watches:
-divergent barriers and warp collectives, deadlocks, shared-memory overruns, writes outside the output buffers and
-elements left unwritten. What it cannot check (timing, the memory model, real occupancy, the torch bindings, CUDA
+subset they use (every CUDA thread a fiber, blocks of a cluster on concurrent OS threads), see include/emu_cuda.h, and
+the binding csrc/cuda/bindings.cpp on top, through which every op here is called. This checks the kernels' logic
+(indexing, the radix selection, the cluster exchange, the launchers' path choices and fallbacks, vector/scalar paths,
+dtype handling) and the binding's (layouts, arguments, allocation) bit for bit where the op is exact, plus what the
+emulator watches: divergent barriers and warp collectives, deadlocks, shared-memory overruns, writes outside a
+tensor and elements left unwritten. What it cannot check (timing, the memory model, real occupancy, streams, CUDA
 graphs, nvcc's code generation such as FMA contraction) stays with tests/cuda on a GPU.
 """
 

@@ -95,3 +95,38 @@ def test_shuffled_schedules_expose_a_missing_barrier(lib):
         wrong += not torch.equal(_run(lib, 9, n=64), torch.full((64,), 7.0))
     emu.configure(lib)
     assert wrong == 3
+
+
+# ------------------------------------------------------------------------ the guarded allocator (torch_shim.cpp)
+def test_guarded_allocations_start_as_nan(lib):
+    with emu.guarded_allocations(lib):
+        t, h, i = torch.empty(37), torch.empty(5, dtype=torch.bfloat16), torch.empty(3, dtype=torch.int32)
+    assert t.isnan().all() and h.isnan().all() and (i == -1).all()
+
+
+def test_guarded_allocations_report_a_write_past_a_tensor(lib):
+    with pytest.raises(emu.EmulatorError, match="wrote outside a 128-byte tensor"):
+        with emu.guarded_allocations(lib):
+            buf = torch.zeros(32)
+            lib.emu_selftest(5, buf.data_ptr(), 32)  # one thread too many writes buf[32]
+    emu._check(lib, "after", 0)
+
+
+def test_guarded_allocations_report_a_write_past_a_freed_tensor(lib):
+    """A tensor freed inside the block (the binding's temporaries) is checked when it is freed."""
+    with pytest.raises(emu.EmulatorError, match=r"wrote outside a 128-byte tensor \(seen when it was freed\)"):
+        with emu.guarded_allocations(lib):
+            buf = torch.zeros(32)
+            lib.emu_selftest(5, buf.data_ptr(), 32)
+            del buf
+
+
+def test_the_binding_runs_under_the_guards(lib):
+    """The ops are csrc/cuda/bindings.cpp's, registered for fastat_emu (not fastat), and their outputs come from the
+    guarded allocator: an op that returned an unwritten output would return NaN."""
+    assert emu.ops().pgd_step.default.has_kernel_for_dispatch_key("CPU")
+    d = torch.zeros(2, 5)
+    out = emu.pgd_step(lib, d, torch.ones(2, 5), torch.full((2, 5), 0.5), 0.1, 0.05)
+    assert torch.equal(out, torch.full((2, 5), 0.05))
+    with pytest.raises(ValueError, match="^fastat.pgd_step: argument 'grad'"):  # checks.h, through the binding
+        emu.pgd_step(lib, d, torch.ones(2, 4), d, 0.1, 0.05)

@@ -1,0 +1,14 @@
+// Emulator stand-in for c10/cuda/CUDAGuard.h (tests/cuda_emu/bindings.py): the emulated device is the CPU, so
+// the guard holds nothing.
+#pragma once
+#include <c10/core/Device.h>
+
+namespace c10::cuda {
+
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device) {}
+  CUDAGuard(const CUDAGuard&) = delete;
+  CUDAGuard& operator=(const CUDAGuard&) = delete;
+};
+
+}  // namespace c10::cuda
