@@ -19,7 +19,7 @@ from fastat.ops import reference
 from fastat.ops._specs import (EPS, sample_atas_gather, sample_atas_step, sample_multigrad_step, sample_pgd_step,
                                sample_zerograd_step)
 
-from ._dryrun import DEV, needs_gpu
+from ._dryrun import DEV, needs_gpu, too_slow_to_emulate
 from .test_cuda_ops import _cuda_kernels_built, atas_path  # noqa: F401  (fixtures used here)
 from .test_cuda_ops import (F, SMALL_CASES, _capture, _gen, _pick, _run_atas_step, _small_case, assert_exact,
                             check_capture_replays_eager)
@@ -90,6 +90,7 @@ def test_operands_at_storage_offsets(offset, shifted, dtype, grad_dtype):
 ROWS = 70_000  # more rows than a gridDim.y/z could hold
 
 
+@too_slow_to_emulate
 def test_more_rows_than_a_grid_y_dimension(poisoned_allocations):
     gen = _gen(ROWS, 3)
     s = sample_zerograd_step(ROWS, 3, "random", gen, DEV)
@@ -108,6 +109,7 @@ def test_more_rows_than_a_grid_y_dimension(poisoned_allocations):
     assert (u[-1000:] != 0).any() and (u[-1000:] != u[:1000]).any()  # the last rows are drawn too
 
 
+@too_slow_to_emulate
 @pytest.mark.usefixtures("atas_path")
 @pytest.mark.parametrize("warmup", [False, True])
 def test_atas_step_more_rows_than_a_grid_y_dimension(warmup, poisoned_allocations):
