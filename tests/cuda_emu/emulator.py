@@ -154,6 +154,12 @@ def _torch_flags() -> list[str]:
     return flags
 
 
+def _torch_libs() -> list[str]:
+    import torch.utils.cpp_extension as cpp_extension
+
+    return [f"-L{d}" for d in cpp_extension.library_paths()] + ["-lc10", "-ltorch_cpu"]
+
+
 def _sources() -> list[Path]:
     files = sorted((CSRC / "cuda").glob("*.cu")) + sorted((CSRC / "cuda").glob("*.cuh"))
     files += sorted((CSRC / "cuda").glob("*.h")) + sorted(CSRC.glob("*.h"))
@@ -284,11 +290,7 @@ def _compile(compiler: str, work: Path, lib_path: Path, verbose: bool) -> None:
 
     # the kernels and the emulator; the binding on top of them, against torch (its libraries are loaded already)
     link(KERNELS_LIB, objects[len(torch_units):], [])
-    import torch.utils.cpp_extension as cpp_extension
-
-    torch_lib = [f"-L{d}" for d in cpp_extension.library_paths()]
-    link(OPS_LIB, objects[:len(torch_units)], [f"-L{work}", f"-l:{KERNELS_LIB}", "-Wl,-rpath,$ORIGIN", *torch_lib,
-                                                "-lc10", "-ltorch_cpu"])
+    link(OPS_LIB, objects[:len(torch_units)], [f"-L{work}", f"-l:{KERNELS_LIB}", "-Wl,-rpath,$ORIGIN", *_torch_libs()])
     lib_path.parent.mkdir(parents=True, exist_ok=True)
     # atomic, the kernels last (their file is the cache's marker): concurrent builders both end up with whole files
     os.replace(work / OPS_LIB, lib_path.parent / OPS_LIB)
