@@ -4,7 +4,8 @@
   (short) GPU session;
 * `emu`: tests/cuda run against the CUDA kernels themselves, csrc/cuda/*.cu and the real binding bindings.cpp, on the
   CPU emulator of tests/cuda_emu (`torch.ops.fastat_emu`): every launch path the emulated H100-like device takes, the
-  binding's checks, layouts and generator protocol, the kernels' clamping of index/offsets. Each test runs with the
+  binding's checks, layouts and allocations, the kernels' clamping of index/offsets (the CUDA stream, device guard
+  and generator are stand-ins there). Each test runs with the
   emulator's guarded allocator armed (fresh tensors start as NaN, writes outside a tensor fail the test) and fails
   on any kernel fault the emulator reports (tests/cuda/conftest.py). Use FASTAT_CUDA_TEST_SHAPES=sanitizer: the
   full shapes take hours there (about 40 s per 512x3072 case on 2 cores).
@@ -22,7 +23,11 @@ import os
 import pytest
 import torch
 
-MODE = {"1": "cpu", "cpu": "cpu", "emu": "emu"}.get(os.environ.get("FASTAT_CUDA_TESTS_ON_CPU", "0").strip().lower())
+_MODES = {"": None, "0": None, "1": "cpu", "cpu": "cpu", "emu": "emu"}
+_VALUE = os.environ.get("FASTAT_CUDA_TESTS_ON_CPU", "0").strip().lower()
+if _VALUE not in _MODES:
+    raise ValueError(f"FASTAT_CUDA_TESTS_ON_CPU={_VALUE!r}: expected 0, 1 (or cpu) or emu")
+MODE = _MODES[_VALUE]
 ON_CPU = MODE is not None
 EMULATED = MODE == "emu"
 DEV = "cpu" if ON_CPU else "cuda"

@@ -4,6 +4,7 @@ NaN, writes outside a tensor are reported), and fails on any kernel fault the em
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import pytest
@@ -19,8 +20,11 @@ def _emulated_device(request):
     from cuda_emu import emulator as emu
 
     lib = emulator()
+    leftovers = emu.take_problems(lib)  # e.g. a tensor a failed test's traceback kept alive, freed only now
+    if leftovers:
+        warnings.warn(f"emulator problems from before {request.node.nodeid}: {'; '.join(leftovers)}", stacklevel=1)
     emu.configure(lib, schedule_seed=zlib.crc32(request.node.nodeid.encode()) % 100_000 + 1)
     emu.take_log(lib)
-    with emu.guarded_allocations(lib):
+    with emu.guarded_allocations(lib, request.node.nodeid):
         yield
     emu.configure(lib)

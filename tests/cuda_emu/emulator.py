@@ -10,13 +10,14 @@ emulated and checked.
 The binding, csrc/cuda/bindings.cpp, is compiled too, against torch's headers and the stand-ins of include/c10/cuda
 and include/ATen/cuda (torch_shim.cpp), with its kernels registered as the CPU kernels of `fastat_emu::<op>` (the
 `fastat::` schemas and fakes): so the tests call the kernels through the code a GPU runs, from the argument checks
-and layout handling to the launchers' arguments and the Philox generator protocol.
+and layout handling to the launchers' arguments (the CUDA stream, device guard and generator are stand-ins: see
+include/c10/cuda and include/ATen/cuda).
 
     lib = build()                      # cached by a hash of the sources, flags and torch version
     out = zerograd_step(lib, delta, grad, x, eps, alpha, q)      # torch.ops.fastat_emu.zerograd_step, guarded
 
 The wrappers arm a guarded CPU allocator for the call (the binding's outputs and copies start as NaN and sit between
-guard bytes) and raise EmulatorError with the emulator's message when a kernel fails (deadlock, divergent barrier,
+NaN guard bytes) and raise EmulatorError with the emulator's message when a kernel fails (deadlock, divergent barrier,
 trap, overrun, a write outside a tensor, ...).
 """
 
@@ -106,7 +107,7 @@ _IMPL_BLOCK = re.compile(r"^TORCH_LIBRARY_IMPL\(fastat, CUDA, m\)", re.M)
 def rewrite_bindings(source: str) -> str:
     """csrc/cuda/bindings.cpp as the emulator builds it: its kernels are registered as the CPU kernels of
     `fastat_emu::<op>` (the same schemas as `fastat::`), and the check that operands are CUDA tensors accepts the CPU
-    tensors the emulated device works on. The rest (checks, layouts, allocation, launches, the generator protocol)
+    tensors the emulated device works on. The rest (checks, layouts, allocation, launches, the generator calls)
     compiles as it is, against the stand-ins of include/c10/cuda and include/ATen/cuda (torch_shim.cpp)."""
     source, blocks = _IMPL_BLOCK.subn(f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)", source)
     if blocks != 1 or ".is_cuda()" not in source:
@@ -425,30 +426,46 @@ _pending_log: list[str] = []  # launches a wrapper has looked at, not yet taken 
 _armed = 0  # nesting depth of guarded_allocations()
 
 
+def take_problems(lib) -> list[str]:
+    """What went wrong since the last call and was not reported yet: a kernel fault the emulator recorded (taking it
+    also clears the sticky launch error), and a guard violation of the guarded allocator."""
+    problems = []
+    buf = ctypes.create_string_buffer(1 << 14)
+    if lib.emu_take_failure(buf, len(buf)):
+        problems.append(buf.value.decode())
+    if _OPS is not None and _OPS.c.emu_guards_check(buf, len(buf)):
+        problems.append(buf.value.decode())
+    return problems
+
+
 @contextlib.contextmanager
 def guarded_allocations(lib, what: str = "emulated ops"):
-    """Within the block, CPU tensors come from the guarded allocator of torch_shim.cpp (filled with NaN, between guard
-    bytes). On leaving it: a kernel fault the emulator recorded, or a changed guard in a tensor allocated inside,
-    raises EmulatorError (also when the block raised the binding's "CUDA kernel launch failed")."""
+    """Within the block, CPU tensors come from the guarded allocator of torch_shim.cpp: filled with NaN, between 4 KB
+    guards (NaN too). On leaving it, however it is left (an exception included, which is then chained): a kernel
+    fault the emulator recorded, or a changed guard in a tensor alive now or freed since entering, raises
+    EmulatorError."""
     global _armed
     if _OPS is None:
         raise EmulatorError("build() the emulator first")
     if _armed == 0 and _OPS.c.emu_guards_arm(1) != 0:
         raise EmulatorError("torch refused the guarded CPU allocator")
     _armed += 1
-    try:
-        yield
-    except RuntimeError:
-        _check(lib, what, CUDA_SUCCESS)  # the emulator's own message first
-        raise
-    finally:
+
+    def leave():
+        global _armed
         _armed -= 1
         if _armed == 0:
             _OPS.c.emu_guards_arm(0)
-    _check(lib, what, CUDA_SUCCESS)
-    buf = ctypes.create_string_buffer(1 << 12)
-    if _OPS.c.emu_guards_check(buf, len(buf)):
-        raise EmulatorError(f"{what}: {buf.value.decode()}")
+        problems = take_problems(lib)
+        if problems:
+            raise EmulatorError(f"{what}: {'; '.join(problems)}")
+
+    try:
+        yield
+    except BaseException:
+        leave()  # raises EmulatorError, chained to the block's exception, if the emulator saw something
+        raise
+    leave()
 
 
 def call(lib, name: str, *args, mutated: tuple[int, ...] = (), **kwargs):
@@ -481,6 +498,7 @@ def atas_gather(lib, delta_buf, index, offsets, flips, x):
 def atas_step(lib, delta_buf, v_buf, index, offsets, flips, grad, x_adv, x, path: list | None = None, **kwargs):
     """As fastat.ops.atas_step (delta_buf and v_buf updated in place); `path` gets 'fused' or 'split' appended, as the
     launch log shows."""
+    _pending_log.extend(_take_launches(lib))  # earlier launches are not this call's
     out, args = call(lib, "atas_step", delta_buf, v_buf, index, offsets, flips, grad, x_adv, x, mutated=(0, 1),
                      **kwargs)
     delta_buf.copy_(args[0])

@@ -4,6 +4,9 @@ Without these, a permissive emulator would let test_emulated_kernels.py pass wha
 
 from __future__ import annotations
 
+import ctypes
+import math
+
 import pytest
 import torch
 
@@ -104,21 +107,42 @@ def test_guarded_allocations_start_as_nan(lib):
     assert t.isnan().all() and h.isnan().all() and (i == -1).all()
 
 
-def test_guarded_allocations_report_a_write_past_a_tensor(lib):
-    with pytest.raises(emu.EmulatorError, match="wrote outside a 128-byte tensor"):
+def test_guarded_allocations_report_a_write_past_a_tensor_once(lib):
+    with pytest.raises(emu.EmulatorError, match=r"wrote outside a 128-byte tensor \(guard bytes changed\)"):
         with emu.guarded_allocations(lib):
             buf = torch.zeros(32)
             lib.emu_selftest(5, buf.data_ptr(), 32)  # one thread too many writes buf[32]
-    emu._check(lib, "after", 0)
+    with emu.guarded_allocations(lib):  # reported: the guards were restored, the next block starts clean
+        pass
+    del buf
+    assert emu.take_problems(lib) == []
 
 
 def test_guarded_allocations_report_a_write_past_a_freed_tensor(lib):
     """A tensor freed inside the block (the binding's temporaries) is checked when it is freed."""
-    with pytest.raises(emu.EmulatorError, match=r"wrote outside a 128-byte tensor \(seen when it was freed\)"):
+    with pytest.raises(emu.EmulatorError, match=r"128-byte tensor \(guard bytes changed, seen when it was freed\)"):
         with emu.guarded_allocations(lib):
             buf = torch.zeros(32)
             lib.emu_selftest(5, buf.data_ptr(), 32)
             del buf
+
+
+def test_guarded_allocations_read_nan_past_a_tensor(lib):
+    with emu.guarded_allocations(lib):
+        t = torch.zeros(3)
+        past = [ctypes.c_float.from_address(t.data_ptr() + 4 * k).value for k in (3, 4, 1000)]
+        before = ctypes.c_uint16.from_address(t.data_ptr() - 2).value
+    assert all(math.isnan(v) for v in past) and before == 0x7FFF  # NaN as bf16/fp16 too
+
+
+def test_a_fault_inside_a_guarded_block_is_reported_whatever_the_block_raises(lib):
+    """The emulator's failure (here a deadlock) is raised, chained to the block's own exception, and cleared."""
+    with pytest.raises(emu.EmulatorError, match="deadlock") as info:
+        with emu.guarded_allocations(lib):
+            lib.emu_selftest(1, torch.zeros(32).data_ptr(), 32)
+            raise ValueError("the binding's argument check")
+    assert isinstance(info.value.__context__, ValueError)
+    assert emu.take_problems(lib) == []
 
 
 def test_the_binding_runs_under_the_guards(lib):

@@ -3,21 +3,27 @@
 //
 // - CUDAGeneratorImpl::philox_cuda_state and the default generator (see include/ATen/cuda/CUDAGeneratorImpl.h);
 // - a guarded CPU allocator, armed around each emulated op call: every block it hands out is filled with 0xFF bytes
-//   (NaN as any float dtype, so elements a kernel leaves unwritten show up) and sits between two 64-byte guards;
-//   emu_guards_check() reports a changed guard (a write outside the tensor) in any block still alive, and a block's
-//   guards are checked again when it is freed. This is what the device-side allocations of the binding (outputs,
-//   contiguous copies, the ATAS workspace) are on a GPU: separate buffers the kernels must stay inside.
+//   (NaN as any float dtype, so elements a kernel leaves unwritten show up) and sits between two 4 KB guards (NaN
+//   too, so reads past a tensor give NaN); emu_guards_check() reports a changed guard (a write outside the tensor)
+//   in any block still alive, and a block's guards are checked again when it is freed. This is what the device-side
+//   allocations of the binding (outputs, contiguous copies, the ATAS workspace) are on a GPU: separate buffers the
+//   kernels must stay inside.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+
+#if FASTAT_EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 // ------------------------------------------------------------------------------------------------------ generator
 namespace at {
@@ -42,36 +48,56 @@ const Generator& getDefaultCUDAGenerator(c10::DeviceIndex /*device_index*/) {
 // --------------------------------------------------------------------------------------------- guarded allocator
 namespace {
 
-constexpr size_t kGuard = 64;  // bytes on each side; also the payload's alignment, as c10's CPU allocator gives
-constexpr unsigned char kGuardByte = 0xA5;
+// Each block: kGuard guard bytes, the tensor's n bytes (64-byte aligned, as c10's CPU allocator gives), kGuard guard
+// bytes. Guard bytes hold the 16-bit pattern 0x7FFF at even addresses, NaN as fp32, bf16 and fp16, so a kernel that
+// reads past a tensor reads NaN; new tensors are filled with 0xFF bytes (NaN too, and a different pattern).
+// Under AddressSanitizer the guards are poisoned instead: ASan then reports any access to them where it happens.
+constexpr size_t kGuard = 4096;
+constexpr size_t kAlign = 64;
 constexpr unsigned char kFillByte = 0xFF;
 
-bool guards_intact(const unsigned char* data, size_t size) {
+unsigned char guard_byte(const unsigned char* p) {
+  return reinterpret_cast<uintptr_t>(p) % 2 == 0 ? 0xFF : 0x7F;
+}
+
+void fill_guard(unsigned char* p) {
+  for (size_t i = 0; i < kGuard; ++i) p[i] = guard_byte(p + i);
+}
+
+bool guard_intact(const unsigned char* p) {
   for (size_t i = 0; i < kGuard; ++i) {
-    if (data[-1 - static_cast<std::ptrdiff_t>(i)] != kGuardByte || data[size + i] != kGuardByte) return false;
+    if (p[i] != guard_byte(p + i)) return false;
   }
   return true;
 }
 
 std::string describe(size_t size, const char* when) {
-  return "a kernel wrote outside a " + std::to_string(size) + "-byte tensor" + when + " (guard bytes changed)";
+  return "a kernel wrote outside a " + std::to_string(size) + "-byte tensor (guard bytes changed" + when + ")";
 }
 
-// The data pointer is its own context (torch's raw_allocate() requires it); sizes live in a table.
+// The data pointer is its own context (torch's raw_allocate() requires it); sizes live in a table. Zero-byte
+// tensors get a null pointer, as from CUDA's caching allocator.
 class GuardedAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
-    const size_t total = (2 * kGuard + n + kGuard - 1) / kGuard * kGuard;
-    auto* base = static_cast<unsigned char*>(std::aligned_alloc(kGuard, total));
+    const c10::Device cpu(c10::DeviceType::CPU);
+    if (n == 0) return {nullptr, nullptr, &GuardedAllocator::release, cpu};
+    const size_t total = (2 * kGuard + n + kAlign - 1) / kAlign * kAlign;
+    auto* base = static_cast<unsigned char*>(std::aligned_alloc(kAlign, total));
     TORCH_CHECK(base != nullptr, "emulator: out of memory allocating ", n, " bytes");
-    std::memset(base, kGuardByte, total);
     unsigned char* data = base + kGuard;
     std::memset(data, kFillByte, n);
+    fill_guard(base);
+    fill_guard(data + n);
+#if FASTAT_EMU_ASAN
+    ASAN_POISON_MEMORY_REGION(base, kGuard);
+    ASAN_POISON_MEMORY_REGION(data + n, kGuard);
+#endif
     {
       std::lock_guard<std::mutex> lock(mutex_);
       live_[data] = n;
     }
-    return {data, data, &GuardedAllocator::release, c10::Device(c10::DeviceType::CPU)};
+    return {data, data, &GuardedAllocator::release, cpu};
   }
 
   c10::DeleterFnPtr raw_deleter() const override { return &GuardedAllocator::release; }
@@ -80,26 +106,36 @@ class GuardedAllocator final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
-  // The first changed guard among the live blocks ("" if none), after what blocks freed since the last call showed.
+  // The first guard violation since the last call ("" if none): in a live block, or seen when one was freed. A
+  // damaged live block's guards are restored once reported, so each violation is reported once.
   std::string check() {
     std::lock_guard<std::mutex> lock(mutex_);
     std::string msg;
     msg.swap(freed_failure_);
+#if !FASTAT_EMU_ASAN
     for (const auto& [data, size] : live_) {
-      if (msg.empty() && !guards_intact(data, size)) msg = describe(size, "");
+      unsigned char* d = const_cast<unsigned char*>(data);
+      const bool before = guard_intact(d - kGuard), after = guard_intact(d + size);
+      if (before && after) continue;
+      if (msg.empty()) msg = describe(size, "");
+      fill_guard(d - kGuard);
+      fill_guard(d + size);
     }
+#endif
     return msg;
   }
 
   static GuardedAllocator& instance() {
-    static GuardedAllocator allocator;
-    return allocator;
+    static auto* allocator = new GuardedAllocator();  // never destroyed: tensors may outlive static destruction
+    return *allocator;
   }
 
  private:
   static void release(void* ptr) {
+    if (ptr == nullptr) return;
     auto* data = static_cast<unsigned char*>(ptr);
     GuardedAllocator& self = instance();
+    size_t size = 0;
     {
       std::lock_guard<std::mutex> lock(self.mutex_);
       auto it = self.live_.find(data);
@@ -107,10 +143,17 @@ class GuardedAllocator final : public c10::Allocator {
         if (self.freed_failure_.empty()) self.freed_failure_ = "the guarded allocator was asked to free a stranger";
         return;
       }
-      if (self.freed_failure_.empty() && !guards_intact(data, it->second))
-        self.freed_failure_ = describe(it->second, " (seen when it was freed)");
+      size = it->second;
       self.live_.erase(it);
+#if !FASTAT_EMU_ASAN
+      if (self.freed_failure_.empty() && !(guard_intact(data - kGuard) && guard_intact(data + size)))
+        self.freed_failure_ = describe(size, ", seen when it was freed");
+#endif
     }
+#if FASTAT_EMU_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(data - kGuard, kGuard);
+    ASAN_UNPOISON_MEMORY_REGION(data + size, kGuard);
+#endif
     std::free(data - kGuard);
   }
 
@@ -137,8 +180,8 @@ int emu_guards_arm(int on) {
   return 0;
 }
 
-// Copies the first guard violation seen since the last call into buf (truncated, NUL-terminated); returns its
-// length, 0 if none.
+// Copies the first guard violation not reported yet into buf (truncated, NUL-terminated); returns its length, 0 if
+// none. Under AddressSanitizer, ASan itself reports them.
 int emu_guards_check(char* buf, int size) {
   const std::string msg = GuardedAllocator::instance().check();
   if (size > 0) {

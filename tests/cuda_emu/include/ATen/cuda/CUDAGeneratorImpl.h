@@ -3,7 +3,10 @@
 // (device_type() is CPU) and views them through this class, which adds no state and no virtual functions. A CUDA
 // generator hands out Philox offsets 0, 4, 8, ... after a seed; this one takes the offset from one 64-bit draw of the
 // CPU generator's engine instead, so that, as on a GPU, each call advances the generator, re-seeding reproduces the
-// draws, and other draws from the same generator change what follows. Graph capture is not emulated.
+// draws, and other draws from the same generator change what follows. Not emulated: the offsets themselves (so a
+// wrong increment passed by the binding goes unseen), graph capture, and the check that the generator is a CUDA one.
+// Viewing a CPUGeneratorImpl through this class is formally undefined behaviour (Generator::get<T> static_casts it);
+// it works because the class adds no state and no virtual functions: never build this with -fsanitize=vptr.
 #pragma once
 #include <ATen/core/Generator.h>
 #include <ATen/cuda/PhiloxCudaState.h>

@@ -1,5 +1,5 @@
-// Emulator stand-in for c10/cuda/CUDAStream.h (tests/cuda_emu/bindings.py): the current stream is the emulator's
-// only one, the null stream.
+// Emulator stand-in for c10/cuda/CUDAStream.h (tests/cuda_emu/emulator.py builds bindings.cpp with it): the current
+// stream is the emulator's only one, the null stream (a binding that launches on the wrong stream goes unseen here).
 #pragma once
 #include <cuda_runtime_api.h>
 
