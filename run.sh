@@ -28,10 +28,10 @@ run_tests() {
   # Run from tests/' parent with the installed package (not the source tree) on the path.
   "$PY" -m pytest -q -m "not triton" tests "$@"
   # Without a GPU the CUDA tests skip; all but the GPU-only ones then run once more, small shapes, on the CUDA kernels
-  # and their real binding under the CPU emulator (tests/cuda/_dryrun.py), so a GPU session meets neither test-code
+  # and their real binding under the CPU emulator (tests/gpu/_dryrun.py), so a GPU session meets neither test-code
   # nor binding bugs first.
   if "$PY" -c "import sys, torch; sys.exit(1 if torch.cuda.is_available() else 0)"; then
-    FASTAT_CUDA_TESTS_ON_CPU=emu FASTAT_CUDA_TEST_SHAPES=sanitizer "$PY" -m pytest -q -m cuda tests/cuda "$@"
+    FASTAT_CUDA_TESTS_ON_CPU=emu FASTAT_CUDA_TEST_SHAPES=sanitizer "$PY" -m pytest -q -m cuda tests/gpu "$@"
   fi
   TRITON_INTERPRET=1 FASTAT_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -m triton tests "$@" || {
     rc=$?; [ "$rc" -eq 5 ] && echo "run.sh: no Triton tests collected" || exit "$rc"; }

@@ -3,9 +3,9 @@
 #
 #   build      MAX_JOBS=16 FASTAT_CUDA=1 pip install --no-build-isolation -e .   (fails loudly without CUDA)
 #   info       python -m fastat.info
-#   tests      pytest -m cuda -q tests/cuda (tests_cuda); after the benchmark, pytest -m cuda -q tests (tests_rest)
+#   tests      pytest -m cuda -q tests/gpu (tests_cuda); after the benchmark, pytest -m cuda -q tests (tests_rest)
 #   bench      python bench/bench_ops.py --device cuda --out $OUT (run right after tests_cuda)
-#   memcheck   compute-sanitizer --tool memcheck  over pytest -x tests/cuda (FASTAT_CUDA_TEST_SHAPES=sanitizer)
+#   memcheck   compute-sanitizer --tool memcheck  over pytest -x tests/gpu (FASTAT_CUDA_TEST_SHAPES=sanitizer)
 #   racecheck  compute-sanitizer --tool racecheck over the shared-memory kernels' tests (same reduced shapes)
 # and, when named in GPU_CHECK_STAGES (not by default: they do not fit in one 600 s call with the above),
 #   triton     pytest -m triton tests/ops (the Triton kernels compiled for the GPU, no interpreter)
@@ -106,7 +106,7 @@ sanitize() {  # sanitize TOOL PYTEST_ARGS...
   # Without the caching allocator every tensor is its own cudaMalloc, so memcheck sees accesses past its end.
   env FASTAT_CUDA_TEST_SHAPES=sanitizer PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 ${SANITIZER_ARGS:-} \
-    "$PY" -m pytest -x -q -p no:cacheprovider tests/cuda "$@"
+    "$PY" -m pytest -x -q -p no:cacheprovider tests/gpu "$@"
 }
 export -f sanitize
 export PY LOG
@@ -130,9 +130,9 @@ if ((BUILD_OK)); then
   wanted info && run_stage info "$PY" -m fastat.info
   # the kernels' own tests, then the benchmark (issue #3's numbers), then the rest: with 15 device-minutes a session
   # may get one call, and the stages that do not fit in its budget are the ones skipped
-  wanted tests && run_stage tests_cuda "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests/cuda
+  wanted tests && run_stage tests_cuda "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests/gpu
   wanted bench && run_stage bench "$PY" bench/bench_ops.py --device cuda --out "$OUT"
-  wanted tests && run_stage tests_rest "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests --ignore=tests/cuda
+  wanted tests && run_stage tests_rest "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE tests --ignore=tests/gpu
   # Memory errors in every CUDA kernel; shared-memory races in the kernels that use shared memory (zerograd's
   # histograms/scans and cluster exchange, atas_step's block reduction).
   wanted memcheck && run_stage memcheck sanitize memcheck \

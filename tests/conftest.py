@@ -1,7 +1,7 @@
 """Shared fixtures and markers.
 
-* `cuda` tests are skipped without a GPU, except those under tests/cuda in their CPU dry runs
-  (FASTAT_CUDA_TESTS_ON_CPU=1 on the CPU kernels, =emu on the CUDA kernels under the emulator; tests/cuda/_dryrun.py).
+* `cuda` tests are skipped without a GPU, except those under tests/gpu in their CPU dry runs
+  (FASTAT_CUDA_TESTS_ON_CPU=1 on the CPU kernels, =emu on the CUDA kernels under the emulator; tests/gpu/_dryrun.py).
 * `triton` tests run in their own process with TRITON_INTERPRET=1 on CPU (the variable must be set before triton is
   imported): `TRITON_INTERPRET=1 pytest -m triton tests/ops`. Without it and without a GPU they are skipped.
 * `--subset` runs a representative slice of the big parametrized sweeps for quick local loops.
@@ -23,7 +23,7 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     dry_run = os.environ.get("FASTAT_CUDA_TESTS_ON_CPU", "0").strip().lower() not in ("", "0")  # _dryrun.py checks it
-    dry_run_dir = Path(__file__).parent / "cuda" if dry_run else None
+    dry_run_dir = Path(__file__).parent / "gpu" if dry_run else None
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_triton = pytest.mark.skip(reason="needs a CUDA GPU or TRITON_INTERPRET=1 (run in a separate process)")

@@ -7,7 +7,7 @@ the binding csrc/cuda/bindings.cpp on top, through which every op here is called
 dtype handling) and the binding's (layouts, arguments, allocation) bit for bit where the op is exact, plus what the
 emulator watches: divergent barriers and warp collectives, deadlocks, shared-memory overruns, writes outside a
 tensor and elements left unwritten. What it cannot check (timing, the memory model, real occupancy, streams, CUDA
-graphs, nvcc's code generation such as FMA contraction) stays with tests/cuda on a GPU.
+graphs, nvcc's code generation such as FMA contraction) stays with tests/gpu on a GPU.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Dry runs of the CUDA tests on the CPU, for a machine without a GPU (FASTAT_CUDA_TESTS_ON_CPU):
 
-* `1` (or `cpu`): tests/cuda run against fastat._C's CPU kernels, to catch bugs in the test code itself before a
+* `1` (or `cpu`): tests/gpu run against fastat._C's CPU kernels, to catch bugs in the test code itself before a
   (short) GPU session;
-* `emu`: tests/cuda run against the CUDA kernels themselves, csrc/cuda/*.cu and the real binding bindings.cpp, on the
+* `emu`: tests/gpu run against the CUDA kernels themselves, csrc/cuda/*.cu and the real binding bindings.cpp, on the
   CPU emulator of tests/cuda_emu (`torch.ops.fastat_emu`): every launch path the emulated H100-like device takes, the
   binding's checks, layouts and allocations, the kernels' clamping of index/offsets (the CUDA stream, device guard
   and generator are stand-ins there). Each test runs with the
   emulator's guarded allocator armed (fresh tensors start as NaN, writes outside a tensor fail the test) and fails
-  on any kernel fault the emulator reports (tests/cuda/conftest.py). Use FASTAT_CUDA_TEST_SHAPES=sanitizer: the
+  on any kernel fault the emulator reports (tests/gpu/conftest.py). Use FASTAT_CUDA_TEST_SHAPES=sanitizer: the
   full shapes take hours there (about 40 s per 512x3072 case on 2 cores).
 
 In both, DEV = "cpu", and what only exists on a GPU (graphs, streams, events, devices, CUDA generators) is skipped

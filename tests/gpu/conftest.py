@@ -1,4 +1,4 @@
-"""Under FASTAT_CUDA_TESTS_ON_CPU=emu (see _dryrun.py), each test of tests/cuda runs on a fresh emulated H100-like
+"""Under FASTAT_CUDA_TESTS_ON_CPU=emu (see _dryrun.py), each test of tests/gpu runs on a fresh emulated H100-like
 device with a shuffled thread schedule (a seed per test), with the guarded CPU allocator armed (new tensors start as
 NaN, writes outside a tensor are reported), and fails on any kernel fault the emulator recorded."""
 
