@@ -18,6 +18,7 @@ without a GPU and run on "cuda" with one.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -39,8 +40,10 @@ needs_cuda_kernels = pytest.mark.skipif(ON_CPU and not EMULATED,
 too_slow_to_emulate = pytest.mark.skipif(EMULATED, reason="emulated: tens of thousands of blocks take too long")
 
 
+@functools.cache  # a skip raises, so it is not cached: every caller skips alike
 def emulator():
-    """The emulator's kernel library (built once, cached); skips the calling module where it cannot be built."""
+    """The emulator's kernel library, probed and built once per process; skips the calling module where it cannot be
+    built."""
     from cuda_emu import emulator as emu  # tests/ is on sys.path (pytest's rootdir-relative imports)
 
     problem = emu.toolchain_problem()
