@@ -186,16 +186,19 @@ def _cache_root() -> Path:
 
 
 _PROBE = """
+#include <bit>
+#include <cstdint>
 #include <source_location>
 #include <ucontext.h>
-int main() { _Float16 h = static_cast<_Float16>(1.5f); ucontext_t c; getcontext(&c);
+int main() { _Float16 h = std::bit_cast<_Float16>(std::uint16_t{0x3E00}); ucontext_t c; getcontext(&c);
              return static_cast<int>(std::source_location::current().line()) > 0 && h > 1 ? 0 : 1; }
 """
 
 
 def toolchain_problem(compiler: str | None = None) -> str | None:
-    """Why this machine cannot build the emulator (no C++ compiler, no C++20 <source_location>, no _Float16, no
-    ucontext), or None. A failure to compile the kernels themselves is not a toolchain problem: it is a bug."""
+    """Why this machine cannot build the emulator (no C++ compiler, no C++20 <source_location> or std::bit_cast, no
+    _Float16, no ucontext), or None. A failure to compile the kernels themselves is not a toolchain problem: it is a
+    bug."""
     compiler = compiler or os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         return f"no C++ compiler ({compiler}) to build the CUDA emulator"
@@ -205,7 +208,8 @@ def toolchain_problem(compiler: str | None = None) -> str | None:
         res = subprocess.run([compiler, "-std=c++20", str(src), "-o", str(Path(tmp) / "probe")], capture_output=True,
                              text=True)
     if res.returncode != 0:
-        return f"{compiler} cannot build the CUDA emulator (needs C++20 <source_location>, _Float16, ucontext)"
+        return (f"{compiler} cannot build the CUDA emulator (needs C++20 <source_location> and std::bit_cast, "
+                "_Float16, ucontext)")
     return None
 
 

@@ -1,21 +1,15 @@
 // Emulator stand-in for cuda_bf16.h: storage type and the round-to-nearest-even conversions fastat's kernels use.
 #pragma once
+#include <bit>
 #include <cstdint>
-#include <cstring>
 
 struct alignas(2) __nv_bfloat16 {
   uint16_t __x;
 };
 
-inline float __bfloat162float(__nv_bfloat16 h) {
-  const uint32_t u = static_cast<uint32_t>(h.__x) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline float __bfloat162float(__nv_bfloat16 h) { return std::bit_cast<float>(static_cast<uint32_t>(h.__x) << 16); }
 inline __nv_bfloat16 __float2bfloat16_rn(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
+  const uint32_t u = std::bit_cast<uint32_t>(v);
   __nv_bfloat16 h;
   if ((u & 0x7fffffffu) > 0x7f800000u) {
     h.__x = static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN stays NaN (quiet), sign kept

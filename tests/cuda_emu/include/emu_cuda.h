@@ -26,6 +26,7 @@
 // 2-D/3-D blocks and warp shuffles with width < 32 are refused rather than emulated.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -316,11 +317,8 @@ inline F atomic_add_float(F* p, F v) {
   auto* u = reinterpret_cast<Bits*>(p);
   Bits old = __atomic_load_n(u, __ATOMIC_RELAXED);
   for (;;) {
-    F was;
-    std::memcpy(&was, &old, sizeof(F));
-    const F sum = was + v;
-    Bits next;
-    std::memcpy(&next, &sum, sizeof(F));
+    const F was = std::bit_cast<F>(old);
+    const Bits next = std::bit_cast<Bits>(was + v);
     if (__atomic_compare_exchange_n(u, &old, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return was;
   }
 }
@@ -351,16 +349,8 @@ inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz(static_cast<unsigne
 inline unsigned __umulhi(unsigned a, unsigned b) {
   return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
 }
-inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float __uint_as_float(unsigned u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }
+inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
 inline int __float_as_int(float f) { return static_cast<int>(__float_as_uint(f)); }
 inline float __int_as_float(int i) { return __uint_as_float(static_cast<unsigned>(i)); }
 // IEEE round-to-nearest single operations (the build uses -ffp-contract=off, SSE arithmetic).
