@@ -85,4 +85,18 @@ def test_null_metrics_plot_and_table(tmp_path, capsys):
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 3, "clean_acc": None, "pgd_acc": None, "train_seconds": 1.0}) + "\n")
     assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 0
-    assert "50.0 (ep 1)" in capsys.readouterr().out
+    assert "50.0 (1)" in capsys.readouterr().out
+
+
+def test_table_names_the_co_epoch_from_flags_and_roll_backs(tmp_path, capsys):
+    """"CO at epoch": the first epoch the monitor flagged, or a roll-back's epoch (its epoch row is not kept)."""
+    flagged, rolled = _run(tmp_path / "flagged", epochs=4), _run(tmp_path / "rolled", epochs=4)
+    lines = (flagged / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    rows[2]["co"] = rows[3]["co"] = True
+    (flagged / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with open(rolled / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"event": "rollback", "at_epoch": 2, "to_epoch": 1, "change": "q 0.35 -> 0.45"}) + "\n")
+    assert main(["plot", str(flagged), str(rolled), str(_run(tmp_path / "clean")), "-o", str(tmp_path / "c.png")]) == 0
+    table = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:5]}
+    assert table["flagged"][-2] == "3" and table["rolled"][-2] == "2" and table["clean"][-2] == "-"

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .train.records import finite_number
+from .train.records import co_epoch, epoch_rows, finite_number
 
 __all__ = ["add_parser", "final_table", "run", "run_labels"]
 
@@ -23,18 +23,22 @@ class PlotInputError(Exception):
 
 
 def final_table(runs: dict[str, list[dict]]) -> str:
-    """A text table of each run's last epoch (and its best PGD accuracy); missing / non-finite numbers show as "-"."""
+    """A text table of each run's last epoch, its best PGD accuracy and epoch, and the first epoch the CO monitor
+    flagged (`co_epoch`; rows may include events); missing / non-finite numbers show as "-"."""
     from tabulate import tabulate
 
     rows = []
-    for name, rs in runs.items():
+    for name, all_rows in runs.items():
+        rs = epoch_rows(all_rows)
         last = rs[-1]
         best = max((r for r in rs if finite_number(r.get("pgd_acc"))), key=lambda r: r["pgd_acc"], default=None)
         secs = [r["train_seconds"] for r in rs if finite_number(r.get("train_seconds"))]
+        co = co_epoch(all_rows)
         rows.append([name, last["epoch"], _pct(last.get("clean_acc")), _pct(last.get("pgd_acc")),
-                     f"{_pct(best['pgd_acc'])} (ep {best['epoch']})" if best else "-",
-                     f"{sum(secs) / len(secs):.1f}" if secs else "-"])
-    return tabulate(rows, headers=["run", "epochs", "clean %", "PGD %", "best PGD %", "s/epoch"])
+                     f"{_pct(best['pgd_acc'])} ({best['epoch']})" if best else "-",
+                     "-" if co is None else co, f"{sum(secs) / len(secs):.1f}" if secs else "-"])
+    return tabulate(rows, headers=["run", "epochs", "clean %", "PGD %", "best PGD % (epoch)", "CO at epoch",
+                                   "s/epoch"])
 
 
 def _pct(value) -> str:
@@ -82,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
         runs, finals = {}, {}
         for r, folder, label in zip(args.runs, folders, run_labels(folders)):
             try:
-                rows = read_metrics(r)
+                rows = read_metrics(r, events=True)
             except (OSError, ValueError) as exc:
                 raise PlotInputError(str(exc)) from None
-            if not rows:
+            if not epoch_rows(rows):
                 raise PlotInputError(f"run {r!r} has no epoch rows yet")
             runs[label] = rows
             if (folder / "final_eval.json").is_file():

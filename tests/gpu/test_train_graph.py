@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.cuda, needs_gpu]  # every test captures CUDA graphs
 
 SMALL = dict(dataset="fashion-mnist", eps=0.2, subset=1024, batch_size=128, device="cuda", model="small-cnn",
              precision="bf16", eval_n=128, eval_steps=2, co_batch=64, co_steps=1, progress=False, plot=False,
-             lr_max=0.05, checkpoint=False)
+             lr_max=0.05, checkpoint=False, on_diverge="log")
 METHODS = ["fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "pgd", "apart", "gradalign"]
 
 

@@ -59,7 +59,7 @@ def main() -> None:
     a = p.parse_args()
     cfg = TrainConfig(method=a.method, dataset="fashion-mnist", eps=0.2, epochs=a.epochs, subset=a.subset,
                       batch_size=a.batch_size, device="cpu", eval_n=40, eval_steps=2, co_batch=20, co_steps=1,
-                      progress=False, plot=False, lr_max=0.05, out=f"{a.out}/run",
+                      progress=False, plot=False, lr_max=0.05, on_diverge="log", out=f"{a.out}/run",
                       method_kwargs=json.loads(a.hp), **json.loads(a.cfg))
     if a.built:
         cfg.model, cfg.model_kwargs = "small-cnn", {"batch_norm": False, "width": 4, "hidden": 16}

@@ -12,7 +12,8 @@ from fastat.train import ConfigError, TrainConfig, Trainer, fit
 
 TINY = dict(dataset="fashion-mnist", eps=0.2, subset=128, batch_size=64, device="cpu", model="small-cnn",
             model_kwargs={"width": 8, "hidden": 32}, eval_n=32, eval_steps=2, co_batch=16, co_steps=1,
-            progress=False, plot=False, lr_max=0.05)
+            progress=False, plot=False, lr_max=0.05,
+            on_diverge="log")  # tiny models sit at chance: they test other things (see test_divergence_*)
 
 
 class _Compiled(nn.Module):

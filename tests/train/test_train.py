@@ -13,7 +13,8 @@ from fastat.train import ConfigError, TrainConfig, Trainer, fit, lr_factor, pars
 
 TINY = dict(dataset="fashion-mnist", eps=0.2, subset=128, batch_size=64, device="cpu", model="small-cnn",
             model_kwargs={"width": 8, "hidden": 32}, eval_n=32, eval_steps=2, co_batch=16, co_steps=1,
-            progress=False, plot=False, lr_max=0.05)
+            progress=False, plot=False, lr_max=0.05,
+            on_diverge="log")  # tiny models sit at chance: they test other things (see test_divergence_*)
 
 
 def test_parse_number():
@@ -103,6 +104,14 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
     assert "cannot resume" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def alive(monkeypatch):
+    """Tiny models sit at chance, which the trainer counts as dead (never CO): tests of the CO actions whose CO check
+    is scripted declare the model alive."""
+    monkeypatch.setattr(Trainer, "_divergence", lambda self, row: None)
+
+
+@pytest.mark.usefixtures("alive")
 def test_repeated_rollbacks_stop_at_max_rollbacks(tmp_path, monkeypatch):
     from fastat.train import monitor
 
@@ -148,6 +157,7 @@ def test_step_schedule_updates_tensor_lr_in_place():
     assert float(lr) == pytest.approx(0.2) and sched.get_last_lr() == [pytest.approx(0.2)]
 
 
+@pytest.mark.usefixtures("alive")
 def test_rollback_raises_q(tmp_path, monkeypatch):
     from fastat.train import monitor
 
@@ -159,6 +169,7 @@ def test_rollback_raises_q(tmp_path, monkeypatch):
     assert t.method.q == pytest.approx(0.45) and t.epoch == 2
 
 
+@pytest.mark.usefixtures("alive")
 def test_on_co_stop(tmp_path, monkeypatch):
     from fastat.train import monitor
 
@@ -361,11 +372,54 @@ def test_cli_out_that_is_a_file_or_holds_a_run(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("fastat train: error:")
 
 
-def test_divergence_is_handled_as_catastrophic_overfitting(tmp_path, capsys):
-    t = fit(method="fgsm_rs", epochs=4, out=str(tmp_path), on_co="stop", **{**TINY, "lr_max": 1e12})
+@pytest.mark.parametrize("lr_max, reason", [(1e12, "non-finite"), (1.0, "at chance level")])
+def test_a_diverged_model_stops_with_the_flags_to_change_and_is_never_rolled_back(tmp_path, capsys, lr_max, reason):
+    """(b) of the CO monitor: a model whose weights or loss go non-finite (lr 1e12), or which falls to a constant
+    predictor (lr 1.0, finite), stops with one line naming the cause and the flags; even with --on-co rollback there
+    is no roll-back, and the dead epoch is neither last_good.pt nor best.pt."""
+    cfg = {**TINY, "on_diverge": "stop", "subset": 256, "eval_n": 64}
+    t = fit(method="fgsm", epochs=6, out=str(tmp_path), on_co="rollback", lr_schedule="constant",
+            **{**cfg, "lr_max": lr_max})
     epochs = [r for r in t.history if r.get("event") == "epoch"]
-    assert epochs[-1].get("diverged") and t.history[-1]["event"] == "stop" and t.epoch < 4
-    assert "diverged" in capsys.readouterr().out
+    assert t.history[-1]["event"] == "diverged" and reason in t.history[-1]["reason"] and t.epoch < 6
+    assert epochs[-1]["diverged"] and not epochs[-1]["co"] and t.stopped == t.history[-1]["reason"]
+    assert not any(r.get("event") == "rollback" for r in t.history) and t.rollbacks == 0
+    out = [line for line in capsys.readouterr().out.splitlines() if "stopped at epoch" in line]
+    assert len(out) == 1 and reason in out[0] and "--lr-max" in out[0] and "--eps-warmup" in out[0]
+    for name in ("last_good.pt", "best.pt"):
+        if (tmp_path / name).exists():
+            assert torch.load(tmp_path / name, weights_only=False)["epoch"] < t.epoch
+
+
+def test_a_model_at_chance_after_its_first_epoch_only_is_not_dead(tmp_path):
+    """The chance-level rule starts after epoch 1 (the cyclic lr starts at 0); a model that learns is never dead."""
+    t = fit(method="fgsm_rs", epochs=2, **{**TINY, "on_diverge": "stop", "subset": 640, "batch_size": 32,
+                                          "eval_n": 200, "eps": 0.1, "lr_schedule": "constant"})
+    epochs = [r for r in t.history if r.get("event") == "epoch"]
+    assert len(epochs) == 2 and t.stopped is None and epochs[-1]["clean_acc"] > t.chance + 0.1
+
+
+def test_co_needs_the_clean_accuracy_to_hold(monkeypatch):
+    """(a) vs (b) in the monitors: a PGD drop is CO only while the clean accuracy keeps half of its best gain over
+    chance; the same drop with the clean accuracy falling towards chance is not CO."""
+    from types import SimpleNamespace
+
+    import fastat.eval
+    from fastat.train.monitor import COMonitor, clean_held, divergence
+
+    assert clean_held(0.80, 0.82, 0.1) and clean_held(0.5, 0.82, 0.1) and not clean_held(0.4, 0.82, 0.1)
+    assert not clean_held(0.11, 0.11, 0.1)
+    assert divergence(0.11, 0.10, 1.0, True) and divergence(0.5, 0.1, float("nan"), True)
+    assert divergence(0.5, 0.1, 1.0, False) and divergence(0.5, 0.1, 1.0, True) is None
+    y = torch.arange(10).repeat(4)
+    for clean_seq, co_at_3 in (((0.6, 0.7, 0.75), True), ((0.6, 0.7, 0.3), False)):
+        results = iter([SimpleNamespace(robust_acc=p, clean_acc=c) for p, c in zip((0.3, 0.4, 0.02), clean_seq)])
+        monkeypatch.setattr(fastat.eval, "pgd_robustness", lambda *a, **k: next(results))
+        mon = COMonitor(torch.zeros(40, 1, 4, 4), y, 0.1)
+        flags = [mon.check(torch.nn.Identity())[1] for _ in range(3)]
+        assert flags == [False, False, co_at_3]
+        state = mon.state_dict()
+        assert state["best_clean"] == max(clean_seq) and state["clean_history"] == list(clean_seq)
 
 
 def test_resume_a_checkpoint_written_before_newer_config_fields(tmp_path):
@@ -416,7 +470,10 @@ def test_wong_co_check_uses_the_first_training_batch_in_train_mode(tmp_path):
     before = bn.running_mean.clone()
     det = WongCODetector(eps=0.2, steps=2, previous=0.9)
     acc, co = det.check(model, x, y)
-    assert co == (acc < 0.7) and det.previous == acc and model.training
+    from fastat.train.monitor import chance_level, clean_held
+
+    clean = det.clean_history[-1]
+    assert co == (acc < 0.7 and clean_held(clean, clean, chance_level(y))) and det.previous == acc and model.training
     assert not torch.equal(bn.running_mean, before)
     det.load_state_dict({"previous": 0.1, "history": [0.1]})
     assert det.check(model, x, y)[1] is False and det.history[0] == 0.1

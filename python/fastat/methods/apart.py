@@ -80,6 +80,7 @@ class APART(Method):
     name = "apart"
     param_optimizer = {"optimizer": "sgd", "lr_max": 5e-8, "lr_schedule": "cyclic", "momentum": 0.9,
                        "weight_decay": 400.0}
+    pixel_hparams = ()  # α and α_ω are learned scalars: the ε warm-up scales the ε clamp only
 
     def __init__(self, *, eps: float, alpha_init: float = 1e-4, alpha_omega_init: float = 1e-4,
                  omega_init_std: float = 1e-3, noise_modules: Sequence[nn.Module] | None = None,

@@ -69,6 +69,7 @@ class ATAS(Method):
     name = "atas"
     default_attack_bn_mode = "eval"
     placement_hparams = ("state_device",)
+    pixel_hparams = ("gamma_over_c", "step_min", "step_max")
 
     def __init__(self, *, eps: float, c: float = 0.01, beta: float = 0.5, gamma_over_c: float | None = None,
                  step_min: float | None = None, step_max: float | None = None, warmup_epochs: int = 5,

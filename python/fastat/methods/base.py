@@ -165,6 +165,8 @@ class Method:
     # hyper-parameters that say where this process keeps things, not what they are (ATAS's state_device): listed and
     # saved like the others, but `load_state_dict` leaves the method's own value (a run may resume with another)
     placement_hparams: ClassVar[tuple[str, ...]] = ()
+    # hyper-parameters in pixel units, like ε (step sizes): `scaled_budget` scales them with ε (the ε warm-up)
+    pixel_hparams: ClassVar[tuple[str, ...]] = ("alpha",)
 
     def __init__(self, *, eps: float, attack_bn_mode: str | None = None, **hparams: Any) -> None:
         self.eps = check_positive(type(self).__name__, "eps", eps)
@@ -220,6 +222,27 @@ class Method:
         start = min(old, self.eps) if self.step_from_zero else old
         self.alpha = start * alpha_factor
         return f"alpha {old:.5g} -> {self.alpha:.5g}"
+
+    @contextlib.contextmanager
+    def scaled_budget(self, scale: float) -> Iterator[None]:
+        """ε and the pixel-unit hyper-parameters (`pixel_hparams`: α, ATAS's step bounds) × ``scale`` inside the
+        block, restored after: the trainer's ε warm-up (``TrainConfig.eps_warmup``), which ramps ε and α together
+        from ~0 as N-FGSM's SVHN recipe does (NF `train.py:149-156,206-211`). ``scale`` = 1 changes nothing."""
+        scale = float(scale)
+        if scale == 1.0:
+            yield
+            return
+        if not 0.0 < scale <= 1.0:
+            fail(type(self).__name__, ValueError, f"argument 'scale' must be in (0, 1], got {scale!r}")
+        names = ("eps", *(k for k in self.pixel_hparams if k in self._hparam_names))
+        saved = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        for k, v in saved.items():
+            setattr(self, k, v * scale)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
 
     def attach(self, model: nn.Module) -> None:
         """Called by the trainer once the model is built and placed on its device, before the optimisers are made

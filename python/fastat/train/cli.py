@@ -50,7 +50,12 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
     add("--batch-size", type=int, default=512, help="global batch (summed over torchrun ranks)")
     add("--subset", type=int, default=None, help="train on the first N training images")
     add("--lr-schedule", default="cyclic", choices=["cyclic", "piecewise", "multistep", "constant"])
-    add("--lr-max", type=float, default=0.2)
+    add("--lr-max", type=float, default=None,
+        help="peak learning rate (default: the recipe's for the model at this batch size: 0.2 at batch 128 for "
+             "PreActResNet-18 and WideResNets, 0.1 for the small CNN, scaled down linearly for smaller batches)")
+    add("--eps-warmup", type=float, default=None, metavar="EPOCHS",
+        help="ramp eps and alpha up linearly from ~0 over the first EPOCHS epochs (default: 5 on SVHN as the N-FGSM "
+             "and GradAlign recipes, else 0); helps a model that stays at chance with the full eps from scratch")
     add("--lr-peak", type=float, default=0.5,
         help="cyclic: fraction of the run at the peak (0.5 as WONG, N-FGSM, APART, ZeroGrad; GradAlign 0.4)")
     add("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
@@ -89,6 +94,9 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
     add("--on-co", default="log", choices=["log", "stop", "rollback"],
         help="on catastrophic overfitting: log it, stop, or roll back to the last good epoch and make the method "
              "more conservative (ZeroGrad q + 0.1, α × 0.8, ...)")
+    add("--on-diverge", default="stop", choices=["stop", "log"],
+        help="a dead or diverged model (clean accuracy at chance level, non-finite loss): stop with one line naming "
+             "the likely cause and the flags to change (default), or log it and train on")
     add("--final-eval", default="none", choices=["none", "pgd", "pgd+aa"],
         help="after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA weights on "
              "--final-n test images, to final_eval.json (also on a finished run with --resume)")
@@ -124,13 +132,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,
                        attack_precision=getattr(args, "attack_precision", None),
                        momentum=args.momentum, weight_decay=args.weight_decay, pad_mode=args.pad_mode,
-                       drop_last=args.drop_last,
+                       drop_last=args.drop_last, eps_warmup=args.eps_warmup,
                        device=dev, seed=args.seed, out=args.out, method_kwargs=mkw,
                        label_smoothing=args.label_smoothing, ema=args.ema, cuda_graph=args.cuda_graph,
                        compile=args.compile,
                        eval_n=args.eval_n,
                        eval_steps=args.eval_steps, co_batch=args.co_batch, co_steps=args.co_steps,
-                       co_drop=args.co_drop, co_check=args.co_check, on_co=args.on_co, progress=not args.no_progress,
+                       co_drop=args.co_drop, co_check=args.co_check, on_co=args.on_co,
+                       on_diverge=args.on_diverge, progress=not args.no_progress,
                        final_eval=args.final_eval, final_n=args.final_n)
 
 

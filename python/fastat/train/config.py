@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .monitor import CO_ACTIONS, CO_CHECKS
+from .monitor import CO_ACTIONS, CO_CHECKS, DIVERGE_ACTIONS
 from .schedules import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -39,6 +39,10 @@ def parse_number(text: Any, name: str = "value") -> float:
 def _number_or_none(value: Any, name: str) -> float | None:
     """A method hyper-parameter given as a number (or None); ConfigError naming it otherwise."""
     return None if value is None else parse_number(value, name)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_value(text: str, name: str = "value") -> Any:
@@ -75,13 +79,14 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = False               # let torchvision fetch a missing MNIST/CIFAR/SVHN/Fashion-MNIST into data_root
     lr_schedule: str = "cyclic"
-    lr_max: float = 0.2
+    lr_max: float | None = None          # cyclic/step peak; None: the recipe's for the model and batch (`recipes`)
     lr_peak: float = 0.5
     milestones: tuple[float, ...] = (0.5, 0.75)
     momentum: float = 0.9
     weight_decay: float = 5e-4          # APART's official code uses 2e-4
     pad_mode: str = "zero"               # the random crop's padding: "zero" (WONG/ATAS/GA) or "reflect" (ZeroGrad CIFAR)
     drop_last: bool = False              # drop each epoch's last partial batch (GradAlign's loader does)
+    eps_warmup: float | None = None      # epochs over which ε and α ramp up from ~0; None: the data set's (`recipes`)
     precision: str = "fp32"
     attack_precision: str | None = None  # the attack's forward/backward: None = `precision`; "fp32" = official ZG/NF/ATAS
     device: str | None = None
@@ -100,6 +105,7 @@ class TrainConfig:
     co_drop: float = 0.2
     co_check: str = "test"               # "test": fixed test batch vs the best; "wong": first training batch vs previous
     on_co: str = "log"
+    on_diverge: str = "stop"             # a dead model (chance level, non-finite loss): "stop" with a hint, or "log"
     max_rollbacks: int = 5
     q_step: float = 0.1
     alpha_factor: float = 0.8
@@ -143,8 +149,11 @@ class TrainConfig:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f"argument 'lr_schedule' must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        if not self.lr_max > 0:
-            raise ConfigError(f"argument 'lr_max' must be > 0, got {self.lr_max!r}")
+        if self.lr_max is not None and not (_is_number(self.lr_max) and 0 < self.lr_max < math.inf):
+            raise ConfigError(f"argument 'lr_max' must be a finite number > 0, got {self.lr_max!r}")
+        if self.eps_warmup is not None and not (_is_number(self.eps_warmup) and 0 <= self.eps_warmup <= self.epochs):
+            raise ConfigError(f"argument 'eps_warmup' must be a number of epochs in [0, epochs={self.epochs}], got "
+                              f"{self.eps_warmup!r}")
         if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
             raise ConfigError(f"argument 'momentum' must be in [0, 1), got {self.momentum!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0.0):
@@ -160,6 +169,9 @@ class TrainConfig:
             raise ConfigError(f"argument 'co_check' must be one of {', '.join(CO_CHECKS)}, got {self.co_check!r}")
         if self.on_co not in CO_ACTIONS:
             raise ConfigError(f"argument 'on_co' must be one of {', '.join(CO_ACTIONS)}, got {self.on_co!r}")
+        if self.on_diverge not in DIVERGE_ACTIONS:
+            raise ConfigError(f"argument 'on_diverge' must be one of {', '.join(DIVERGE_ACTIONS)}, got "
+                              f"{self.on_diverge!r}")
         if self.on_co == "rollback" and self.out is None:
             raise ConfigError("argument 'on_co' = 'rollback' needs 'out' (a run folder for the checkpoint it rolls "
                               "back to)")

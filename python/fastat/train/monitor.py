@@ -1,12 +1,19 @@
 """Catastrophic-overfitting monitors: a cheap PGD check after every epoch.
 
-CO shows as PGD accuracy collapsing while clean accuracy keeps rising. Two checks (`--co-check`):
+CO shows as PGD accuracy collapsing while clean accuracy stays high (it usually keeps rising). Two checks
+(`--co-check`):
 
 * `COMonitor` ("test", the default): PGD on one fixed batch of test images in eval mode; flags an epoch when its PGD
   accuracy falls more than ``drop`` (absolute) below the best seen so far, or below ``floor`` once it was above it.
 * `WongCODetector` ("wong"): WONG's ``--early-stop`` check (`train_fgsm.py:130-140`, methods.md §1, §10): PGD on the
   first training batch of the epoch with the model left in train mode; flags a drop of more than ``drop`` from the
   previous epoch. Usable on its own in any training loop.
+
+Both flag a PGD collapse as CO only while the clean accuracy on the same images keeps at least half of its best gain
+over chance (`clean_held`): a model whose clean accuracy falls with its robust accuracy is unstable or dying, not
+overfitting to its attack, and making the attack weaker (the roll-back's remedy) treats the wrong disease. A model at
+chance, or with a non-finite loss or weights, is diverged (`divergence`): the trainer stops it and names the flags
+that usually fix it instead of rolling back.
 
 Actions (`--on-co`): "log" (record only), "stop" (end training), "rollback" (the ZeroGrad paper's §6.2 procedure:
 restore the last good checkpoint, make the method less prone to CO — q + q_step for ZeroGrad, α × alpha_factor for
@@ -16,6 +23,7 @@ and continue).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +33,38 @@ from torch import Tensor, nn
 
 CO_ACTIONS = ("log", "stop", "rollback")
 CO_CHECKS = ("test", "wong")
+DIVERGE_ACTIONS = ("stop", "log")
+CHANCE_MARGIN = 0.02  # accuracy within this of the best constant predictor's counts as chance level
 
-__all__ = ["CO_ACTIONS", "CO_CHECKS", "COMonitor", "WongCODetector", "strengthen"]
+__all__ = ["CHANCE_MARGIN", "CO_ACTIONS", "CO_CHECKS", "COMonitor", "DIVERGE_ACTIONS", "WongCODetector", "chance_level",
+           "clean_held", "divergence", "strengthen"]
+
+
+def chance_level(y: Tensor) -> float:
+    """The accuracy of the best constant predictor on labels ``y``: the largest class's share (0.1 on a balanced
+    10-class slice; a dead model that predicts one class scores at most this)."""
+    y = y.detach().reshape(-1)
+    return float(torch.bincount(y.cpu()).max()) / y.numel() if y.numel() else 0.0
+
+
+def clean_held(clean: float, best_clean: float, chance: float) -> bool:
+    """Whether clean accuracy ``clean`` is still near its best: it keeps at least half of the best gain over chance
+    (``clean >= chance + (best_clean - chance) / 2``) and is above chance level. CO needs this; a PGD drop with the
+    clean accuracy falling too is instability, not CO."""
+    return clean > chance + CHANCE_MARGIN and clean >= chance + 0.5 * (max(best_clean, clean) - chance)
+
+
+def divergence(clean_acc: float, chance: float, train_loss: float, weights_finite: bool) -> str | None:
+    """Why a model counts as dead or diverged after an epoch, or None: non-finite weights, a non-finite training
+    loss, or clean accuracy at chance level (within `CHANCE_MARGIN` of the best constant predictor, ``chance``)."""
+    if not weights_finite:
+        return "non-finite weights"
+    if not math.isfinite(train_loss):
+        return f"non-finite training loss ({train_loss})"
+    if clean_acc <= chance + CHANCE_MARGIN:
+        return (f"clean accuracy {100 * clean_acc:.1f}% is at chance level (a constant prediction scores "
+                f"{100 * chance:.1f}%)")
+    return None
 
 
 @dataclass
@@ -39,27 +77,36 @@ class COMonitor:
     floor: float = 0.05
     best: float = -1.0
     history: list[float] = field(default_factory=list)
+    best_clean: float = 0.0
+    clean_history: list[float] = field(default_factory=list)
 
     def check(self, model: nn.Module, precision: str = "fp32", *, distributed: bool | None = None
               ) -> tuple[float, bool]:
-        """(PGD accuracy on the fixed batch, whether it signals catastrophic overfitting). ``distributed`` as in
-        `fastat.eval.pgd_robustness` (the trainer passes whether it trains under torchrun)."""
+        """(PGD accuracy on the fixed batch, whether it signals catastrophic overfitting: a PGD drop while the
+        clean accuracy on the batch is `clean_held`). ``distributed`` as in `fastat.eval.pgd_robustness` (the
+        trainer passes whether it trains under torchrun)."""
         from ..eval import pgd_robustness
 
         res = pgd_robustness(model, self.x, self.y, self.eps, self.eps / 4, steps=self.steps, restarts=1,
                              precision="bf16" if precision == "bf16" else "fp32", seed=1, distributed=distributed)
-        acc = float(res.robust_acc)
-        co = self.best >= 0 and (acc < self.best - self.drop or (acc < self.floor <= self.best))
+        acc, clean = float(res.robust_acc), float(res.clean_acc)
+        dropped = self.best >= 0 and (acc < self.best - self.drop or (acc < self.floor <= self.best))
+        co = dropped and clean_held(clean, self.best_clean, chance_level(self.y))
         self.history.append(acc)
+        self.clean_history.append(clean)
+        self.best_clean = max(self.best_clean, clean)
         if not co:
             self.best = max(self.best, acc)
         return acc, co
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "history": list(self.history)}
+        return {"best": self.best, "history": list(self.history), "best_clean": self.best_clean,
+                "clean_history": list(self.clean_history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.history = float(state["best"]), list(state["history"])
+        self.best_clean = float(state.get("best_clean", 0.0))  # (checkpoints before 2026-12-07 lack it)
+        self.clean_history = list(state.get("clean_history", []))
 
 
 @dataclass
@@ -88,11 +135,14 @@ class WongCODetector:
     bn_mode: str = "train"
     previous: float = 0.0
     history: list[float] = field(default_factory=list)
+    best_clean: float = 0.0
+    clean_history: list[float] = field(default_factory=list)
 
     def check(self, model: nn.Module, x: Tensor, y: Tensor, precision: str = "fp32", *,
               distributed: bool | None = None) -> tuple[float, bool]:
-        """(robust accuracy on (x, y), whether it signals catastrophic overfitting). ``distributed``: sum the counts
-        over the process group (each rank checks its own share of the batch)."""
+        """(robust accuracy on (x, y), whether it signals catastrophic overfitting: the drop, while the clean
+        accuracy on (x, y) is `clean_held`). ``distributed``: sum the counts over the process group (each rank
+        checks its own share of the batch)."""
         from .. import distributed as dist_
         from .. import ops
         from ..eval._common import autocast
@@ -114,20 +164,27 @@ class WongCODetector:
                 delta = ops.pgd_step(delta, grad, x, self.eps, alpha, active)
             with torch.no_grad(), cast:
                 correct = (model(x + delta).argmax(1) == y).sum().float()
-        counts = torch.stack([correct, torch.tensor(float(y.shape[0]), device=correct.device)])
+        with attack_mode(model, "eval"), torch.no_grad(), cast:  # eval: WONG's check moves BN statistics, this not
+            clean = (model(x).argmax(1) == y).sum().float()
+        counts = torch.stack([correct, clean, torch.tensor(float(y.shape[0]), device=correct.device)])
         if distributed or (distributed is None and dist_.current().enabled):
             counts = dist_.all_reduce_sum(counts)
-        acc = float(counts[0] / counts[1].clamp(min=1))
-        co = acc - self.previous < -self.drop
+        acc, clean_acc = (float(c / counts[2].clamp(min=1)) for c in counts[:2])
+        co = acc - self.previous < -self.drop and clean_held(clean_acc, self.best_clean, chance_level(y))
         self.history.append(acc)
+        self.clean_history.append(clean_acc)
         self.previous = acc
+        self.best_clean = max(self.best_clean, clean_acc)
         return acc, co
 
     def state_dict(self) -> dict[str, Any]:
-        return {"previous": self.previous, "history": list(self.history)}
+        return {"previous": self.previous, "history": list(self.history), "best_clean": self.best_clean,
+                "clean_history": list(self.clean_history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.previous, self.history = float(state["previous"]), list(state["history"])
+        self.best_clean = float(state.get("best_clean", 0.0))  # (checkpoints before 2026-12-07 lack it)
+        self.clean_history = list(state.get("clean_history", []))
 
 
 def strengthen(method: Any, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINISHED", "VOLATILE", "MetricsWriter", "final_eval_table", "plot_curves", "plot_sweep", "read_json",
-           "finite_number", "read_metrics", "run_identity", "same_run", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
+__all__ = ["FINISHED", "VOLATILE", "MetricsWriter", "co_epoch", "epoch_rows", "final_eval_table", "plot_curves",
+           "plot_sweep", "read_json", "finite_number", "read_metrics", "run_identity", "same_run", "summarize_epochs", "sweep_aggregate", "sweep_markdown", "sweep_run_row"]
 
 # TrainConfig fields that do not change what a run computes (where it writes, how it reports, where the data is read
 # from, which GPU index): two configs equal in everything else are the same experiment.
@@ -50,7 +50,7 @@ class MetricsWriter:
             w.writerows(epochs)
         if epochs and self.plot:
             try:
-                plot_curves({self.out.name: epochs}, self.out / "curves.png")
+                plot_curves({self.out.name: rows}, self.out / "curves.png")
             except Exception:  # a plotting problem must never stop training
                 pass
 
@@ -142,8 +142,9 @@ def summarize_epochs(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "co_epochs": [r["epoch"] for r in rows if r.get("co")]}
 
 
-def read_metrics(run: str | Path) -> list[dict[str, Any]]:
-    """The epoch rows of a run folder (or of a metrics.jsonl path); ``null`` values (non-finite numbers) are None.
+def read_metrics(run: str | Path, *, events: bool = False) -> list[dict[str, Any]]:
+    """The epoch rows of a run folder (or of a metrics.jsonl path), with ``events`` also its event rows (roll-backs,
+    stops) in file order; ``null`` values (non-finite numbers) are None.
 
     A last line that is not valid JSON (a run stopped while rewriting the file) is skipped with a warning on stderr;
     an invalid line before it raises ValueError naming the file and the line number."""
@@ -166,19 +167,41 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
         if not isinstance(row, dict):
             raise ValueError(f"{path}: line {i} is not a JSON object")
         rows.append(row)
+    return rows if events else epoch_rows(rows)
+
+
+def epoch_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``rows`` that describe an epoch (not a roll-back, stop or divergence event)."""
     return [r for r in rows if r.get("event", "epoch") == "epoch"]
 
 
+def co_epoch(rows: list[dict[str, Any]]) -> int | None:
+    """The first epoch the CO monitor flagged in a run's rows (an epoch row with ``co``, or a roll-back event's
+    ``at_epoch``), or None."""
+    flagged = [r["epoch"] for r in epoch_rows(rows) if r.get("co")]
+    flagged += [r["at_epoch"] for r in rows if r.get("event") == "rollback" and "at_epoch" in r]
+    return min(flagged, default=None)
+
+
 def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str | None = None) -> Path:
-    """Clean (dashed) and PGD (solid) accuracy per epoch for each run, in one PNG."""
+    """Clean (dashed) and PGD (solid) accuracy per epoch for each run, in one PNG, integer epochs. Where a run's
+    rows include its events (`read_metrics(..., events=True)`), roll-backs are drawn as dotted vertical lines; each
+    run's first CO epoch (`co_epoch`) is marked with an X on its PGD curve and named in its legend entry."""
     plt, fig, ax = _accuracy_figure()
     for i, (name, rows) in enumerate(runs.items()):
-        color = f"C{i % 10}"
+        color, epochs, co = f"C{i % 10}", epoch_rows(rows), co_epoch(rows)
         for key, style, what in (("pgd_acc", "-o", "PGD"), ("clean_acc", "--", "clean"),
                                  ("ema_pgd_acc", ":", "EMA PGD")):
-            points = _points(rows, key)
+            points = _points(epochs, key)
+            label = f"{name} {what}" + (f" (CO at epoch {co})" if key == "pgd_acc" and co is not None else "")
             if points or key != "ema_pgd_acc":
-                ax.plot([e for e, _ in points], [v for _, v in points], style, color=color, label=f"{name} {what}")
+                ax.plot([e for e, _ in points], [v for _, v in points], style, ms=4, color=color, label=label)
+        at = dict(_points(epochs, "pgd_acc"))
+        if co is not None and co in at:
+            ax.plot([co], [at[co]], "X", ms=13, color=color, markeredgecolor="black", zorder=5)
+        for r in rows:
+            if r.get("event") == "rollback" and "at_epoch" in r:
+                ax.axvline(r["at_epoch"], color=color, ls=":", lw=1.2)
     return _save_accuracy_figure(plt, fig, ax, path, title)
 
 
@@ -199,7 +222,10 @@ def _accuracy_figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     return plt, fig, ax
 
 
@@ -287,10 +313,7 @@ def sweep_markdown(head: str, methods: list[dict[str, Any]]) -> str:
 def plot_sweep(curves: dict[str, list[list[dict[str, Any]]]], path: str | Path, title: str | None = None) -> Path:
     """Per method: mean PGD (solid) and clean (dashed) accuracy per epoch over its seeds' epoch rows, each with a
     min-max band; an epoch's mean is over the seeds that reached it."""
-    from matplotlib.ticker import MaxNLocator
-
     plt, fig, ax = _accuracy_figure()
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for i, (label, runs) in enumerate(curves.items()):
         epochs = sorted({r["epoch"] for rows in runs for r in rows})
         for key, style, band, name in (("pgd_acc", "-o", 0.18, "PGD"), ("clean_acc", "--", 0.08, "clean")):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import time
 import warnings
 from pathlib import Path
@@ -54,7 +53,8 @@ from .. import distributed as dist_
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..eval._common import autocast
 from .config import ConfigError, TrainConfig
-from .monitor import COMonitor, WongCODetector, strengthen
+from .monitor import COMonitor, WongCODetector, chance_level, divergence, strengthen
+from .recipes import default_eps_warmup, default_lr, default_model
 from .records import MetricsWriter, final_eval_table
 from .schedules import make_scheduler
 
@@ -77,17 +77,14 @@ GOOD = "last_good.pt"
 BEST = "best.pt"  # the epoch with the highest PGD accuracy on the evaluation slice so far (early stopping, Rice et al.)
 
 
-def default_model(device_type: str) -> str:
-    """The model a config without one trains: PreActResNet-18 on CUDA, the small CNN on the CPU."""
-    return "preact18" if device_type == "cuda" else "small-cnn"
-
 # Config keys a resumed run may change: they do not alter the training trajectory (output, progress, evaluation).
 RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eval_steps", "eval_restarts", "on_co",
+                         "on_diverge",
                          "max_rollbacks", "final_eval", "final_n", "compile", "download"})
 FINAL = "final_eval.json"
 FINAL_STEPS, FINAL_RESTARTS = 50, 10
 # TrainConfig defaults that changed: {field: (old, new, date)}, named when a resume is refused over them
-CHANGED_DEFAULTS = {"lr_peak": (0.4, 0.5, "2026-12-01")}
+CHANGED_DEFAULTS = {"lr_peak": (0.4, 0.5, "2026-12-01"), "lr_max": (0.2, "the model's and batch size's", "2026-12-07")}
 # what a run writes into its folder (`fastat train --overwrite` removes them first)
 RUN_FILES = (CKPT, GOOD, BEST, FINAL, "run.json", "metrics.jsonl", "metrics.csv", "curves.png")
 
@@ -152,6 +149,10 @@ class Trainer:
         self.method.to(self.device)
         self.method.attach(self.model)  # before the optimisers: APART adopts the model's noise sites (α_b scalars)
         steps = cfg.epochs * len(self.loader)
+        recipe = self._resolved_config(cfg.to_dict())  # what the recipe fills in where the config says None
+        self.lr_max, self.eps_warmup = float(recipe["lr_max"]), float(recipe["eps_warmup"])
+        self.warmup_steps = round(self.eps_warmup * len(self.loader))
+        self._budget = 1.0  # this step's ε-warm-up scale (`budget_scale`)
         self.graph_mode = bool(cfg.cuda_graph)
         if self.graph_mode and self.device.type != "cuda":
             raise ConfigError("argument 'cuda_graph' needs a CUDA device (got device "
@@ -186,7 +187,7 @@ class Trainer:
                                           num_examples=self.loader.num_examples, pad=self.loader.pad),
                                 torch.zeros(0, c, h, w, device=self.device))
             self._broadcast_example_state()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self._lr(cfg.lr_max), momentum=cfg.momentum,
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self._lr(self.lr_max), momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, **self._sgd_kw())
         self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, steps, peak=cfg.lr_peak,
                                         milestones=cfg.milestones)
@@ -211,6 +212,8 @@ class Trainer:
         self.monitor: COMonitor | WongCODetector = (
             COMonitor(self.x_eval[:n_co], self.y_eval[:n_co], cfg.eps, steps=cfg.co_steps, drop=cfg.co_drop)
             if cfg.co_check == "test" else WongCODetector(cfg.eps, steps=cfg.co_steps, drop=cfg.co_drop))
+        self.chance = chance_level(self.y_eval)  # a constant predictor's accuracy on the evaluation slice
+        self.stopped: str | None = None  # why training stopped early (a diverged model), else None
         self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # this epoch's, for the "wong" check
         self.out = Path(cfg.out) if cfg.out else None
         try:
@@ -280,12 +283,13 @@ class Trainer:
         """One training step: attack, loss, backward, optimizer step(s), EMA and the epoch sums. Never syncs with the
         host, so in CUDA-graph mode the whole of it is captured once per epoch and replayed."""
         cfg, model = self.cfg, self.model
-        with self._autocast(cfg.attack_precision):
+        with self._autocast(cfg.attack_precision), self.method.scaled_budget(self._budget):
             x_adv = self.method.perturb(self.attack_model, x, y, info)
         with self._autocast():
             logits = self.train_model(x_adv)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            reg = self.method.extra_loss(model, x, y, x_adv, info)  # eager: double backprop (pytorch#91469)
+            with self.method.scaled_budget(self._budget):  # eager: double backprop (pytorch#91469)
+                reg = self.method.extra_loss(model, x, y, x_adv, info)
             total = loss if reg is None else loss + reg.float()
         share = self._share(y.shape[0], info)
         if share != 1.0:  # DDP averages the ranks' gradients: weight each rank's mean by its share of the batch
@@ -441,14 +445,20 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor, info: Any, epoch: int) -> None:
         """One batch of `train_epoch`: `_step` replayed from the CUDA graph in graph mode (full batches), else run
         eagerly (also graph mode's last, smaller batch, or after a failed capture); then the lr schedules."""
+        self._budget = self.budget_scale(self.scheduler.last_epoch)
         graphed = (self.graph_mode and self.graph_mode_failed is None and y.shape[0] == self.cfg.batch_size
-                   and self._graphed_step(x, y, info, epoch))
+                   and self._budget == 1.0 and self._graphed_step(x, y, info, epoch))
         if not graphed:
             self._step(x, y, info)
             self.eager_steps += 1
         if self.param_scheduler is not None:
             self.param_scheduler.step()
         self.scheduler.step()
+
+    def budget_scale(self, step: int) -> float:
+        """The ε warm-up's factor on ε and α for optimiser step ``step`` (from 0): (step + 1) / warm-up steps, 1
+        after (NF's linear per-iteration ramp). Warm-up steps run eagerly in graph mode (a capture bakes ε in)."""
+        return 1.0 if step >= self.warmup_steps else (step + 1) / self.warmup_steps
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -488,6 +498,8 @@ class Trainer:
         row = {"train_loss": sums["loss"] / tot_n, "train_adv_acc": sums["acc"] / tot_n,
                "pert_abs_mean_over_eps": sums["pert"] / tot_n / cfg.eps,
                "train_seconds": time.perf_counter() - t0, "lr": float(self.optimizer.param_groups[0]["lr"])}
+        if self.warmup_steps:
+            row["eps_scale"] = self._budget  # the epoch's last step's: 1 once the warm-up is over
         row.update({k: v / tot_n for k, v in sums.items() if k.startswith("method_")})
         if self.graph_mode:
             row["graph_replays"] = self.graph_replays
@@ -584,12 +596,17 @@ class Trainer:
         self.epoch = int(ck["epoch"])
 
     def _resolved_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """A config dict with the values that depend on the machine filled in (device type, model name)."""
+        """A config dict with the values left to the recipe filled in (`recipes`: device type, model name, lr_max,
+        eps_warmup)."""
         from ..methods import without_placement
 
         d = {**TrainConfig().to_dict(), **cfg}  # a field newer than the checkpoint: it was trained with its default
         d["device"] = str(d.get("device") or self.device.type).split(":")[0]
         d["model"] = d.get("model") or default_model(d["device"])
+        if d.get("lr_max") is None:
+            d["lr_max"] = default_lr(d["model"], int(d["batch_size"]))
+        if d.get("eps_warmup") is None:
+            d["eps_warmup"] = default_eps_warmup(d["dataset"])
         d["milestones"] = [float(m) for m in d.get("milestones", ())]
         # where the method keeps its state (ATAS state_device) may change between a run and its resumption
         d["method_kwargs"] = without_placement(d.get("method_kwargs") or {})
@@ -603,7 +620,8 @@ class Trainer:
             was = ", ".join(f"{k}={old.get(k)!r}" for k in diff)
             now = ", ".join(f"{k}={new.get(k)!r}" for k in diff)
             hints = [f"the default of {k} changed from {o!r} to {n!r} on {day}: pass {k}={o!r}"
-                     for k, (o, n, day) in CHANGED_DEFAULTS.items() if k in diff and old.get(k) == o and new.get(k) == n]
+                     for k, (o, n, day) in CHANGED_DEFAULTS.items() if k in diff and old.get(k) == o
+                     and getattr(self.cfg, k) == TrainConfig.__dataclass_fields__[k].default]
             raise ConfigError(f"cannot resume {self.out}: its checkpoint was written with {was} (now {now}); "
                               "pass the same arguments, or another --out to start a new run"
                               + "".join(f" ({h})" for h in hints))
@@ -640,16 +658,15 @@ class Trainer:
             row.update(self.evaluate())
             if self.ema is not None:
                 row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema).items() if k != "eval_seconds"})
-            if self._diverged(row["train_loss"]):  # lr too high, fp32/bf16 overflow: handled as CO
-                row["diverged"] = co = True
-                self._say(f"epoch {epoch}: training diverged (loss {row['train_loss']}, non-finite weights or "
-                          f"losses); handled as catastrophic overfitting (--on-co {cfg.on_co})")
+            dead = self._divergence(row)
+            if dead:  # not CO: no roll-back, no last_good.pt, no best.pt
+                row["diverged"], co = dead, False
             row.update({"co_pgd_acc": co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
                                                            if isinstance(v, (int, float, str)) and k != "method"}})
             if self.dist.enabled:  # one decision for all ranks: rank 0's row (timings differ per rank)
                 row["world_size"] = self.dist.world_size
                 row = dist_.broadcast_object(row)
-                co_acc, co = row["co_pgd_acc"], row["co"]
+                co_acc, co, dead = row["co_pgd_acc"], row["co"], row.get("diverged")
             self.epoch = epoch
             self._print(row)
             roll = co and cfg.on_co == "rollback" and self.out is not None and self.rollbacks < cfg.max_rollbacks \
@@ -659,7 +676,12 @@ class Trainer:
                 continue
             self._log(row)
             if self.out is not None and (cfg.checkpoint or cfg.on_co == "rollback"):  # a roll-back needs them
-                self._checkpoint_epoch(row, co)
+                self._checkpoint_epoch(row, good=not (co or dead))
+            if dead and cfg.on_diverge == "stop":
+                self.stopped = dead
+                self._say(self._divergence_message(epoch, dead))
+                self._log({"event": "diverged", "at_epoch": epoch, "reason": dead})
+                break
             if co and cfg.on_co == "stop":
                 self._say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): stopping")
                 self._log({"event": "stop", "at_epoch": epoch})
@@ -675,11 +697,26 @@ class Trainer:
         by the load_state_dict calls anyway)."""
         return torch.device("cpu") if self.method.host_state else self.device
 
-    def _diverged(self, train_loss: float) -> bool:
-        """Non-finite weights, or (without fp16's grad scaler, which skips overflowing steps) a non-finite epoch loss."""
+    def _divergence(self, row: dict[str, Any]) -> str | None:
+        """Why the model is dead or diverged after this epoch (`monitor.divergence`), or None: non-finite weights or
+        a non-finite loss (not under fp16, whose grad scaler skips overflowing steps) at any epoch; clean accuracy at
+        the evaluation slice's chance level after the first epoch (the first may start slowly: the cyclic lr begins
+        at 0)."""
         params = [p.detach() for p in self.model.parameters()]
         weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
-        return not weights_ok or (self.cfg.precision != "fp16" and not math.isfinite(train_loss))
+        loss = row["train_loss"] if self.cfg.precision != "fp16" else 0.0
+        clean = row["clean_acc"] if row["epoch"] > 1 else 1.0
+        return divergence(clean, self.chance, loss, weights_ok)
+
+    def _divergence_message(self, epoch: int, reason: str) -> str:
+        """The one line a dead run stops with: what was seen, the likely cause, the flags to change."""
+        cfg = self.cfg
+        warm = (f"--eps-warmup {max(1, cfg.epochs // 5)}" if not self.warmup_steps else
+                f"a longer --eps-warmup than {self.eps_warmup:g}")
+        return (f"fastat train: stopped at epoch {epoch}, the model is dead: {reason}. Likely cause: a learning rate "
+                f"too high for {self.model_name} at batch {cfg.batch_size} (--lr-max {self.lr_max:g}), or the full "
+                f"eps {cfg.eps:g} from scratch; try --lr-max {self.lr_max / 2:g} or {warm} (--on-diverge log trains "
+                f"on)")
 
     def _co_check(self) -> tuple[float, bool]:
         """The CO monitor's (accuracy, CO?) after an epoch: the fixed test batch, or the epoch's first training batch
@@ -789,16 +826,16 @@ class Trainer:
         self._log(ev)
         self.save(self.out / CKPT)
 
-    def _checkpoint_epoch(self, row: dict[str, Any], co: bool) -> None:
-        """``checkpoint.pt``, copied to ``last_good.pt`` when the CO check passed and to ``best.pt`` on a new best
-        PGD accuracy (rank 0 writes; every rank returns once the files are there)."""
+    def _checkpoint_epoch(self, row: dict[str, Any], good: bool) -> None:
+        """``checkpoint.pt``, copied to ``last_good.pt`` when the epoch is ``good`` (neither CO nor diverged) and to
+        ``best.pt`` on a new best PGD accuracy of a good epoch (rank 0 writes; every rank returns once the files are
+        there)."""
         import shutil
 
         path = self.save(self.out / CKPT)
-        if self.dist.is_main:
-            if not co:
-                shutil.copyfile(path, self.out / GOOD)
-            earlier = [r["pgd_acc"] for r in self.history[:-1] if r.get("event") == "epoch"]
+        if self.dist.is_main and good:
+            shutil.copyfile(path, self.out / GOOD)
+            earlier = [r["pgd_acc"] for r in self.history[:-1] if r.get("event") == "epoch" and not r.get("diverged")]
             if not earlier or row["pgd_acc"] > max(earlier):
                 shutil.copyfile(path, self.out / BEST)
         dist_.barrier()
