@@ -125,3 +125,29 @@ def test_bench_steps_compile_mode(tmp_path, monkeypatch):
     rows = {r["mode"]: r for r in json.loads((tmp_path / "steps.json").read_text())["rows"]}
     assert compiled == ["default"] and rows["eager"]["vs_eager"] is None
     assert rows["compile"]["vs_eager"] == rows["eager"]["median_ms"] / rows["compile"]["median_ms"]
+
+
+def test_co_atlas_smoke_resume_and_yardstick(tmp_path, capsys):
+    """bench/co_atlas.py in its tiny CPU mode, one worker: fastat's runs and the yardstick's on the same cells, the
+    page, heat map and JSON written; a second call trains nothing (every run is found finished)."""
+    atlas = _load("co_atlas")
+    yardstick = Path(atlas.YARDSTICK_PATH)
+    argv = ["--methods", "fgsm,apart", "--eps", "0.2", "--demo-eps", "0.2", "--demo-seeds", "1", "--subset", "128",
+            "--epochs", "1", "--eval-n", "32", "--final-n", "32", "--workers", "1", "--threads", "1",
+            "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "res")]
+    if not yardstick.is_file():
+        argv.append("--no-yardstick")
+    assert atlas.main(argv) == 0
+    doc = json.loads((tmp_path / "res" / "co_atlas.json").read_text())
+    fgsm = doc["cells"]["fgsm@0.2"]
+    assert len(fgsm["fastat"]) == 1 and 0 <= fgsm["fastat"][0]["final_pgd50"] <= 100
+    assert len(fgsm["yardstick"]) == (1 if yardstick.is_file() else 0)
+    assert doc["cells"]["apart@0.2"]["yardstick"] == []  # the yardstick has no APART
+    page = (tmp_path / "res" / "co_atlas.md").read_text()
+    assert "| fgsm | 0.2 |" in page and "python bench/co_atlas.py" in page and (tmp_path / "res" / "co_atlas.png").is_file()
+    capsys.readouterr()
+    assert atlas.main(argv) == 0
+    assert capsys.readouterr().out.count("finished before") == (3 if yardstick.is_file() else 2)
+    with pytest.raises(SystemExit):
+        atlas.parse_args(["--methods", "nope"])

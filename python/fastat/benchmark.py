@@ -102,9 +102,9 @@ def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dt
     rows: list[Row] = []
     iterator = cases
     if progress:
-        from tqdm import tqdm
+        from ._progress import progress_bar
 
-        iterator = tqdm(cases, desc=f"bench ops ({device})", unit="case")
+        iterator = progress_bar(cases, desc=f"bench ops ({device})", unit="case")
     for op, r, c, dt in iterator:
         spec = SPECS[op]
         variant = "random" if dt == "fp32" else "grad_bf16"

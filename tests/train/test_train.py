@@ -493,3 +493,11 @@ def test_resume_refusal_names_a_changed_default(tmp_path):
     t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY))
     with pytest.raises(ConfigError, match=r"default of lr_peak changed from 0\.4 to 0\.5 .*pass lr_peak=0\.4"):
         t.resume()
+
+
+def test_progress_is_one_line_per_epoch_when_not_a_terminal(capfd):
+    """progress=True draws tqdm bars only on a terminal: into a file or pipe (here pytest's capture) the trainer
+    writes its one line per epoch and no carriage-return frames."""
+    fit(method="fgsm_rs", epochs=2, **{**TINY, "progress": True})
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err and len([line for line in out.splitlines() if line.startswith("epoch")]) == 2

@@ -289,8 +289,8 @@ def _sync(dev: torch.device) -> None:
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    from .._progress import interactive, progress_bar
 
-    return tqdm(total=total, desc=desc, unit="run", leave=False)
+    if not (enabled and interactive()):  # no bar in a log file
+        return None
+    return progress_bar(total=total, desc=desc, unit="run", leave=False)

@@ -461,7 +461,7 @@ class Trainer:
         return 1.0 if step >= self.warmup_steps else (step + 1) / self.warmup_steps
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
         cfg, model = self.cfg, self.model
         self.method.on_epoch_start(epoch)
@@ -472,7 +472,8 @@ class Trainer:
         tot_n = 0
         t0 = time.perf_counter()
         show = cfg.progress and self.dist.is_main
-        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show)
+        bar = progress_bar(self.loader, enabled=show, desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+        show = not bar.disable  # (a terminal: the postfix below reads the epoch sums, a sync)
         self._first_batch = None
         for x, y, info in bar:
             if self.device.type == "cuda":

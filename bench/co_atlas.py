@@ -1,0 +1,419 @@
+"""The catastrophic-overfitting atlas: fastat's methods × ε × seeds on Fashion-MNIST at CPU scale, with the
+independent plain-PyTorch yardstick (../shared/reference/fmnist_co_sweep.py) run on the same cells beside it.
+
+One command, resumable (a finished run is never re-run; a killed one resumes from its checkpoint):
+
+    python bench/co_atlas.py                        # CPU atlas (~2 h on 2 cores), writes docs/results/co_atlas.*
+    python bench/co_atlas.py --report-only          # redraw the page from the finished runs
+
+Each fastat run trains with `fastat.train.Trainer` (via `fastat.train.sweeps.train_run`) on the cell's setting (the
+CPU demo's: small CNN, the first ``--subset`` training images, batch ``--batch-size``, cyclic lr peak ``--lr-max``,
+``--epochs`` epochs, fp32), evaluates clean and PGD-20 accuracy (α = ε/4, one restart, the yardstick's evaluation) on
+the first ``--eval-n`` test images after every epoch, and ends with PGD-50-10 (α = ε/4, official max-loss accounting)
+of its last and best-epoch weights on the first ``--final-n`` test images. Method settings for Fashion-MNIST
+(`METHOD_SETTINGS`, the same as bench/acceptance.py's): ZeroGrad q = 0.7 with the CO roll-back, ATAS's official
+absolute step bounds with c scaled to the batch and a 2-epoch warm-up, GradAlign λ = 2; the rest official defaults.
+
+The yardstick runs its methods (fgsm, fgsmrs, nfgsm, zerograd, multigrad, atas, pgd) on the same cells (same data
+slice, batch, lr, epochs, seeds, evaluation images) in a subprocess each, unless ``--no-yardstick``. Runs share
+``--workers`` processes (one thread each by default), longest first.
+
+Outputs (``--results``, default docs/results): co_atlas.md (the tables, the command, device and date), co_atlas.png
+(heat map: method × ε, colour = final PGD-50-10, CO counts written in), co_atlas.json (every number). Run folders in
+``--runs`` (default runs/co_atlas). GPU version: the same command with ``--device cuda --model preact18 --subset 0
+--batch-size 512 --lr-max 0.2 --eval-n 2000 --no-yardstick`` (see docs/results/co_atlas.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import fastat  # noqa: F401
+except ImportError:  # not installed: use the source tree
+    sys.path[:0] = [str(REPO / "python"), str(REPO)]
+
+METHODS = ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign", "apart", "pgd")
+# Fashion-MNIST settings that differ from the official CIFAR defaults (why: bench/acceptance.py's docstring)
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "zerograd": {"q": 0.7, "on_co": "rollback", "co_drop": 0.1},
+    "atas": {"warmup_epochs": 2},  # c: 0.01 · 128 / batch, set in `fastat_config`
+    "gradalign": {"lam": 2.0},
+}
+# the yardstick's spelling of the same method and settings: (name, α / ε, extra parameter)
+YARDSTICK = {"fgsm": ("fgsm", 1.0, None), "fgsm_rs": ("fgsmrs", 1.25, None), "n_fgsm": ("nfgsm", 1.0, 2),
+             "zerograd": ("zerograd", 2.0, 0.7), "multigrad": ("multigrad", 2.0, 3), "pgd": ("pgd", 0.25, 10),
+             "atas": ("atas", 2.0, 0.01)}
+# training cost per step relative to FGSM-RS on the CPU (longest first; also the rough per-run estimate)
+COST = {"fgsm": 1.0, "fgsm_rs": 1.0, "n_fgsm": 1.0, "atas": 1.05, "zerograd": 1.4, "apart": 1.5, "multigrad": 2.0,
+        "gradalign": 3.0, "pgd": 5.5}
+YARDSTICK_PATH = REPO.parent / "shared" / "reference" / "fmnist_co_sweep.py"
+
+
+class Task(NamedTuple):
+    kind: str          # "fastat" or "yardstick"
+    method: str        # fastat's name
+    eps: float
+    seed: int
+    cost: float = 1.0  # relative, orders the runs
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all nine)")
+    p.add_argument("--eps", default="0.1,0.2,0.3", help="comma list of ε values")
+    p.add_argument("--demo-eps", type=float, default=0.2, help="the ε that gets --demo-seeds (the demo's)")
+    p.add_argument("--demo-seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=2, help="seeds at the other ε values")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="small-cnn")
+    p.add_argument("--subset", type=int, default=5000, help="first N training images (0: all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr-max", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--eval-n", type=int, default=500, help="test images for the per-epoch PGD-20 (and yardstick)")
+    p.add_argument("--final-n", type=int, default=1000, help="test images for the final PGD-50-10")
+    p.add_argument("--precision", default=None, help="default: fp32 on the CPU, bf16 on CUDA")
+    p.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--runs", default="runs/co_atlas", help="run folders")
+    p.add_argument("--results", default=str(REPO / "docs" / "results"), help="where co_atlas.{md,png,json} go")
+    p.add_argument("--yardstick", default=str(YARDSTICK_PATH), help="path of fmnist_co_sweep.py")
+    p.add_argument("--no-yardstick", action="store_true", help="fastat's runs only")
+    p.add_argument("--report-only", action="store_true", help="train nothing; write the page from finished runs")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = sorted(set(args.methods) - set(METHODS))
+    if bad:
+        p.error(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    try:
+        args.eps = [float(e) for e in args.eps.split(",")]
+    except ValueError:
+        p.error(f"--eps: expected comma-separated numbers, got {args.eps!r}")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
+    if not args.no_yardstick and not args.report_only and not Path(args.yardstick).is_file():
+        p.error(f"--yardstick {args.yardstick!r} is not a file (pass --no-yardstick to run fastat alone)")
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.workers)
+    return args
+
+
+def seeds_at(args: argparse.Namespace, eps: float) -> list[int]:
+    return list(range(args.demo_seeds if abs(eps - args.demo_eps) < 1e-9 else args.seeds))
+
+
+def plan(args: argparse.Namespace) -> list[Task]:
+    """Every run of the atlas, the most expensive first (so the workers end together)."""
+    tasks = []
+    for eps in args.eps:
+        for seed in seeds_at(args, eps):
+            for method in args.methods:
+                tasks.append(Task("fastat", method, eps, seed, COST[method] * 1.3))  # + the final evaluation
+                if not args.no_yardstick and method in YARDSTICK:
+                    tasks.append(Task("yardstick", method, eps, seed, COST[method]))
+    return sorted(tasks, key=lambda t: -t.cost)
+
+
+def run_dir(args: argparse.Namespace, task: Task) -> Path:
+    return Path(args.runs) / task.kind / f"eps{task.eps:g}" / task.name
+
+
+def fastat_config(args: argparse.Namespace, task: Task):
+    from fastat.train import TrainConfig
+    from fastat.train.sweeps import split_overrides
+
+    settings = dict(METHOD_SETTINGS.get(task.method, {}))
+    if task.method == "atas":
+        settings["c"] = 0.01 * 128 / args.batch_size  # g carries 1/B; the official c is tuned for B = 128
+    fields, method_kwargs = split_overrides(settings)
+    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    return TrainConfig(method=task.method, dataset="fashion-mnist", eps=task.eps, epochs=args.epochs,
+                       model=args.model, batch_size=args.batch_size, subset=args.subset or None,
+                       lr_max=args.lr_max, precision=precision, device=args.device, seed=task.seed,
+                       eval_n=args.eval_n, eval_steps=20, eval_restarts=1, final_eval="pgd", final_n=args.final_n,
+                       progress=False, plot=False, method_kwargs=method_kwargs, **fields)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_task(args: argparse.Namespace, task: Task) -> tuple[Task, str]:
+    """Train one run (or reuse it when finished); returns (task, one-line status)."""
+    folder = run_dir(args, task)
+    t0 = time.perf_counter()
+    try:
+        if task.kind == "fastat":
+            from fastat.train.records import run_identity
+            from fastat.train.sweeps import finished_result, train_run
+
+            cfg = fastat_config(args, task)
+            if finished_result(folder, run_identity(cfg)) is not None:
+                return task, "finished before"
+            res = train_run(task.method, cfg, folder, move_unfinished=False, resume_free=("final_eval", "final_n"))
+            final = (res.get("final") or {}).get("models", {}).get("last", {})
+            return task, (f"{time.perf_counter() - t0:.0f} s, last epoch {res.get('clean', 0):.1f} / "
+                          f"{res.get('pgd', 0):.1f} %, PGD-50-10 {100 * final.get('pgd_acc', float('nan')):.1f} %")
+        out = folder / "co_fmnist.json"
+        if out.is_file():
+            return task, "finished before"
+        folder.mkdir(parents=True, exist_ok=True)
+        name, alpha_mult, extra = YARDSTICK[task.method]
+        spec = f"{name}:{task.eps:g}:{alpha_mult:g}" + ("" if extra is None else f":{extra:g}")
+        env = {**os.environ, "DEV": "cpu" if args.device == "cpu" else "cuda", "MODEL": "small" if
+               args.model == "small-cnn" else "prn18", "B": str(args.batch_size), "LR": str(args.lr_max),
+               "EVAL_N": str(args.eval_n), "SEED": str(task.seed), "OUT": str(folder),
+               "OMP_NUM_THREADS": str(args.threads)}
+        if args.subset:
+            env["N"] = str(args.subset)
+        from fastat.data.datasets import default_fashion_mnist_root
+
+        env.setdefault("FMNIST_ROOT", str(default_fashion_mnist_root()))
+        proc = subprocess.run([sys.executable, args.yardstick, str(args.epochs), spec], env=env, text=True,
+                              capture_output=True)
+        if proc.returncode:
+            return task, f"yardstick failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[-1]}"
+        (result,) = json.loads(out.read_text())
+        clean, pgd = result["hist"][-1]
+        return task, f"{time.perf_counter() - t0:.0f} s, last epoch {clean:.1f} / {pgd:.1f} %"
+    except Exception as exc:  # noqa: BLE001 - one failed run must not stop the atlas
+        return task, f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _cell(values: list[float], digits: int = 1) -> str:
+    ms = _mean_std(values)
+    return "–" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    """Every finished run's numbers, per (method, ε): fastat's and the yardstick's."""
+    from fastat.train.records import read_json
+
+    cells: dict[str, dict[str, Any]] = {}
+    for eps in args.eps:
+        for method in args.methods:
+            key = f"{method}@{eps:g}"
+            runs, yard = [], []
+            for seed in seeds_at(args, eps):
+                res = read_json(run_dir(args, Task("fastat", method, eps, seed)) / "run_result.json")
+                if isinstance(res, dict) and res.get("rows"):
+                    models = (res.get("final") or {}).get("models", {})
+                    rows = res["rows"]
+                    diverged = [e for e in res.get("events", []) if e.get("event") == "diverged"]
+                    runs.append({
+                        "seed": seed, "epochs": len(rows), "clean_last_epoch": res["clean"], "pgd20_last_epoch":
+                        res["pgd"], "best_pgd20": res["best_pgd"], "best_epoch": res["best_epoch"],
+                        "final_clean": 100 * models.get("last", {}).get("clean_acc", float("nan")),
+                        "final_pgd50": 100 * models.get("last", {}).get("pgd_acc", float("nan")),
+                        "best_pgd50": 100 * models.get("best", models.get("last", {})).get("pgd_acc", float("nan")),
+                        "co": bool(res.get("co_epochs")) or bool(res.get("rollbacks")),
+                        "co_epoch": min(res.get("co_epochs") or [None], key=lambda e: e or 1e9),
+                        "rollbacks": res.get("rollbacks", 0), "diverged": bool(diverged),
+                        "train_s_per_epoch": res["train_s_per_epoch"]})
+                ys = read_json(run_dir(args, Task("yardstick", method, eps, seed)) / "co_fmnist.json")
+                if isinstance(ys, list) and ys:
+                    hist = ys[0]["hist"]
+                    yard.append({"seed": seed, "clean_last_epoch": hist[-1][0], "pgd20_last_epoch": hist[-1][1],
+                                 "best_pgd20": max(p for _, p in hist),
+                                 "train_s_per_epoch": ys[0]["train_sec"] / len(hist)})
+            cells[key] = {"method": method, "eps": eps, "fastat": runs, "yardstick": yard}
+    return cells
+
+
+def headline(args: argparse.Namespace, cells: dict[str, Any]) -> list[str]:
+    """Five lines for the README: per ε, which methods collapsed and which held, and the yardstick's agreement."""
+    lines = []
+    for eps in args.eps:
+        held, fell = [], []
+        for method in args.methods:
+            runs = cells[f"{method}@{eps:g}"]["fastat"]
+            if not runs:
+                continue
+            pgd = statistics.fmean(r["final_pgd50"] for r in runs)
+            co = sum(r["co"] for r in runs)
+            (fell if co * 2 > len(runs) and pgd < 10 else held).append((pgd, method, co, len(runs)))
+        fell_txt = ", ".join(f"{m} ({c}/{n} CO, {p:.0f}%)" for p, m, c, n in sorted(fell)) or "none"
+        best = sorted(held, reverse=True)[:3]
+        best_txt = ", ".join(f"{m} {p:.0f}%" for p, m, _, _ in best) or "none"
+        lines.append(f"- ε = {eps:g}: collapsed: {fell_txt}; best final PGD-50-10: {best_txt}")
+    checked = [c for c in cells.values() if c["fastat"] and c["yardstick"]]
+    agree = sum(_agrees(c) for c in checked)
+    lines.append(f"- fastat vs the independent yardstick: {agree} of {len(checked)} method × ε cells agree "
+                 "(within 2 std or 5 points); the rest are explained in the table below")
+    return lines
+
+
+def _agrees(cell: dict[str, Any]) -> bool:
+    f = statistics.fmean(r["pgd20_last_epoch"] for r in cell["fastat"])
+    ys = [r["pgd20_last_epoch"] for r in cell["yardstick"]]
+    y, s = _mean_std(ys)
+    return abs(f - y) <= max(2 * s, 5.0)
+
+
+def markdown(args: argparse.Namespace, cells: dict[str, Any], env: dict[str, str]) -> str:
+    cmd = "python bench/co_atlas.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    out = [f"# Catastrophic-overfitting atlas (Fashion-MNIST, {args.model}, {env['device']})", "",
+           f"Measured by fastat on {env['date']} ({env['device']}, torch {env['torch']}, {args.workers} runs at a "
+           f"time); command: `{cmd}`. Every run: the first {args.subset or 'all'} training images, batch "
+           f"{args.batch_size}, cyclic lr peak {args.lr_max:g}, {args.epochs} epochs, SGD (momentum 0.9, wd 5e-4). "
+           f"Per epoch: clean and PGD-20 (α = ε/4, 1 restart) on the first {args.eval_n} test images; at the end: "
+           f"PGD-50-10 (α = ε/4, max-loss accounting) of the last and the best-epoch weights on the first "
+           f"{args.final_n} test images. Mean ± std over seeds (sample std; 0 for one seed).", "",
+           "## Headline", "", *headline(args, cells), "",
+           "## fastat: final and best PGD-50-10", "",
+           "CO: runs the CO monitor flagged (or rolled back) / seeds; † diverged (stopped at chance level). Time: "
+           "training seconds per epoch relative to FGSM-RS at the same ε (same machine, same load).", "",
+           "| method | ε | final PGD-50-10 % | best PGD-50-10 % | final clean % | CO | s/epoch vs FGSM-RS |",
+           "|---|---|---|---|---|---|---|"]
+    for method in args.methods:
+        for eps in args.eps:
+            runs = cells[f"{method}@{eps:g}"]["fastat"]
+            if not runs:
+                out.append(f"| {method} | {eps:g} | (not run yet) | | | | |")
+                continue
+            base = cells.get(f"fgsm_rs@{eps:g}", {}).get("fastat") or []
+            rel = (statistics.fmean(r["train_s_per_epoch"] for r in runs) /
+                   statistics.fmean(r["train_s_per_epoch"] for r in base)) if base else float("nan")
+            dead = sum(r["diverged"] for r in runs)
+            out.append(f"| {method} | {eps:g} | {_cell([r['final_pgd50'] for r in runs])} | "
+                       f"{_cell([r['best_pgd50'] for r in runs])} | {_cell([r['final_clean'] for r in runs])} | "
+                       f"{sum(r['co'] for r in runs)}/{len(runs)}{f' ({dead}†)' if dead else ''} | {rel:.2f} |")
+    out += ["", "## Beside the independent yardstick", "",
+            "`../shared/reference/fmnist_co_sweep.py` (plain PyTorch, written without fastat) on the same cells: "
+            "same data slice, batch, lr, epochs, seeds and evaluation images. Compared like with like: the "
+            "last epoch's clean and PGD-20 (α = ε/4, 1 restart) accuracy on the first "
+            f"{args.eval_n} test images; agree = fastat's mean within max(2 std, 5 points) of the yardstick's. "
+            "Training seconds per epoch measured in the same atlas run (same machine, same load).", "",
+            "| method | ε | fastat clean / PGD-20 % | yardstick clean / PGD-20 % | agree | fastat s/epoch | "
+            "yardstick s/epoch |", "|---|---|---|---|---|---|---|"]
+    for method in args.methods:
+        if method not in YARDSTICK:
+            continue
+        for eps in args.eps:
+            c = cells[f"{method}@{eps:g}"]
+            f, y = c["fastat"], c["yardstick"]
+            if not f or not y:
+                continue
+            out.append(f"| {method} | {eps:g} | {_cell([r['clean_last_epoch'] for r in f])} / "
+                       f"{_cell([r['pgd20_last_epoch'] for r in f])} | {_cell([r['clean_last_epoch'] for r in y])} / "
+                       f"{_cell([r['pgd20_last_epoch'] for r in y])} | {'yes' if _agrees(c) else '**no**'} | "
+                       f"{_cell([r['train_s_per_epoch'] for r in f], 2)} | "
+                       f"{_cell([r['train_s_per_epoch'] for r in y], 2)} |")
+    return "\n".join(out) + "\n"
+
+
+def heatmap(args: argparse.Namespace, cells: dict[str, Any], path: Path, env: dict[str, str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.full((len(args.methods), len(args.eps)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.6 * len(args.eps) + 3, 0.55 * len(args.methods) + 1.6))
+    for i, method in enumerate(args.methods):
+        for j, eps in enumerate(args.eps):
+            runs = cells[f"{method}@{eps:g}"]["fastat"]
+            if runs:
+                grid[i, j] = statistics.fmean(r["final_pgd50"] for r in runs)
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=max(50.0, float(np.nanmax(grid)) if np.isfinite(grid).any()
+                                                         else 50.0), aspect="auto")
+    for i, method in enumerate(args.methods):
+        for j, eps in enumerate(args.eps):
+            runs = cells[f"{method}@{eps:g}"]["fastat"]
+            if not runs:
+                continue
+            co = sum(r["co"] for r in runs)
+            text = f"{grid[i, j]:.0f}%" + (f"\nCO {co}/{len(runs)}" if co else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if grid[i, j] < 25 else "black", fontweight="bold" if co else "normal")
+    ax.set_xticks(range(len(args.eps)), [f"ε = {e:g}" for e in args.eps])
+    ax.set_yticks(range(len(args.methods)), args.methods)
+    ax.set_title(f"Final PGD-50-10 accuracy, Fashion-MNIST ({args.subset or 'all'} images), {args.model}, "
+                 f"{args.epochs} epochs\n(CO n/m: seeds the CO monitor flagged; {env['device']}, {env['date']})",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, label="PGD-50-10 accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def environment(args: argparse.Namespace) -> dict[str, str]:
+    import torch
+
+    device = platform.processor() or platform.machine()
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"CPU ({os.cpu_count()} cores, {device})"
+    return {"device": device, "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+
+
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    cells, env = collect(args), environment(args)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    doc = {"env": env, "settings": {k: v for k, v in vars(args).items() if k not in ("yardstick",)},
+           "method_settings": METHOD_SETTINGS, "cells": cells, "headline": headline(args, cells)}
+    (results / "co_atlas.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    (results / "co_atlas.md").write_text(markdown(args, cells, env))
+    heatmap(args, cells, results / "co_atlas.png", env)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.report_only:
+        tasks = plan(args)
+        t0, failed = time.perf_counter(), 0
+        print(f"co_atlas: {len(tasks)} runs on {args.workers} workers x {args.threads} threads", flush=True)
+        with contextlib.ExitStack() as stack:
+            if args.workers == 1:  # in this process
+                _init_worker(args.threads)
+                done = map(functools.partial(run_task, args), tasks)
+            else:
+                pool = stack.enter_context(mp.get_context("spawn").Pool(args.workers, initializer=_init_worker,
+                                                                        initargs=(args.threads,)))
+                done = pool.imap_unordered(functools.partial(run_task, args), tasks)
+            for i, (task, status) in enumerate(done, 1):
+                failed += status.startswith(("failed", "yardstick failed"))
+                print(f"[{i}/{len(tasks)}] {task.kind} eps={task.eps:g} {task.name}: {status} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                report(args)
+    doc = report(args)
+    print("\n".join(doc["headline"]))
+    print(f"wrote {Path(args.results) / 'co_atlas'}.{{md,png,json}}")
+    return 1 if not args.report_only and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
