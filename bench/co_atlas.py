@@ -282,7 +282,8 @@ def _agrees(cell: dict[str, Any]) -> bool:
 def markdown(args: argparse.Namespace, cells: dict[str, Any], env: dict[str, str]) -> str:
     cmd = "python bench/co_atlas.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     out = [f"# Catastrophic-overfitting atlas (Fashion-MNIST, {args.model}, {env['device']})", "",
-           f"Measured by fastat on {env['date']} ({env['device']}, torch {env['torch']}, {args.workers} runs at a "
+           f"Measured by fastat {env['commit']} on {env['date']} ({env['device']}, torch {env['torch']}, "
+           f"{args.workers} runs at a "
            f"time); command: `{cmd}`. Every run: the first {args.subset or 'all'} training images, batch "
            f"{args.batch_size}, cyclic lr peak {args.lr_max:g}, {args.epochs} epochs, SGD (momentum 0.9, wd 5e-4). "
            f"Per epoch: clean and PGD-20 (α = ε/4, 1 restart) on the first {args.eval_n} test images; at the end: "
@@ -375,7 +376,13 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         device = torch.cuda.get_device_name()
     else:
         device = f"CPU ({os.cpu_count()} cores, {device})"
-    return {"device": device, "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"device": device, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+            "commit": commit}
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:

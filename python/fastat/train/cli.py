@@ -101,7 +101,9 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
         help="after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA weights on "
              "--final-n test images, to final_eval.json (also on a finished run with --resume)")
     add("--final-n", type=int, default=1000, help="test images for --final-eval")
-    add("--no-progress", action="store_true", help="no progress bars (one line per epoch)")
+    add("--no-progress", action="store_true", help="no progress bars (one line per epoch; also the default when "
+                                                   "stderr is not a terminal)")
+    add("--no-plot", action="store_true", help="do not redraw OUT/curves.png after every epoch")
     return p
 
 
@@ -140,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        eval_steps=args.eval_steps, co_batch=args.co_batch, co_steps=args.co_steps,
                        co_drop=args.co_drop, co_check=args.co_check, on_co=args.on_co,
                        on_diverge=args.on_diverge, progress=not args.no_progress,
+                       plot=not getattr(args, "no_plot", False),
                        final_eval=args.final_eval, final_n=args.final_n)
 
 

@@ -202,7 +202,16 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
         for r in rows:
             if r.get("event") == "rollback" and "at_epoch" in r:
                 ax.axvline(r["at_epoch"], color=color, ls=":", lw=1.2)
+    _shade_warmup(ax, [r for rows in runs.values() for r in epoch_rows(rows)])
     return _save_accuracy_figure(plt, fig, ax, path, title)
+
+
+def _shade_warmup(ax, rows: list[dict[str, Any]]) -> None:
+    """Grey band over the epochs trained (partly) inside an ε warm-up: those that ended with ``eps_scale`` < 1 and
+    the one after each (it started below the full ε)."""
+    warm = [r["epoch"] + 1 for r in rows if finite_number(r.get("eps_scale")) and r["eps_scale"] < 1]
+    if warm:
+        ax.axvspan(0.5, max(warm) + 0.5, color="0.5", alpha=0.12, lw=0, label="ε warm-up")
 
 
 def _points(rows: list[dict[str, Any]], key: str) -> list[tuple[Any, float]]:
@@ -231,11 +240,16 @@ def _accuracy_figure():
 
 def _save_accuracy_figure(plt, fig, ax, path: str | Path, title: str | None, title_size: float | None = None) -> Path:
     """Label the axes (epoch, accuracy 0-100 %), add grid, legend and title, write the PNG and close the figure."""
+    import textwrap
+
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(3, max(1, entries)),
+              frameon=False)  # below the axes: never over the curves
+    fig.set_size_inches(7, 4.5 + 0.22 * -(-entries // 3))
     if title:
-        ax.set_title(title, fontsize=title_size)
+        ax.set_title("\n".join(textwrap.wrap(title, 75)), fontsize=title_size)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
