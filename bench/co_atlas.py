@@ -80,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all nine)")
-    p.add_argument("--eps", default="0.1,0.2,0.3", help="comma list of ε values")
-    p.add_argument("--demo-eps", type=float, default=0.2, help="the ε that gets --demo-seeds (the demo's)")
+    p.add_argument("--eps", default="0.1,0.2,0.25,0.3", help="comma list of ε values (0.25: the CPU demo's)")
+    p.add_argument("--demo-eps", type=float, default=0.25, help="the ε that gets --demo-seeds (the CPU demo's)")
     p.add_argument("--demo-seeds", type=int, default=3)
     p.add_argument("--seeds", type=int, default=2, help="seeds at the other ε values")
     p.add_argument("--device", default="cpu")
