@@ -23,7 +23,21 @@ def test_default_lr_follows_the_model_and_scales_down_below_batch_128():
     assert default_lr("preact18", 64) == pytest.approx(0.1) and default_lr("wrn28-10", 32) == pytest.approx(0.05)
     assert default_lr("small-cnn", 128) < default_lr("preact18", 128)
     assert default_model("cuda") == "preact18" and default_model("cpu") == "small-cnn"
-    assert default_eps_warmup("svhn") == 5 and default_eps_warmup("cifar10") == 0
+    assert default_eps_warmup("svhn") == 5 and default_eps_warmup("svhn", "preact18") == 5
+    assert default_eps_warmup("cifar10", "small-cnn") == 2 and default_eps_warmup("cifar10", "preact18") == 0
+    assert default_eps_warmup("fashion-mnist", "small-cnn") == 0
+
+
+@pytest.mark.parametrize("dataset, eps", [("fashion-mnist", 0.1), ("mnist", 0.3), ("cifar10", 8 / 255),
+                                          ("CIFAR-100", 8 / 255), ("svhn", 8 / 255), ("imagefolder", 8 / 255)])
+def test_the_default_eps_is_the_data_sets(dataset, eps):
+    """No single ε for every data set: 0.2 (the old default) is 51/255 on CIFAR, where it left runs at chance."""
+    cfg = TrainConfig(method="fgsm_rs", dataset=dataset)
+    cfg.validate()
+    assert cfg.eps == pytest.approx(eps)
+    given = TrainConfig(method="fgsm_rs", dataset=dataset, eps="4/255")
+    given.validate()
+    assert given.eps == pytest.approx(4 / 255)
 
 
 def test_the_resolved_recipe_is_recorded_and_an_explicit_lr_wins(tmp_path):

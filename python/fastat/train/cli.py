@@ -39,7 +39,8 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
                                           "and SVHN in torchvision's layouts; an image folder)")
     add("--download", action="store_true",
         help="let torchvision download a missing dataset into --data-root (needs network; never done otherwise)")
-    add("--eps", default="0.2", help="ε in pixel units: 0.2 or 8/255")
+    add("--eps", default=None, help="ε in pixel units: 0.2 or 8/255 (default: the data set's customary ε: "
+                                    "Fashion-MNIST 0.1, MNIST 0.3, CIFAR-10/100 and SVHN 8/255)")
     add("--alpha", default=None, help="step size (number or fraction; default: the method's)")
     add("--q", default=None, help="ZeroGrad quantile in [0, 1]")
     add("--hp", action="append", type=_kv, default=[], metavar="KEY=VALUE",
@@ -55,7 +56,8 @@ def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ())
              "PreActResNet-18 and WideResNets, 0.1 for the small CNN, scaled down linearly for smaller batches)")
     add("--eps-warmup", type=float, default=None, metavar="EPOCHS",
         help="ramp eps and alpha up linearly from ~0 over the first EPOCHS epochs (default: 5 on SVHN as the N-FGSM "
-             "and GradAlign recipes, else 0); helps a model that stays at chance with the full eps from scratch")
+             "and GradAlign recipes, 2 for the small CNN on CIFAR, else 0); helps a model that stays at chance with "
+             "the full eps from scratch")
     add("--lr-peak", type=float, default=0.5,
         help="cyclic: fraction of the run at the peak (0.5 as WONG, N-FGSM, APART, ZeroGrad; GradAlign 0.4)")
     add("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
@@ -129,7 +131,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError(f"argument 'milestones' must be comma-separated fractions, got {args.milestones!r}") from None
     return TrainConfig(method=args.method, dataset=args.dataset, data_root=args.data_root,
                        download=getattr(args, "download", False),
-                       eps=parse_number(args.eps, "eps"), epochs=args.epochs, model=args.model,
+                       eps=None if args.eps is None else parse_number(args.eps, "eps"), epochs=args.epochs,
+                       model=args.model,
                        batch_size=args.batch_size, subset=args.subset, lr_schedule=args.lr_schedule,
                        lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,
                        attack_precision=getattr(args, "attack_precision", None),

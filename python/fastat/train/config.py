@@ -70,7 +70,7 @@ def parse_value(text: str, name: str = "value") -> Any:
 class TrainConfig:
     method: str = "fgsm_rs"
     dataset: str = "fashion-mnist"
-    eps: float = 0.2
+    eps: float | str | None = None       # pixel units (or "8/255"); None: the data set's customary ε (`recipes`)
     epochs: int = 10
     model: str | None = None             # None: preact18 on CUDA, small-cnn on the CPU
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -86,7 +86,7 @@ class TrainConfig:
     weight_decay: float = 5e-4          # APART's official code uses 2e-4
     pad_mode: str = "zero"               # the random crop's padding: "zero" (WONG/ATAS/GA) or "reflect" (ZeroGrad CIFAR)
     drop_last: bool = False              # drop each epoch's last partial batch (GradAlign's loader does)
-    eps_warmup: float | None = None      # epochs over which ε and α ramp up from ~0; None: the data set's (`recipes`)
+    eps_warmup: float | None = None      # epochs over which ε, α ramp up from ~0; None: the recipe's (`recipes`)
     precision: str = "fp32"
     attack_precision: str | None = None  # the attack's forward/backward: None = `precision`; "fp32" = official ZG/NF/ATAS
     device: str | None = None
@@ -137,6 +137,10 @@ class TrainConfig:
             self.dataset = canonical_name(self.dataset)
         except ValueError as exc:
             raise ConfigError(f"unknown dataset {self.dataset!r}: {exc}") from None
+        if self.eps is None:
+            from .recipes import default_eps
+
+            self.eps = default_eps(self.dataset)
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 < self.eps <= 1):
             raise ConfigError(f"argument 'eps' must be in (0, 1] (pixel units, e.g. 8/255), got {self.eps!r}")
         for name in ("epochs", "batch_size", "eval_n", "co_batch", "final_n"):

@@ -161,7 +161,9 @@ def train_run(label: str, cfg: TrainConfig, run_dir: Path, *, spec_file: str = S
 # ---------------------------------------------------------------------------------------------- the sweep
 def plan_runs(base: TrainConfig, methods: Iterable[str], seeds: Iterable[int], out: str | Path,
               hp: Iterable[str] = ()) -> list[tuple[str, int, TrainConfig, Path]]:
-    """``[(label, seed, config, run folder)]`` in seed-major order; raises ConfigError on bad methods/seeds/--hp."""
+    """``[(label, seed, config, run folder)]`` in seed-major order; raises ConfigError on bad methods/seeds/--hp or a
+    bad ``base`` (validated here: its recipe defaults, e.g. ε, are filled in)."""
+    base.validate()
     labels = parse_methods(methods)
     if not labels:
         raise ConfigError("--methods: give at least one method")

@@ -84,7 +84,8 @@ RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eva
 FINAL = "final_eval.json"
 FINAL_STEPS, FINAL_RESTARTS = 50, 10
 # TrainConfig defaults that changed: {field: (old, new, date)}, named when a resume is refused over them
-CHANGED_DEFAULTS = {"lr_peak": (0.4, 0.5, "2026-12-01"), "lr_max": (0.2, "the model's and batch size's", "2026-12-07")}
+CHANGED_DEFAULTS = {"lr_peak": (0.4, 0.5, "2026-12-01"), "lr_max": (0.2, "the model's and batch size's", "2026-12-07"),
+                    "eps": (0.2, "the data set's", "2026-12-07")}
 # what a run writes into its folder (`fastat train --overwrite` removes them first)
 RUN_FILES = (CKPT, GOOD, BEST, FINAL, "run.json", "metrics.jsonl", "metrics.csv", "curves.png")
 
@@ -607,7 +608,7 @@ class Trainer:
         if d.get("lr_max") is None:
             d["lr_max"] = default_lr(d["model"], int(d["batch_size"]))
         if d.get("eps_warmup") is None:
-            d["eps_warmup"] = default_eps_warmup(d["dataset"])
+            d["eps_warmup"] = default_eps_warmup(d["dataset"], d["model"])
         d["milestones"] = [float(m) for m in d.get("milestones", ())]
         # where the method keeps its state (ATAS state_device) may change between a run and its resumption
         d["method_kwargs"] = without_placement(d.get("method_kwargs") or {})
