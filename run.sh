@@ -2,7 +2,7 @@
 # fastat's entry points on a fresh machine.
 #   ./run.sh setup   create .venv, install the dependencies and fastat (builds the C++/CUDA extension), fetch the data
 #   ./run.sh test    the test suite (CPU tests, then the Triton kernels under TRITON_INTERPRET=1 in their own process)
-#   ./run.sh demo    the main job: FGSM-RS vs N-FGSM at eps=0.2 on Fashion-MNIST, plot + final table (scripts/demo.sh)
+#   ./run.sh demo    the main job: catastrophic overfitting and two remedies on Fashion-MNIST, plot + table (scripts/demo.sh)
 #   ./run.sh bench   `fastat bench ops`: each op x backend against pure PyTorch on this machine
 # Environment: VENV (default .venv), PYTHON (default python3), TORCH_SPEC (default torch==2.13.0; on a CUDA machine
 # with torch already installed, set VENV to that environment or use `pip install --no-build-isolation .` directly).

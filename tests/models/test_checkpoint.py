@@ -25,7 +25,10 @@ def test_round_trip_with_extras(tmp_path):
     path = save_checkpoint(tmp_path / "run" / "checkpoint.pt", model=model, model_config=CONFIG,
                            dataset="fashion-mnist", eps=0.1, epoch=3, optimizer=opt.state_dict(),
                            rng={"torch": torch.get_rng_state()}, method={"q": 0.35})
-    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+    # no temporary file left; the checksum record beside it
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]
+    (digest, size), = [line.split()[1:] for line in (path.parent / "checkpoint.pt.sha256").read_text().splitlines()]
+    assert int(size) == path.stat().st_size and len(digest) == 64
     ckpt = load_checkpoint(path)
     assert ckpt["format"] == FORMAT and ckpt["dataset"] == "fashion-mnist" and ckpt["eps"] == 0.1
     assert ckpt["epoch"] == 3 and ckpt["method"] == {"q": 0.35} and ckpt["model_config"]["name"] == "small-cnn"

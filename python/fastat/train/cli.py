@@ -149,22 +149,44 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        final_eval=args.final_eval, final_n=args.final_n)
 
 
+def set_aside(out: Path) -> Path | None:
+    """Move a non-empty run folder to ``<out>.replaced-<date>`` beside it (whole: no file of the old run stays next
+    to the new one, and nothing is lost) and recreate ``out`` empty; returns where it went, or None when there was
+    nothing to move. ConfigError (one line) when it cannot be moved."""
+    import datetime
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    aside = out.with_name(f"{out.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    try:
+        out.rename(aside)
+        out.mkdir()
+    except OSError as exc:
+        raise ConfigError(f"--overwrite: cannot move the previous run in {str(out)!r} aside: "
+                          f"{exc.strerror or exc}") from None
+    return aside
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..checkpoint import CheckpointError
-    from .trainer import CKPT, RUN_FILES, Trainer
+    from .trainer import CKPT, Trainer
 
     try:
         cfg = config_from_args(args)
         if args.resume and args.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other (continue the run in --out, or replace it)")
+        if args.resume and not args.out:
+            raise ConfigError("--resume needs --out (the run folder to continue)")
         if args.out and (Path(args.out) / CKPT).exists() and not (args.resume or args.overwrite):
             raise ConfigError(f"{args.out!r} already holds a run ({CKPT}): pass --resume to continue it, "
                               "--overwrite to replace it, or another --out")
-        if args.out and args.overwrite and distributed.env_rank() == 0:  # the old run's files, before anything reads
-            for name in RUN_FILES:  # them (a roll-back to its last_good.pt, its final_eval.json in `fastat plot`)
-                (Path(args.out) / name).unlink(missing_ok=True)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg)  # every check and the data load: nothing of an old run is touched before this passed
+        if args.out and args.overwrite:
+            aside = set_aside(Path(args.out)) if trainer.dist.is_main else None
+            distributed.barrier()
+            if aside is not None:
+                print(f"fastat train: moved the previous run in {args.out!r} to {str(aside)!r}", file=sys.stderr)
     except ConfigError as exc:
         print(f"fastat train: error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ class MetricsWriter:
         self.out = Path(out)
         self.plot = plot
         self.out.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        fd, probe = tempfile.mkstemp(dir=self.out, prefix=".write-probe-")  # OSError now, not after an epoch
+        os.close(fd)
+        os.unlink(probe)
         self.rows: list[dict[str, Any]] = list(rows or [])
 
     def write(self, row: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, copy_checkpoint, load_checkpoint, save_checkpoint
 from ..eval._common import autocast
 from .config import ConfigError, TrainConfig
 from .monitor import COMonitor, WongCODetector, chance_level, divergence, strengthen
@@ -86,8 +86,8 @@ FINAL_STEPS, FINAL_RESTARTS = 50, 10
 # TrainConfig defaults that changed: {field: (old, new, date)}, named when a resume is refused over them
 CHANGED_DEFAULTS = {"lr_peak": (0.4, 0.5, "2026-12-01"), "lr_max": (0.2, "the model's and batch size's", "2026-12-07"),
                     "eps": (0.2, "the data set's", "2026-12-07")}
-# what a run writes into its folder (`fastat train --overwrite` removes them first)
-RUN_FILES = (CKPT, GOOD, BEST, FINAL, "run.json", "metrics.jsonl", "metrics.csv", "curves.png")
+# what `_restore` reads from a checkpoint (`_read` checks them before any state is touched)
+RESTORED = ("model", "optimizer", "scheduler", "method", "loader", "monitor", "scaler", "rng", "history", "epoch")
 
 
 class Trainer:
@@ -561,7 +561,25 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by `save` (everything needed to continue bit-identically on the CPU)."""
-        self._restore(load_checkpoint(path, map_location=self._ckpt_location, weights_only=False))
+        self._restore(self._read(path))
+
+    def _read(self, path: str | Path) -> dict[str, Any]:
+        """Load a training checkpoint (weights only: no pickled code runs; checksum verified) and check, before any
+        state is touched, that it holds what `_restore` needs with the model's keys and shapes; `CheckpointError`
+        naming the file and the first problem otherwise."""
+        ck = load_checkpoint(path, map_location=self._ckpt_location)
+        missing = [k for k in RESTORED if k not in ck]
+        if missing:
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}: not a training checkpoint "
+                                  f"of fastat train")
+        own, theirs = self.model.state_dict(), ck["model"]
+        problem = next((f"missing tensor {k!r}" for k in own if k not in theirs), None) or next(
+            (f"unexpected tensor {k!r}" for k in theirs if k not in own), None) or next(
+            (f"tensor {k!r} has shape {tuple(theirs[k].shape)}, the model's {tuple(v.shape)}" for k, v in own.items()
+             if isinstance(theirs[k], torch.Tensor) and theirs[k].shape != v.shape), None)
+        if problem:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model: {problem}")
+        return ck
 
     def _restore(self, ck: dict[str, Any]) -> None:
         self._graph = self._graph_static = None  # a capture holds the tensors a load replaces (method, optimizer)
@@ -633,7 +651,16 @@ class Trainer:
         any state) if the checkpoint was written with a config that differs in anything but `RESUME_FREE` keys."""
         if self.out is None or not (self.out / CKPT).exists():
             return False
-        ck = load_checkpoint(self.out / CKPT, map_location=self._ckpt_location, weights_only=False)
+        try:
+            ck = self._read(self.out / CKPT)
+        except CheckpointError as exc:  # damaged (a disk error, a bit flip): the last good epoch, if there is one
+            if not (self.out / GOOD).exists():
+                raise
+            try:
+                ck = self._read(self.out / GOOD)
+            except CheckpointError as also:
+                raise CheckpointError(f"{exc}; {GOOD} is no better: {also}") from None
+            self._say(f"fastat train: {exc}; resuming from {GOOD} (epoch {ck['epoch']}) instead")
         if ck.get("config") is not None:
             self.check_resumable(ck["config"])
         self._restore(ck)
@@ -742,7 +769,7 @@ class Trainer:
         self._broadcast_model_buffers()
         models: dict[str, tuple[nn.Module, int]] = {"last": (self.model, self.epoch)}
         if self.out is not None and (self.out / BEST).exists():
-            best = load_checkpoint(self.out / BEST, map_location=self._ckpt_location, weights_only=False)
+            best = self._read(self.out / BEST)
             if best["epoch"] != self.epoch:
                 model = copy.deepcopy(self.model)
                 model.load_state_dict(best["model"])
@@ -832,14 +859,12 @@ class Trainer:
         """``checkpoint.pt``, copied to ``last_good.pt`` when the epoch is ``good`` (neither CO nor diverged) and to
         ``best.pt`` on a new best PGD accuracy of a good epoch (rank 0 writes; every rank returns once the files are
         there)."""
-        import shutil
-
         path = self.save(self.out / CKPT)
-        if self.dist.is_main and good:
-            shutil.copyfile(path, self.out / GOOD)
+        if self.dist.is_main and good:  # atomic copies: a kill mid-copy keeps the previous file whole
+            copy_checkpoint(path, self.out / GOOD)
             earlier = [r["pgd_acc"] for r in self.history[:-1] if r.get("event") == "epoch" and not r.get("diverged")]
             if not earlier or row["pgd_acc"] > max(earlier):
-                shutil.copyfile(path, self.out / BEST)
+                copy_checkpoint(path, self.out / BEST)
         dist_.barrier()
 
     def _say(self, text: str) -> None:
