@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that contribute subcommands; missing ones are skipped.
@@ -49,6 +50,26 @@ class _BenchInputError(Exception):
     """Bad input to `fastat bench ops`; reported as one line."""
 
 
+BENCH_TENSORS = 12  # rough count of (rows, cols) fp32 tensors a case holds at once (inputs, S = 3 grads, outputs)
+
+
+def _check_fits(rows: int, cols: int, device) -> None:
+    """A --shape whose tensors cannot fit in this device's memory is refused before anything is allocated."""
+    import torch
+
+    need = BENCH_TENSORS * 4 * rows * cols
+    if device.type == "cuda":
+        have = torch.cuda.mem_get_info(device)[1]
+    else:
+        try:
+            have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # not POSIX: let the allocator decide
+            return
+    if need > have:
+        raise _BenchInputError(f"--shape {rows}x{cols} needs about {need / 2**30:.3g} GiB, more than the "
+                               f"{have / 2**30:.3g} GiB of {device}")
+
+
 def _run_bench_ops(args) -> int:
     from . import benchmark
     from ._devices import resolve_device
@@ -68,6 +89,8 @@ def _run_bench_ops(args) -> int:
         old_rows = benchmark.read_rows(args.compare) if args.compare else None
         if args.reps < 1:
             raise _BenchInputError(f"--reps must be >= 1, got {args.reps}")
+        for rows, cols in shapes or ():
+            _check_fits(rows, cols, device)
     except (_BenchInputError, ValueError, OSError) as exc:
         print(f"fastat bench ops: error: {exc}", file=sys.stderr)
         return 2
@@ -109,7 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that feature is not part of this install
             raise
         module.add_parser(sub)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Turn off argparse's prefix matching in the parser and every subparser: `fastat sweep --method zerograd` must
+    be an error, not a silent `--methods`."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `fastat info | head`: the reader left; end quietly (no traceback, no flush error)
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: one line and how to go on, the shell's 128 + SIGINT
+        print(f"\nfastat {args.command}: interrupted{_resume_hint(args, argv)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
+    """"; continue with: ..." for commands that resume (train with --out, sweep), else ""."""
+    import shlex
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    if args.command == "train" and getattr(args, "out", None):
+        words = [w for w in words if w not in ("--resume", "--overwrite")] + ["--resume"]
+    elif args.command != "sweep":  # a sweep re-run resumes its unfinished runs by itself
+        return ""
+    return f"; continue with: fastat {shlex.join(words)}"
 
 
 if __name__ == "__main__":

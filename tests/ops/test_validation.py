@@ -63,6 +63,16 @@ CASES = [
     (lambda: ops.atas_step(**_atas()[0], **_atas(step_min=0.1, step_max=0.05)[1]), ValueError, "step_min"),
     (lambda: ops.atas_step(**_atas()[0], **_atas(c=0.0)[1]), ValueError, "c"),
     (lambda: ops.atas_step(**_atas()[0], **_atas(eps=-0.1)[1]), ValueError, "eps"),
+    # pixel-unit scalars near the float32 maximum overflowed to NaN inside the fp32 kernels
+    (lambda: ops.pgd_step(_x(), _x(), _x(), 3.4e38, 0.1), ValueError, "eps"),
+    (lambda: ops.pgd_step(_x(), _x(), _x(), 0.1, 3.4e38), ValueError, "alpha"),
+    (lambda: ops.zerograd_step(_x(), _x(), _x(), 0.1, float("inf"), 0.3), ValueError, "alpha"),
+    (lambda: ops.uniform_init(_x(), 2e6), ValueError, "eps"),
+    (lambda: ops.atas_step(**_atas()[0], **_atas(step_max=3e38)[1]), ValueError, "step_max"),
+    # in-place buffers that require grad: refused by every backend (the native one used to write into them)
+    (lambda: ops.atas_step(**_atas(delta_buf=torch.zeros(5, 1, 8, 8, requires_grad=True))[0], **_atas()[1]),
+     ValueError, "delta_buf"),
+    (lambda: ops.atas_step(**_atas(v_buf=torch.zeros(5, requires_grad=True))[0], **_atas()[1]), ValueError, "v_buf"),
     (lambda: ops.atas_gather(torch.zeros(5, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([[0, 0], [9, 0]]),
                              torch.tensor([False, False]), _x()), ValueError, "offsets"),
     (lambda: ops.atas_gather(torch.zeros(5, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([[0, 0], [0, 0]]),
@@ -90,3 +100,26 @@ def test_value_checks_follow_fastat_debug_on_cuda_only(monkeypatch):
 def test_empty_batch_is_fine():
     x = torch.rand(0, 1, 4, 4)
     assert ops.pgd_step(x, x, x, 0.1, 0.1).shape == x.shape
+
+
+def test_one_dimensional_rows_are_samples_of_one_element_on_every_backend():
+    """(B,) tensors are B samples of one element: zerograd_step agrees bit for bit across backends (the reference
+    used to raise a bare IndexError)."""
+    torch.manual_seed(0)
+    d, g, x = torch.zeros(7), torch.randn(7), torch.rand(7)
+    want = ops.reference.zerograd_step(d[:, None], g[:, None], x[:, None], 0.1, 0.2, 0.35)[:, 0]
+    for backend in ops.available_backends():
+        with ops.use_backend(backend):
+            assert torch.equal(ops.zerograd_step(d, g, x, 0.1, 0.2, 0.35), want), backend
+
+
+def test_meta_tensors_get_shapes_not_cuda_errors():
+    """Value checks skip meta tensors (no values) instead of asking CUDA whether a capture is running."""
+    meta = dict(device="meta")
+    buf, x = torch.zeros(4, 1, 6, 6, **meta), torch.zeros(2, 1, 4, 4, **meta)
+    idx, off = torch.zeros(2, dtype=torch.int64, **meta), torch.zeros(2, 2, dtype=torch.int64, **meta)
+    flips = torch.zeros(2, dtype=torch.bool, **meta)
+    assert ops.atas_gather(buf, idx, off, flips, x).shape == x.shape
+    out = ops.atas_step(buf, torch.zeros(4, **meta), idx, off, flips, x, x, x, eps=0.1, c=0.01, beta=0.5,
+                        gamma_over_c=0.06, step_min=0.01, step_max=0.05, warmup=False)
+    assert out.shape == x.shape and out.device.type == "meta"

@@ -163,3 +163,79 @@ def test_a_read_only_run_folder_is_refused_before_training(tmp_path, capsys):
         _one_line(capsys, "cannot be used as the run folder")
     finally:
         run.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------------------- the smaller items
+def test_q_given_twice_is_refused(tmp_path, capsys):
+    assert main([*ARGS, "--epochs", "1", "--method", "zerograd", "--q", "0.3", "--hp", "q=0.7"]) == 2
+    _one_line(capsys, "'q' is given twice")
+
+
+def test_no_prefix_matching_of_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "--method", "zerograd", "--seeds", "0"])
+    assert info.value.code == 2 and "--method" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_resume_command(tmp_path, capsys, monkeypatch):
+    from fastat.train.trainer import Trainer
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    argv = [*ARGS, "--epochs", "1", "--out", str(tmp_path / "run"), "--overwrite"]
+    assert main(argv) == 130
+    line = _one_line(capsys, "fastat train: interrupted; continue with: fastat train")
+    assert line.endswith("--resume") and "--overwrite" not in line
+
+
+def test_a_sweep_into_a_file_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    argv = ["sweep", "--methods", "fgsm", "--seeds", "0", "--out", str(tmp_path / "file"), *ARGS[3:], "--epochs", "1"]
+    assert main(argv) == 2
+    _one_line(capsys, "is a file")
+
+
+def test_eval_checks_its_output_and_steps_before_evaluating(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run / "checkpoint.pt"), "--n", "8", "--pgd-steps", "0"]) == 2
+    _one_line(capsys, "--pgd-steps must be >= 1")
+    (tmp_path / "a_file").write_text("x")
+    assert main(["eval", str(run / "checkpoint.pt"), "--n", "8", "--out", str(tmp_path / "a_file" / "e.json")]) == 2
+    _one_line(capsys, "cannot write the results")
+
+
+def test_plot_names_an_undecodable_metrics_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 2
+    _one_line(capsys, "metrics.jsonl", "not UTF-8")
+
+
+def test_bench_refuses_a_shape_that_cannot_fit(capsys):
+    assert main(["bench", "ops", "--device", "cpu", "--shape", "100000000x100000000", "--op", "pgd_step",
+                 "--out", ""]) == 2
+    _one_line(capsys, "--shape 100000000x100000000 needs about")
+
+
+def test_labels_outside_the_classes_fail_at_load(tmp_path):
+    import gzip
+    import shutil
+
+    from fastat.data import load_dataset
+    from fastat.data.datasets import default_fashion_mnist_root
+
+    root = tmp_path / "fm"
+    root.mkdir()
+    for f in default_fashion_mnist_root().glob("t10k-*"):
+        shutil.copy(f, root / f.name)
+    labels = bytearray(gzip.open(root / "t10k-labels-idx1-ubyte.gz").read())
+    labels[8 + 5] = 12  # a label past the 10 classes
+    with gzip.open(root / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes(labels))
+    with pytest.raises(ValueError, match=r"labels in \[0, 12\], outside the 10 classes"):
+        load_dataset("fashion-mnist", root, "test")

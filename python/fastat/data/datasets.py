@@ -149,8 +149,16 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         with _download_lock(root):
             images, labels, classes = _READERS[key](root, split, True)
     spec = SPECS[key]
+    _check_labels(labels, spec.num_classes, f"{key} {split} split in {str(root)!r}")
     return ImageDataset(key, split, images, labels, spec.num_classes, spec.mean, spec.std, spec.eps, spec.pad,
                         spec.flip, str(root), classes)
+
+
+def _check_labels(labels: Tensor, num_classes: int, what: str) -> None:
+    """Labels must lie in [0, num_classes): a damaged or foreign label file fails here, not mid-training."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"the {what} has labels in [{int(labels.min())}, {int(labels.max())}], outside the "
+                         f"{num_classes} classes [0, {num_classes - 1}]")
 
 
 @contextlib.contextmanager

@@ -114,10 +114,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = _evaluate(args, job, rank)
         if rank.is_main:
-            job.out_path.parent.mkdir(parents=True, exist_ok=True)
+            print(format_table(report), flush=True)  # the numbers are on screen whatever happens to the files
             job.out_path.write_text(json.dumps(report, indent=2) + "\n")
             csv_path = write_csv(report, job.out_path.with_suffix(".csv"))
-            print(format_table(report))
             print(f"wrote {job.out_path} and {csv_path.name}")
     finally:
         if owns_group:
@@ -145,12 +144,13 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
     from ..checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
     from ..data import SPECS, canonical_name, load_dataset
 
-    for name, value, low in (("--pgd-steps", args.pgd_steps, 0), ("--restarts", args.restarts, 1), ("--n", args.n, 1)):
+    for name, value, low in (("--pgd-steps", args.pgd_steps, 1), ("--restarts", args.restarts, 1), ("--n", args.n, 1)):
         if value < low:
             raise EvalInputError(f"{name} must be >= {low}, got {value}")
     if args.batch_size is not None and args.batch_size < 1:
         raise EvalInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = _rank_device(args.device) if world > 1 else _device(args.device)
+    out_path = _writable(_out_path(args.out, args.checkpoint))  # before an evaluation that may take an hour
     if args.autoattack:
         from .autoattack import autoattack_available
 
@@ -182,8 +182,7 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
     _check_fit(ckpt["model_config"], dataset, ds.in_channels, ds.num_classes, ds.input_size)
     n = min(args.n, len(ds))
     x = ds.images[:n].float().div_(255.0)
-    return _Job(ckpt, model.to(device), dataset, x, ds.labels[:n], eps, alpha, device,
-                _out_path(args.out, args.checkpoint))
+    return _Job(ckpt, model.to(device), dataset, x, ds.labels[:n], eps, alpha, device, out_path)
 
 
 def _evaluate(args: argparse.Namespace, job: _Job, rank: Any) -> dict[str, Any]:
@@ -256,6 +255,23 @@ def _check_fit(config: dict[str, Any], dataset: str, channels: int, classes: int
     for what, want, got in checks:
         if want is not None and want != got:
             raise EvalInputError(f"model {config.get('name')!r} expects {what} {want}, dataset {dataset!r} has {got}")
+
+
+def _writable(path: Path) -> Path:
+    """``path`` (eval.json) if its folder can be created and written and it is not a folder itself; EvalInputError
+    naming it otherwise."""
+    import tempfile
+
+    if path.is_dir():
+        raise EvalInputError(f"--out: {str(path)!r} is a folder, not a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EvalInputError(f"cannot write the results to {str(path)!r}: {exc.strerror or exc}") from None
+    return path
 
 
 def _out_path(out: str | None, checkpoint: str) -> Path:

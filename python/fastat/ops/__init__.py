@@ -46,7 +46,8 @@ def zerograd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: flo
     """ZeroGrad: δ' = Π_box(Π_ε(δ + α·sign(g)·[|g| ≥ τ]); x) with τ_i = torch.quantile(|g_i|, q) per sample.
 
     Args:
-        delta: current perturbation (B, ...), fp32/bf16/fp16; the result has its dtype.
+        delta: current perturbation (B, ...), fp32/bf16/fp16 (a 1-D tensor is B samples of one element); the
+            result has its dtype.
         grad: input gradient, same shape, fp32/bf16/fp16 (τ is computed in fp32 on |grad|).
         x: clean inputs in [0, 1], same shape and dtype as ``delta``.
         eps, alpha: ε > 0 and step α > 0 (ZeroGrad's default is α = 2ε).

@@ -50,10 +50,16 @@ def same_shape(op: str, ref_name: str, ref: Tensor, **tensors: Tensor) -> None:
             _fail(op, ValueError, f"argument '{name}' has shape {tuple(t.shape)} but '{ref_name}' has {tuple(ref.shape)}")
 
 
+# ε, α and ATAS's step constants are pixel-unit scalars: anything above 1 already spans the [0, 1] box, and values
+# near the float32 maximum overflow inside the fp32 kernels (x ± ε, δ + α) into inf - inf = NaN.
+MAX_PIXEL_SCALAR = 1e6
+
+
 def positive(op: str, name: str, value: object) -> float:
     v = _number(op, name, value)
-    if not (v > 0 and math.isfinite(v)):
-        _fail(op, ValueError, f"argument '{name}' must be a finite number > 0, got {value!r}")
+    if not (0 < v <= MAX_PIXEL_SCALAR):  # also rejects NaN and inf
+        _fail(op, ValueError, f"argument '{name}' must be a number in (0, {MAX_PIXEL_SCALAR:g}] (pixel units), "
+                              f"got {value!r}")
     return v
 
 
@@ -149,6 +155,8 @@ def _check_atas_common(op: str, delta_buf: Tensor, index: Tensor, offsets: Tenso
         _fail(op, ValueError, "argument 'delta_buf' holds no examples (N = 0)")
     if not delta_buf.is_contiguous():
         _fail(op, ValueError, "argument 'delta_buf' must be contiguous (it is indexed, and written in place by atas_step)")
+    if delta_buf.requires_grad and op == "atas_step":
+        _fail(op, ValueError, "argument 'delta_buf' must not require grad (atas_step writes it in place)")
     _per_row(op, "index", index, batch, torch.int64)
     _per_row(op, "offsets", offsets, batch, torch.int64, (2,))
     _per_row(op, "flips", flips, batch, torch.bool)
@@ -174,6 +182,8 @@ def check_atas_step(delta_buf: Tensor, v_buf: Tensor, index: Tensor, offsets: Te
         _fail(op, ValueError, f"argument 'v_buf' must have shape (N,) = ({delta_buf.shape[0]},), got {tuple(v_buf.shape)}")
     if not v_buf.is_contiguous():
         _fail(op, ValueError, "argument 'v_buf' must be contiguous (it is written in place)")
+    if v_buf.requires_grad:
+        _fail(op, ValueError, "argument 'v_buf' must not require grad (it is written in place)")
     same_device(op, x=x, grad=grad, x_adv=x_adv, v_buf=v_buf)
     positive(op, "eps", eps)
     positive(op, "c", c)
@@ -205,11 +215,11 @@ def check_uniform_init(x: Tensor, eps: float, *, generator: torch.Generator | No
 def values_checked(*tensors: Tensor) -> bool:
     """Value checks run on CPU tensors, and on CUDA tensors only under FASTAT_DEBUG=1 (they synchronize) outside
     CUDA-graph capture."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or any(t.device.type == "meta" for t in tensors):  # meta: no values
         return False
     if all(t.device.type == "cpu" for t in tensors):
         return True
-    if torch.cuda.is_current_stream_capturing():  # a CUDA-graph capture cannot read values on the host
+    if any(t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing():  # a capture cannot read values
         return False
     return os.environ.get("FASTAT_DEBUG", "0") == "1"
 

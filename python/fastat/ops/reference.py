@@ -78,7 +78,7 @@ def zerograd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: flo
     g = grad.float()
     a = g.abs()
     # NaN in a row -> τ = NaN -> nothing kept; torch.quantile refuses an empty batch
-    tau = torch.quantile(a.flatten(1), q, dim=1) if a.shape[0] else a.new_empty(0)
+    tau = torch.quantile(a.reshape(a.shape[0], -1), q, dim=1) if a.shape[0] else a.new_empty(0)  # (B,): 1 each
     keep = a >= _row_view(tau, a)
     step = torch.where(keep, alpha * torch.sign(g), 0.0)
     d = torch.clamp(delta.float() + step, -eps, eps)

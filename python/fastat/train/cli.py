@@ -118,10 +118,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     mkw = dict(args.hp)
-    if args.alpha is not None:
-        mkw["alpha"] = parse_number(args.alpha, "alpha")
-    if args.q is not None:
-        mkw["q"] = parse_number(args.q, "q")
+    for flag in ("alpha", "q"):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if flag in mkw:
+            raise ConfigError(f"argument '{flag}' is given twice (--{flag} {value} and --hp {flag}={mkw[flag]}): "
+                              "pass one")
+        mkw[flag] = parse_number(value, flag)
     import torch
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision or ("bf16" if dev == "cuda" else "fp32")

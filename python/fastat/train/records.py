@@ -159,7 +159,11 @@ def read_metrics(run: str | Path, *, events: bool = False) -> list[dict[str, Any
         path = path / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no metrics.jsonl at {str(path)!r}")
-    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a metrics.jsonl (not UTF-8 text at byte {exc.start})") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     rows = []
     for i, line in lines:
         try:

@@ -164,6 +164,7 @@ def plan_runs(base: TrainConfig, methods: Iterable[str], seeds: Iterable[int], o
     """``[(label, seed, config, run folder)]`` in seed-major order; raises ConfigError on bad methods/seeds/--hp or a
     bad ``base`` (validated here: its recipe defaults, e.g. ε, are filled in)."""
     base.validate()
+    _check_out(Path(out))
     labels = parse_methods(methods)
     if not labels:
         raise ConfigError("--methods: give at least one method")
@@ -186,6 +187,18 @@ def plan_runs(base: TrainConfig, methods: Iterable[str], seeds: Iterable[int], o
             cfg = dataclasses.replace(base, method=method, seed=seed, method_kwargs={**base.method_kwargs, **mkw}, **kw)
             plan.append((label, seed, cfg, Path(out) / f"{label}-s{seed}"))
     return plan
+
+
+def _check_out(out: Path) -> None:
+    """The sweep folder must be (or become) a writable folder: ConfigError now, not after the first run."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a folder for the runs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r} cannot be used as the sweep folder: {exc.strerror or exc}") from None
 
 
 def check_plan(plan: list[tuple[str, int, TrainConfig, Path]]) -> None:
