@@ -136,3 +136,21 @@ def test_default_fashion_mnist_root_order(tmp_path, monkeypatch):
     assert datasets.default_fashion_mnist_root() == Path("data/fashion-mnist")
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         datasets.load_dataset("fashion-mnist")
+
+
+def test_a_planted_cifar_batch_does_not_run_code(tmp_path, monkeypatch):
+    """The CIFAR reader unpickles only dicts, lists, bytes, numbers and numpy arrays."""
+    import os
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, ("touch PWNED",)
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": Exploit(), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match="test_batch: not a CIFAR python batch"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+    assert not (tmp_path / "PWNED").exists()

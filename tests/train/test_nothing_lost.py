@@ -239,3 +239,12 @@ def test_labels_outside_the_classes_fail_at_load(tmp_path):
         f.write(bytes(labels))
     with pytest.raises(ValueError, match=r"labels in \[0, 12\], outside the 10 classes"):
         load_dataset("fashion-mnist", root, "test")
+
+
+def test_a_run_folder_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    """The run folder is probed with a file before training (root can write into read-only folders, so a file in
+    the way stands in for an unwritable folder here)."""
+    (tmp_path / "run").write_text("not a folder")
+    assert _train(tmp_path / "run") == 2
+    _one_line(capsys, "cannot be used as the run folder")
+    assert (tmp_path / "run").read_text() == "not a folder"

@@ -246,9 +246,28 @@ def _load_mnist(root: Path, split: str, download: bool):
     return got[0], got[1], [str(i) for i in range(10)]
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads only what CIFAR's python batches hold — dicts, lists, bytes, numbers and numpy arrays — so a planted
+    batch file cannot run code (plain `pickle.load`, as torchvision uses, would)."""
+
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} has no place in a CIFAR batch")
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as exc:
+        raise ValueError(f"{path}: not a CIFAR python batch ({exc})") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: not a CIFAR python batch (a {type(batch).__name__}, not a dict)")
+    return batch
 
 
 def _load_cifar(root: Path, split: str, download: bool, *, hundred: bool):
