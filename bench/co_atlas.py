@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="small-cnn")
     p.add_argument("--subset", type=int, default=5000, help="first N training images (0: all)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr-max", type=float, default=0.05, help="cyclic peak (default: the recipe's for the small CNN at batch 64)")
+    p.add_argument("--lr-max", type=float, default=0.05,
+                   help="cyclic peak (default: the recipe's for the small CNN at batch 64)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--eval-n", type=int, default=500, help="test images for the per-epoch PGD-20 (and yardstick)")
     p.add_argument("--final-n", type=int, default=1000, help="test images for the final PGD-50-10")

@@ -95,23 +95,21 @@ def test_rollback_follows_rank_0(tmp_path):
 
 def test_too_few_gpus_is_a_config_error_before_joining(monkeypatch):
     # NCCL's init would fail on cuda:LOCAL_RANK with a bare CUDA error; gloo ranks may share a GPU
-    import types
-
     from fastat import distributed
     from fastat.train import ConfigError
-    from fastat.train.trainer import Trainer
+    from fastat.train.replicas import join_processes
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.delenv("FASTAT_DIST_BACKEND", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(distributed, "init", lambda *a, **k: pytest.fail("joined the process group"))
-    stub = types.SimpleNamespace(device=torch.device("cuda"), cfg=types.SimpleNamespace(device="cuda"))
     with pytest.raises(ConfigError, match="LOCAL_RANK 1 but only 1 CUDA devices"):
-        Trainer._join_processes(stub)
+        join_processes(torch.device("cuda"), "cuda")
     monkeypatch.setenv("FASTAT_DIST_BACKEND", "gloo")
     monkeypatch.setattr(distributed, "init", lambda *a, **k: distributed.Dist(1, 2, 1))
-    assert Trainer._join_processes(stub).rank == 1 and stub.device == torch.device("cuda", 0)
+    dist, device = join_processes(torch.device("cuda"), "cuda")
+    assert dist.rank == 1 and device == torch.device("cuda", 0)
 
 
 def test_cli_under_torchrun(tmp_path):

@@ -269,7 +269,9 @@ def test_resume_sets_only_the_cuda_rng_states_of_present_devices(tmp_path, monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", got.extend)
-    t._restore(ck)
+    from fastat.train import state
+
+    state.restore(t, ck)
     assert len(got) == 1
 
 
@@ -366,6 +368,7 @@ def test_cli_out_that_is_a_file_or_holds_a_run(tmp_path, capsys):
     assert not (tmp_path / "r" / "final_eval.json").exists() and (tmp_path / "r" / "checkpoint.pt").exists()
     assert main(BASE + run + ["--overwrite", "--resume"]) == 2
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "r" / "last_good.pt").unlink()  # (with it, --resume falls back to it: tests/train/test_nothing_lost)
     capsys.readouterr()
     assert main(BASE + run + ["--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..batch import BatchInfo
-from .datasets import FASHION_MNIST_ROOT, NAMES, SPECS, DatasetSpec, ImageDataset, canonical_name, load_dataset
+from .datasets import (FASHION_MNIST_ROOT, NAMES, SPECS, DatasetSpec, ImageDataset, canonical_name, load_dataset,
+                       load_dataset_cached)
 from .idx import IDXError, read_idx, write_idx
 from .loader import DeviceLoader
 
@@ -26,6 +27,7 @@ __all__ = [
     "SPECS",
     "canonical_name",
     "load_dataset",
+    "load_dataset_cached",
     "make_loader",
     "read_idx",
     "write_idx",

@@ -161,6 +161,19 @@ def _check_labels(labels: Tensor, num_classes: int, what: str) -> None:
                          f"{num_classes} classes [0, {num_classes - 1}]")
 
 
+_CACHE: dict[tuple, ImageDataset] = {}
+
+
+def load_dataset_cached(name: str, root: str | os.PathLike | None = None, split: str = "train",
+                        download: bool = False) -> ImageDataset:
+    """`load_dataset`, decoded once per process per (name, root, split): the splits are read-only uint8 tensors, and
+    gz decoding costs seconds for Fashion-MNIST (tests and sweeps build many trainers)."""
+    key = (name, None if root is None else str(root), split)
+    if key not in _CACHE:
+        _CACHE[key] = load_dataset(name, root, split, download=download)
+    return _CACHE[key]
+
+
 @contextlib.contextmanager
 def _download_lock(root: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``root/.fastat-download.lock`` (created with ``root``): processes that may download

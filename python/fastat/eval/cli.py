@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         report = _evaluate(args, job, rank)
         if rank.is_main:
             print(format_table(report), flush=True)  # the numbers are on screen whatever happens to the files
+            job.out_path.parent.mkdir(parents=True, exist_ok=True)
             job.out_path.write_text(json.dumps(report, indent=2) + "\n")
             csv_path = write_csv(report, job.out_path.with_suffix(".csv"))
             print(f"wrote {job.out_path} and {csv_path.name}")
@@ -150,7 +151,6 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
     if args.batch_size is not None and args.batch_size < 1:
         raise EvalInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = _rank_device(args.device) if world > 1 else _device(args.device)
-    out_path = _writable(_out_path(args.out, args.checkpoint))  # before an evaluation that may take an hour
     if args.autoattack:
         from .autoattack import autoattack_available
 
@@ -182,6 +182,7 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
     _check_fit(ckpt["model_config"], dataset, ds.in_channels, ds.num_classes, ds.input_size)
     n = min(args.n, len(ds))
     x = ds.images[:n].float().div_(255.0)
+    out_path = _writable(_out_path(args.out, args.checkpoint))  # before an evaluation that may take an hour
     return _Job(ckpt, model.to(device), dataset, x, ds.labels[:n], eps, alpha, device, out_path)
 
 
@@ -258,17 +259,14 @@ def _check_fit(config: dict[str, Any], dataset: str, channels: int, classes: int
 
 
 def _writable(path: Path) -> Path:
-    """``path`` (eval.json) if its folder can be created and written and it is not a folder itself; EvalInputError
-    naming it otherwise."""
-    import tempfile
+    """``path`` (eval.json) if it is not a folder and its folder is, or can be created as, a writable one (nothing
+    is created yet); EvalInputError naming it otherwise."""
+    from .._files import check_writable_folder
 
-    if path.is_dir():
-        raise EvalInputError(f"--out: {str(path)!r} is a folder, not a file to write")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        if path.is_dir():
+            raise IsADirectoryError(21, f"{str(path)!r} is a folder, not a file to write")
+        check_writable_folder(path.parent)
     except OSError as exc:
         raise EvalInputError(f"cannot write the results to {str(path)!r}: {exc.strerror or exc}") from None
     return path

@@ -79,9 +79,11 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def build_method(name: str, *, eps: float, **hparams: Any) -> Method:
+def build_method(name: str, *, eps: float, run_epochs: int | None = None, **hparams: Any) -> Method:
     """Instantiate a method by name ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign",
     "apart", "pgd"; dashes and the aliases in `ALIASES` are accepted) with ε and its own hyper-parameters.
+    ``run_epochs``: the run's length, given as ``epochs`` to the methods that take it (ATAS) unless ``hparams`` sets
+    it.
 
     Unknown names raise ValueError listing the known ones; unknown hyper-parameters raise TypeError listing the
     method's.
@@ -92,6 +94,8 @@ def build_method(name: str, *, eps: float, **hparams: Any) -> Method:
     if cls is None:
         raise ValueError(f"fastat.methods.build_method: unknown method {name!r}; known: {', '.join(METHODS)}")
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "eps")]
+    if run_epochs is not None and "epochs" in accepted:
+        hparams.setdefault("epochs", run_epochs)
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:
         raise TypeError(f"fastat.methods.build_method: method {cls.name!r} has no hyper-parameter "

@@ -27,6 +27,7 @@ from .wide_resnet import WideBasicBlock, WideResNet
 __all__ = [
     "MODELS",
     "build_model",
+    "model_config_for",
     "input_hw",
     "Normalize",
     "PreActBlock",
@@ -72,6 +73,14 @@ def input_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"build_model: argument 'input_size' must be a positive int or (H, W), got {input_size!r}")
     return hw  # type: ignore[return-value]
+
+
+def model_config_for(name: str, dataset, **overrides) -> dict:
+    """`build_model` keyword arguments (with ``name``) for a data set's images: channels, classes, size and its
+    normalisation constants, then ``overrides`` (architecture options); what checkpoints store as ``model_config``."""
+    return {"name": name, "in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
+            "input_size": list(dataset.input_size), "mean": None if dataset.mean is None else list(dataset.mean),
+            "std": None if dataset.std is None else list(dataset.std), **overrides}
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, input_size: int | Sequence[int],

@@ -174,7 +174,8 @@ def set_aside(out: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..checkpoint import CheckpointError
-    from .trainer import CKPT, Trainer
+    from .state import CKPT
+    from .trainer import Trainer
 
     try:
         cfg = config_from_args(args)

@@ -8,14 +8,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .monitor import CO_ACTIONS, CO_CHECKS, DIVERGE_ACTIONS
 from .schedules import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_ALPHA_OVER_EPS = 0.25  # the step of every PGD the trainer runs (per epoch, CO check, final): α = ε/4
 COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
 FINAL_EVALS = ("none", "pgd", "pgd+aa")
 
-__all__ = ["COMPILE_MODES", "PRECISIONS", "ConfigError", "TrainConfig", "parse_number", "parse_value"]
+__all__ = ["COMPILE_MODES", "EVAL_ALPHA_OVER_EPS", "PRECISIONS", "ConfigError", "TrainConfig", "parse_number", "parse_value"]
 
 
 class ConfigError(ValueError):
@@ -120,11 +120,29 @@ class TrainConfig:
         d["milestones"] = list(self.milestones)
         return d
 
+    def resolved_device(self) -> str:
+        """The device a run uses: ``device``, else "cuda" when a GPU is available, else "cpu" (the one resolver)."""
+        import torch
+
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def validate_against_data(self, n_train: int, world_size: int = 1) -> None:
+        """The checks that need the training set's size (``n_train``) and the number of processes."""
+        if self.subset and self.subset > n_train:
+            raise ConfigError(f"argument 'subset' ({self.subset}) is larger than the training set ({n_train})")
+        n = self.subset or n_train
+        if self.batch_size > n:
+            raise ConfigError(f"argument 'batch_size' ({self.batch_size}) is larger than the training set ({n})")
+        if self.batch_size < world_size:
+            raise ConfigError(f"argument 'batch_size' ({self.batch_size}) must be >= the number of processes "
+                              f"({world_size}): it is the global batch, shared by the ranks")
+
     def validate(self) -> None:
         """Raise ConfigError for anything wrong that can be seen without loading data."""
         from ..data import canonical_name
         from ..methods import METHODS, _canonical
         from ..models import MODELS
+        from .monitor import CO_ACTIONS, CO_CHECKS, DIVERGE_ACTIONS
 
         if isinstance(self.eps, str):  # "8/255", as on the command line
             self.eps = parse_number(self.eps, "eps")
@@ -218,8 +236,14 @@ class TrainConfig:
         if self.cuda_graph and self.precision == "fp16":
             raise ConfigError("argument 'cuda_graph' needs precision bf16 or fp32 (fp16's grad scaler reads the "
                               "device on the host every step)")
-        if self.cuda_graph and self.device is not None and not self.device.startswith("cuda"):
-            raise ConfigError(f"argument 'cuda_graph' needs a CUDA device (got device {self.device!r})")
+        if self.compile is not None and str(self.method).lower() == "apart" and \
+                self.method_kwargs.get("noise_modules") != []:
+            import warnings
+
+            warnings.warn("APART's layer-wise noise arms one-shot forward hooks at its noise sites every step: the "
+                          "compiled model breaks its graph there and recompiles until torch.compile's recompile "
+                          "limit, then runs those parts eagerly, so --compile gains little for it (results are "
+                          "unaffected)", stacklevel=3)
         if self.compile is not None:
             if self.compile not in COMPILE_MODES:
                 raise ConfigError(f"argument 'compile' must be one of {', '.join(COMPILE_MODES)}, got "
@@ -227,6 +251,16 @@ class TrainConfig:
             if self.cuda_graph:
                 raise ConfigError("argument 'compile' cannot be combined with 'cuda_graph' (capture the eager step, "
                                   "or compile the model; not both)")
+        if self.cuda_graph and self.resolved_device() == "cpu":
+            raise ConfigError(f"argument 'cuda_graph' needs a CUDA device (got device {self.resolved_device()!r})")
+        if self.cuda_graph:
+            from .. import distributed
+
+            if distributed.env_world_size() > 1:
+                raise ConfigError("argument 'cuda_graph' is not supported with several processes (torchrun) yet")
+            if self.method_kwargs.get("state_device") == "cpu":
+                raise ConfigError("argument 'cuda_graph' does not combine with per-example state in host memory "
+                                  "(state_device='cpu'): every step copies the batch's rows through the host")
         if self.final_eval not in FINAL_EVALS:
             raise ConfigError(f"argument 'final_eval' must be one of {', '.join(FINAL_EVALS)}, got {self.final_eval!r}")
         if self.final_eval == "pgd+aa":

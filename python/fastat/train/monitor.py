@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import EVAL_ALPHA_OVER_EPS
+
 CO_ACTIONS = ("log", "stop", "rollback")
-CO_CHECKS = ("test", "wong")
 DIVERGE_ACTIONS = ("stop", "log")
 CHANCE_MARGIN = 0.02  # accuracy within this of the best constant predictor's counts as chance level
 
 __all__ = ["CHANCE_MARGIN", "CO_ACTIONS", "CO_CHECKS", "COMonitor", "DIVERGE_ACTIONS", "WongCODetector", "chance_level",
-           "clean_held", "divergence", "strengthen"]
+           "clean_held", "divergence", "make_monitor", "strengthen"]
 
 
 def chance_level(y: Tensor) -> float:
@@ -54,10 +55,14 @@ def clean_held(clean: float, best_clean: float, chance: float) -> bool:
     return clean > chance + CHANCE_MARGIN and clean >= chance + 0.5 * (max(best_clean, clean) - chance)
 
 
-def divergence(clean_acc: float, chance: float, train_loss: float, weights_finite: bool) -> str | None:
-    """Why a model counts as dead or diverged after an epoch, or None: non-finite weights, a non-finite training
-    loss, or clean accuracy at chance level (within `CHANCE_MARGIN` of the best constant predictor, ``chance``)."""
-    if not weights_finite:
+def divergence(clean_acc: float, chance: float, train_loss: float, model: nn.Module | bool) -> str | None:
+    """Why a model counts as dead or diverged after an epoch, or None: non-finite weights (``model``: the model, or
+    whether its weights are finite), a non-finite training loss, or clean accuracy at chance level (within
+    `CHANCE_MARGIN` of the best constant predictor, ``chance``)."""
+    if isinstance(model, nn.Module):
+        params = [p.detach() for p in model.parameters()]
+        model = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    if not model:
         return "non-finite weights"
     if not math.isfinite(train_loss):
         return f"non-finite training loss ({train_loss})"
@@ -79,6 +84,17 @@ class COMonitor:
     history: list[float] = field(default_factory=list)
     best_clean: float = 0.0
     clean_history: list[float] = field(default_factory=list)
+    needs_first_batch: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> COMonitor:
+        """The first ``co_batch`` images of the trainer's evaluation slice, PGD-``co_steps``."""
+        n = min(cfg.co_batch, x_eval.shape[0])
+        return cls(x_eval[:n], y_eval[:n], cfg.eps, steps=cfg.co_steps, drop=cfg.co_drop)
+
+    def after_epoch(self, model: nn.Module, precision: str, first_batch: Any, distributed: bool) -> tuple[float, bool]:
+        """The trainer's call after each epoch: `check` (``first_batch`` unused)."""
+        return self.check(model, precision, distributed=distributed)
 
     def check(self, model: nn.Module, precision: str = "fp32", *, distributed: bool | None = None
               ) -> tuple[float, bool]:
@@ -87,8 +103,9 @@ class COMonitor:
         trainer passes whether it trains under torchrun)."""
         from ..eval import pgd_robustness
 
-        res = pgd_robustness(model, self.x, self.y, self.eps, self.eps / 4, steps=self.steps, restarts=1,
-                             precision="bf16" if precision == "bf16" else "fp32", seed=1, distributed=distributed)
+        res = pgd_robustness(model, self.x, self.y, self.eps, EVAL_ALPHA_OVER_EPS * self.eps, steps=self.steps,
+                             restarts=1, precision="bf16" if precision == "bf16" else "fp32", seed=1,
+                             distributed=distributed)
         acc, clean = float(res.robust_acc), float(res.clean_acc)
         dropped = self.best >= 0 and (acc < self.best - self.drop or (acc < self.floor <= self.best))
         co = dropped and clean_held(clean, self.best_clean, chance_level(self.y))
@@ -137,6 +154,16 @@ class WongCODetector:
     history: list[float] = field(default_factory=list)
     best_clean: float = 0.0
     clean_history: list[float] = field(default_factory=list)
+    needs_first_batch: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> WongCODetector:
+        """PGD-``co_steps`` on the epoch's first training batch (the trainer keeps it: `needs_first_batch`)."""
+        return cls(cfg.eps, steps=cfg.co_steps, drop=cfg.co_drop)
+
+    def after_epoch(self, model: nn.Module, precision: str, first_batch: Any, distributed: bool) -> tuple[float, bool]:
+        """The trainer's call after each epoch: `check` on the epoch's first training batch."""
+        return self.check(model, *first_batch, precision, distributed=distributed)
 
     def check(self, model: nn.Module, x: Tensor, y: Tensor, precision: str = "fp32", *,
               distributed: bool | None = None) -> tuple[float, bool]:
@@ -148,7 +175,7 @@ class WongCODetector:
         from ..eval._common import autocast
         from ..methods.base import attack_mode, frozen_parameters
 
-        alpha = self.eps / 4 if self.alpha is None else self.alpha
+        alpha = EVAL_ALPHA_OVER_EPS * self.eps if self.alpha is None else self.alpha
         x, y = x.detach().float(), y.detach()
         cast = autocast(x.device, precision)
         with attack_mode(model, self.bn_mode), frozen_parameters(model):
@@ -185,6 +212,16 @@ class WongCODetector:
         self.previous, self.history = float(state["previous"]), list(state["history"])
         self.best_clean = float(state.get("best_clean", 0.0))  # (checkpoints before 2026-12-07 lack it)
         self.clean_history = list(state.get("clean_history", []))
+
+
+# `--co-check` NAME -> detector class (each with `from_config`, `after_epoch`, `needs_first_batch`, state_dict); a
+# new CO detector is one class here and its entry in this table
+CO_CHECKS: dict[str, Any] = {"test": COMonitor, "wong": WongCODetector}
+
+
+def make_monitor(cfg: Any, x_eval: Tensor, y_eval: Tensor) -> COMonitor | WongCODetector:
+    """The CO detector ``cfg.co_check`` names, built from the config and the trainer's evaluation slice."""
+    return CO_CHECKS[cfg.co_check].from_config(cfg, x_eval, y_eval)
 
 
 def strengthen(method: Any, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:

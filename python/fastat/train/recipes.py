@@ -24,7 +24,7 @@ else by default; ``--eps-warmup E`` turns it on for any run (a model that stays 
 
 from __future__ import annotations
 
-__all__ = ["REFERENCE_BATCH", "default_eps", "default_eps_warmup", "default_lr", "default_model"]
+__all__ = ["REFERENCE_BATCH", "default_eps", "default_eps_warmup", "default_lr", "default_model", "divergence_hint"]
 
 REFERENCE_BATCH = 128
 # the cyclic peak at `REFERENCE_BATCH` per model (see the module docstring)
@@ -56,3 +56,12 @@ def default_eps_warmup(dataset: str, model: str | None = None) -> float:
     """Epochs over which ε and α ramp up linearly from ~0 by default: 5 on SVHN (NF, GA), 2 for the small CNN on
     CIFAR-10/100, else 0 (off)."""
     return _EPS_WARMUP.get((dataset, model), _EPS_WARMUP.get((dataset, None), 0.0))
+
+
+def divergence_hint(*, epoch: int, reason: str, model: str, batch_size: int, lr_max: float, eps: float, epochs: int,
+                    eps_warmup: float) -> str:
+    """The one line a dead run stops with: what was seen, the likely cause, and the recipe flags to change."""
+    warm = f"--eps-warmup {max(1, epochs // 5)}" if not eps_warmup else f"a longer --eps-warmup than {eps_warmup:g}"
+    return (f"fastat train: stopped at epoch {epoch}, the model is dead: {reason}. Likely cause: a learning rate too "
+            f"high for {model} at batch {batch_size} (--lr-max {lr_max:g}), or the full eps {eps:g} from scratch; try "
+            f"--lr-max {lr_max / 2:g} or {warm} (--on-diverge log trains on)")

@@ -116,7 +116,8 @@ def train_run(label: str, cfg: TrainConfig, run_dir: Path, *, spec_file: str = S
     without a checkpoint start over in place). ``announce(trainer, resumed)`` is called before training."""
     import torch
 
-    from .trainer import CKPT, Trainer
+    from .state import CKPT
+    from .trainer import Trainer
 
     cfg, spec, run_dir = copy.deepcopy(cfg), run_identity(cfg), Path(run_dir)
     resume = False
@@ -164,7 +165,6 @@ def plan_runs(base: TrainConfig, methods: Iterable[str], seeds: Iterable[int], o
     """``[(label, seed, config, run folder)]`` in seed-major order; raises ConfigError on bad methods/seeds/--hp or a
     bad ``base`` (validated here: its recipe defaults, e.g. ε, are filled in)."""
     base.validate()
-    _check_out(Path(out))
     labels = parse_methods(methods)
     if not labels:
         raise ConfigError("--methods: give at least one method")
@@ -186,17 +186,17 @@ def plan_runs(base: TrainConfig, methods: Iterable[str], seeds: Iterable[int], o
             kw = {"model_kwargs": dict(base.model_kwargs), **fields}
             cfg = dataclasses.replace(base, method=method, seed=seed, method_kwargs={**base.method_kwargs, **mkw}, **kw)
             plan.append((label, seed, cfg, Path(out) / f"{label}-s{seed}"))
+    _check_out(Path(out))
     return plan
 
 
 def _check_out(out: Path) -> None:
-    """The sweep folder must be (or become) a writable folder: ConfigError now, not after the first run."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file, not a folder for the runs")
+    """The sweep folder must be a writable folder, or creatable in one: ConfigError now, not after the first run
+    (nothing is created here)."""
+    from .._files import check_writable_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        check_writable_folder(out)
     except OSError as exc:
         raise ConfigError(f"--out {str(out)!r} cannot be used as the sweep folder: {exc.strerror or exc}") from None
 
@@ -285,7 +285,7 @@ def write_report(out: Path, plan: list[tuple[str, int, TrainConfig, Path]], resu
     cfg = plan[0][2]
     import torch
 
-    from .trainer import default_model
+    from .recipes import default_model
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = cfg.model or default_model(str(device).split(":")[0])
