@@ -98,3 +98,43 @@ def test_eps_warmup_ramps_the_perturbation_over_its_epochs(tmp_path):
     assert pert[0] < 0.5 * pert[2] and pert[1] < pert[2]
     flat = fit(method="fgsm", epochs=1, **cfg)
     assert "eps_scale" not in flat.history[0] and flat.history[0]["pert_abs_mean_over_eps"] > 2 * pert[0]
+
+
+def test_every_field_has_a_flag_and_the_cli_builds_the_api_config():
+    """TrainConfig is declared once: `fastat train` has a flag for every field, and the same values given on the
+    command line or to TrainConfig(...) validate to the same configuration (device and precision resolved once)."""
+    import argparse
+    import dataclasses
+
+    from fastat.train.cli import add_train_arguments, config_from_args
+
+    parser = add_train_arguments(argparse.ArgumentParser())
+    dests = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= dests
+    argv = ["--method", "zerograd", "--dataset", "fashion-mnist", "--eps", "8/255", "--epochs", "3", "--subset", "256",
+            "--batch-size", "32", "--model", "small-cnn", "--model-kwarg", "width=8", "--milestones", "0.3,0.6",
+            "--q", "0.5", "--hp", "zero_iters=2", "--no-plot", "--no-checkpoint", "--eval-restarts", "2",
+            "--max-rollbacks", "1", "--q-step", "0.2", "--alpha-factor", "0.5", "--compile", "--drop-last"]
+    cli = config_from_args(parser.parse_args(argv))
+    api = TrainConfig(method="zerograd", dataset="fashion-mnist", eps="8/255", epochs=3, subset=256, batch_size=32,
+                      model="small-cnn", model_kwargs={"width": 8}, milestones=(0.3, 0.6),
+                      method_kwargs={"q": 0.5, "zero_iters": 2}, plot=False, checkpoint=False, eval_restarts=2,
+                      max_rollbacks=1, q_step=0.2, alpha_factor=0.5, compile="default", drop_last=True)
+    cli.validate()
+    api.validate()
+    assert cli.to_dict() == api.to_dict()
+    assert api.precision == ("bf16" if api.resolved_device() == "cuda" else "fp32")
+    defaults = config_from_args(parser.parse_args(["--method", "fgsm"]))
+    plain = TrainConfig(method="fgsm")
+    defaults.validate()
+    plain.validate()
+    assert defaults.to_dict() == plain.to_dict()
+
+
+def test_a_resume_refused_over_a_changed_default_names_it(tmp_path):
+    """A run written when ε defaulted to 0.2 (now the data set's 0.1 on Fashion-MNIST) is refused with the hint."""
+    cfg = {k: v for k, v in TINY.items() if k != "eps"}
+    fit(method="fgsm", epochs=1, out=str(tmp_path), eps=0.2, **cfg)
+    t = Trainer(TrainConfig(method="fgsm", epochs=1, out=str(tmp_path), **cfg))
+    with pytest.raises(ConfigError, match=r"eps=0\.2 \(now eps=0\.1\).*the default of eps changed from 0\.2"):
+        t.resume()

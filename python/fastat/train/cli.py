@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,88 +25,44 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def add_train_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ()) -> argparse.ArgumentParser:
-    """Add every ``fastat train`` flag to ``p`` except those in ``exclude`` (dests: "method", "seed", "out", ...);
-    ``fastat sweep`` shares them this way. `config_from_args` turns the parsed flags into a `TrainConfig`."""
+    """Add a flag for every `TrainConfig` field (generated from the fields' `option` declarations), the method
+    shortcuts ``--alpha``/``--q`` and ``--resume``/``--overwrite``, except the dests in ``exclude`` ("method",
+    "seed", "out", ...; ``fastat sweep`` shares them this way). `config_from_args` turns the parsed flags into a
+    `TrainConfig`."""
     skip = set(exclude)
-
-    def add(*names: str, **kw: Any) -> None:
-        if names[0].lstrip("-").replace("-", "_") not in skip:
-            p.add_argument(*names, **kw)
-
-    add("--method", required=True, help="fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, apart, pgd")
-    add("--dataset", default="fashion-mnist",
-        help="fashion-mnist (default, embedded), mnist, cifar10, cifar100, svhn, imagefolder")
-    add("--data-root", default=None, help="data folder (Fashion-MNIST defaults to the embedded copy; MNIST, CIFAR-10/100 "
-                                          "and SVHN in torchvision's layouts; an image folder)")
-    add("--download", action="store_true",
-        help="let torchvision download a missing dataset into --data-root (needs network; never done otherwise)")
-    add("--eps", default=None, help="ε in pixel units: 0.2 or 8/255 (default: the data set's customary ε: "
-                                    "Fashion-MNIST 0.1, MNIST 0.3, CIFAR-10/100 and SVHN 8/255)")
-    add("--alpha", default=None, help="step size (number or fraction; default: the method's)")
-    add("--q", default=None, help="ZeroGrad quantile in [0, 1]")
-    add("--hp", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-        help="any other method hyper-parameter, repeatable (e.g. --hp steps=10)")
-    add("--epochs", type=int, default=10)
-    add("--model", default=None,
-        help="preact18, wrn28-10, wrn34-10, small-cnn (default: preact18 on CUDA, small-cnn on CPU)")
-    add("--batch-size", type=int, default=512, help="global batch (summed over torchrun ranks)")
-    add("--subset", type=int, default=None, help="train on the first N training images")
-    add("--lr-schedule", default="cyclic", choices=["cyclic", "piecewise", "multistep", "constant"])
-    add("--lr-max", type=float, default=None,
-        help="peak learning rate (default: the recipe's for the model at this batch size: 0.2 at batch 128 for "
-             "PreActResNet-18 and WideResNets, 0.1 for the small CNN, scaled down linearly for smaller batches)")
-    add("--eps-warmup", type=float, default=None, metavar="EPOCHS",
-        help="ramp eps and alpha up linearly from ~0 over the first EPOCHS epochs (default: 5 on SVHN as the N-FGSM "
-             "and GradAlign recipes, 2 for the small CNN on CIFAR, else 0); helps a model that stays at chance with "
-             "the full eps from scratch")
-    add("--lr-peak", type=float, default=0.5,
-        help="cyclic: fraction of the run at the peak (0.5 as WONG, N-FGSM, APART, ZeroGrad; GradAlign 0.4)")
-    add("--milestones", default="0.5,0.75", help="multistep: fractions of the run")
-    add("--momentum", type=float, default=0.9, help="SGD momentum (fixed)")
-    add("--weight-decay", type=float, default=5e-4, help="SGD weight decay (APART's official value: 2e-4)")
-    add("--pad-mode", default="zero", choices=["zero", "reflect"],
-        help="padding of the random crop (reflect: the ZeroGrad CIFAR-10 loader)")
-    add("--drop-last", action="store_true", help="drop each epoch's last partial batch (as GradAlign's loader)")
-    add("--precision", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
-    add("--attack-precision", default=None, choices=["bf16", "fp16", "fp32"],
-        help="the attacks' forward/backward (default: --precision). fp32 as the official ZeroGrad, N-FGSM and ATAS "
-             "codes: exact input gradients (no bf16 ties in ZeroGrad's quantile) at the cost of fp32 attack passes")
-    add("--device", default=None, metavar="cpu|cuda|cuda:N")
-    add("--seed", type=int, default=0)
-    add("--out", default=None, help="run folder (metrics, curves.png, checkpoints)")
-    add("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    add("--overwrite", action="store_true", help="start afresh in an OUT that already holds a run (replaces it)")
-    add("--label-smoothing", type=float, default=0.0)
-    add("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999)")
-    add("--cuda-graph", action="store_true",
-        help="capture the whole training step in a CUDA graph once per epoch and replay it (bf16/fp32; "
-             "removes launch overhead, which dominates at small batches)")
-    add("--compile", nargs="?", const="default", default=None, metavar="MODE",
-        help="torch.compile the model (default, max-autotune or max-autotune-no-cudagraphs); the "
-             "attacks' forwards, the training forward and their backwards run compiled, GradAlign's "
-             "double backprop stays eager")
-    add("--eval-n", type=int, default=2000, help="test images for the per-epoch PGD evaluation")
-    add("--eval-steps", type=int, default=20, help="PGD steps of the per-epoch evaluation (α = ε/4)")
-    add("--co-batch", type=int, default=256, help="test images of the catastrophic-overfitting check")
-    add("--co-steps", type=int, default=10, help="PGD steps of the catastrophic-overfitting check")
-    add("--co-drop", type=float, default=0.2,
-        help="CO when the check's PGD accuracy falls this much (absolute) below its best")
-    add("--co-check", default="test", choices=["test", "wong"],
-        help="the CO check: PGD on a fixed test batch vs its best (test), or WONG's --early-stop check, PGD on the "
-             "epoch's first training batch in train mode vs the previous epoch (wong; WONG uses --co-steps 5)")
-    add("--on-co", default="log", choices=["log", "stop", "rollback"],
-        help="on catastrophic overfitting: log it, stop, or roll back to the last good epoch and make the method "
-             "more conservative (ZeroGrad q + 0.1, α × 0.8, ...)")
-    add("--on-diverge", default="stop", choices=["stop", "log"],
-        help="a dead or diverged model (clean accuracy at chance level, non-finite loss): stop with one line naming "
-             "the likely cause and the flags to change (default), or log it and train on")
-    add("--final-eval", default="none", choices=["none", "pgd", "pgd+aa"],
-        help="after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA weights on "
-             "--final-n test images, to final_eval.json (also on a finished run with --resume)")
-    add("--final-n", type=int, default=1000, help="test images for --final-eval")
-    add("--no-progress", action="store_true", help="no progress bars (one line per epoch; also the default when "
-                                                   "stderr is not a terminal)")
-    add("--no-plot", action="store_true", help="do not redraw OUT/curves.png after every epoch")
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        meta, kind = f.metadata, f.metadata.get("kind") or type(f.default).__name__
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": f.name, "help": meta.get("help")}
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if kind == "switch":
+            kw.update(action="store_true")
+        elif kind == "no-switch":
+            flag, kw = "--no-" + f.name.replace("_", "-"), {**kw, "action": "store_false"}
+        elif kind == "pairs":
+            kw.update(action="append", type=_kv, default=[])
+        elif kind == "optional":
+            kw.update(nargs="?", const="default", default=None)
+        else:
+            kw["default"] = None if kind in ("number", "floats") else f.default
+            kw["type"] = {"int": int, "float": float}.get(kind, str)
+            if meta.get("choices"):
+                kw["choices"] = list(meta["choices"])
+        if f.name == "method":
+            kw.update(required=True, default=None)
+        p.add_argument(flag, **kw)
+    for name, text in (("alpha", "step size (number or fraction; default: the method's)"),
+                       ("q", "ZeroGrad quantile in [0, 1]")):
+        if name not in skip:
+            p.add_argument(f"--{name}", default=None, help=f"{text}; the same as --hp {name}=VALUE")
+    if "resume" not in skip:
+        p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    if "overwrite" not in skip:
+        p.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that already holds a run "
+                                                                "(the old one is moved aside once the new one starts)")
     return p
 
 
@@ -117,40 +74,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    mkw = dict(args.hp)
+    """The `TrainConfig` of parsed `add_train_arguments` flags: every field read back by its declared kind (so the CLI
+    and ``TrainConfig(...)`` with the same values are the same configuration; defaults resolve in `validate`)."""
+    values: dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        if not hasattr(args, f.name):
+            continue
+        value, kind = getattr(args, f.name), f.metadata.get("kind")
+        if kind == "number" and value is not None:
+            value = parse_number(value, f.name)
+        elif kind == "floats":
+            value = f.default if value is None else _floats(value, f.name)
+        elif kind == "pairs":
+            value = dict(value or [])
+        values[f.name] = value
+    mkw = values.setdefault("method_kwargs", {})
     for flag in ("alpha", "q"):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is None:
             continue
         if flag in mkw:
             raise ConfigError(f"argument '{flag}' is given twice (--{flag} {value} and --hp {flag}={mkw[flag]}): "
                               "pass one")
         mkw[flag] = parse_number(value, flag)
-    import torch
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = args.precision or ("bf16" if dev == "cuda" else "fp32")
+    return TrainConfig(**values)
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
-        milestones = tuple(float(m) for m in args.milestones.split(","))
+        return tuple(float(v) for v in str(text).split(","))
     except ValueError:
-        raise ConfigError(f"argument 'milestones' must be comma-separated fractions, got {args.milestones!r}") from None
-    return TrainConfig(method=args.method, dataset=args.dataset, data_root=args.data_root,
-                       download=getattr(args, "download", False),
-                       eps=None if args.eps is None else parse_number(args.eps, "eps"), epochs=args.epochs,
-                       model=args.model,
-                       batch_size=args.batch_size, subset=args.subset, lr_schedule=args.lr_schedule,
-                       lr_max=args.lr_max, lr_peak=args.lr_peak, milestones=milestones, precision=precision,
-                       attack_precision=getattr(args, "attack_precision", None),
-                       momentum=args.momentum, weight_decay=args.weight_decay, pad_mode=args.pad_mode,
-                       drop_last=args.drop_last, eps_warmup=args.eps_warmup,
-                       device=dev, seed=args.seed, out=args.out, method_kwargs=mkw,
-                       label_smoothing=args.label_smoothing, ema=args.ema, cuda_graph=args.cuda_graph,
-                       compile=args.compile,
-                       eval_n=args.eval_n,
-                       eval_steps=args.eval_steps, co_batch=args.co_batch, co_steps=args.co_steps,
-                       co_drop=args.co_drop, co_check=args.co_check, on_co=args.on_co,
-                       on_diverge=args.on_diverge, progress=not args.no_progress,
-                       plot=not getattr(args, "no_plot", False),
-                       final_eval=args.final_eval, final_n=args.final_n)
+        raise ConfigError(f"argument '{name}' must be comma-separated fractions, got {text!r}") from None
 
 
 def set_aside(out: Path) -> Path | None:

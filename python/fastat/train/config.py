@@ -15,7 +15,8 @@ EVAL_ALPHA_OVER_EPS = 0.25  # the step of every PGD the trainer runs (per epoch,
 COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
 FINAL_EVALS = ("none", "pgd", "pgd+aa")
 
-__all__ = ["COMPILE_MODES", "EVAL_ALPHA_OVER_EPS", "PRECISIONS", "ConfigError", "TrainConfig", "parse_number", "parse_value"]
+__all__ = ["COMPILE_MODES", "EVAL_ALPHA_OVER_EPS", "PRECISIONS", "ConfigError", "TrainConfig", "option", "parse_number",
+           "parse_value"]
 
 
 class ConfigError(ValueError):
@@ -66,54 +67,111 @@ def parse_value(text: str, name: str = "value") -> Any:
     return text
 
 
+def option(default: Any = None, help: str = "", *, factory: Any = None, flag: str | None = None,
+           choices: tuple[str, ...] | None = None, kind: str | None = None, metavar: str | None = None) -> Any:
+    """A `TrainConfig` field with what its command-line flag needs (`fastat.train.cli.add_train_arguments` reads it):
+    ``help``; ``flag`` (default ``--field-name``); ``choices``; ``kind``: how the flag reads its value — "number" (a
+    float or a fraction like 8/255), "floats" (comma-separated), "pairs" (repeatable KEY=VALUE into a dict), "switch"
+    (a flag that turns a False field on), "no-switch" (``--no-NAME`` turns a True field off), "optional" (the flag
+    alone means "default"); by default the type of the default (int, float, str)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "kind": kind, "metavar": metavar}
+    return field(default_factory=factory, metadata=meta) if factory is not None else field(default=default,
+                                                                                           metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    method: str = "fgsm_rs"
-    dataset: str = "fashion-mnist"
-    eps: float | str | None = None       # pixel units (or "8/255"); None: the data set's customary ε (`recipes`)
-    epochs: int = 10
-    model: str | None = None             # None: preact18 on CUDA, small-cnn on the CPU
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 512
-    subset: int | None = None
-    data_root: str | None = None
-    download: bool = False               # let torchvision fetch a missing MNIST/CIFAR/SVHN/Fashion-MNIST into data_root
-    lr_schedule: str = "cyclic"
-    lr_max: float | None = None          # cyclic/step peak; None: the recipe's for the model and batch (`recipes`)
-    lr_peak: float = 0.5
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4          # APART's official code uses 2e-4
-    pad_mode: str = "zero"               # the random crop's padding: "zero" (WONG/ATAS/GA) or "reflect" (ZeroGrad CIFAR)
-    drop_last: bool = False              # drop each epoch's last partial batch (GradAlign's loader does)
-    eps_warmup: float | None = None      # epochs over which ε, α ramp up from ~0; None: the recipe's (`recipes`)
-    precision: str = "fp32"
-    attack_precision: str | None = None  # the attack's forward/backward: None = `precision`; "fp32" = official ZG/NF/ATAS
-    device: str | None = None
-    seed: int = 0
-    out: str | None = None
-    method_kwargs: dict[str, Any] = field(default_factory=dict)
-    label_smoothing: float = 0.0
-    ema: float | None = None             # EMA decay (e.g. 0.999); None: off
-    cuda_graph: bool = False             # capture each epoch's training step in a CUDA graph and replay it
-    compile: str | None = None           # torch.compile the model (forwards and their backward): a COMPILE_MODES mode
-    eval_n: int = 2000
-    eval_steps: int = 20
-    eval_restarts: int = 1
-    co_batch: int = 256
-    co_steps: int = 10
-    co_drop: float = 0.2
-    co_check: str = "test"               # "test": fixed test batch vs the best; "wong": first training batch vs previous
-    on_co: str = "log"
-    on_diverge: str = "stop"             # a dead model (chance level, non-finite loss): "stop" with a hint, or "log"
-    max_rollbacks: int = 5
-    q_step: float = 0.1
-    alpha_factor: float = 0.8
-    progress: bool = True
-    checkpoint: bool = True
-    plot: bool = True                    # rewrite curves.png after every epoch
-    final_eval: str = "none"             # after training: "pgd" (PGD-50-10) or "pgd+aa" (+ AutoAttack) on last/best/EMA
-    final_n: int = 1000                  # test images for the final evaluation
+    """Everything a run needs. Each field is declared once, with its flag (`option`); None means "the recipe's"
+    (`recipes`: filled in by `validate` or the trainer)."""
+
+    method: str = option("fgsm_rs", "fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, apart, pgd")
+    dataset: str = option("fashion-mnist", "fashion-mnist (default, embedded), mnist, cifar10, cifar100, svhn, "
+                          "imagefolder")
+    eps: float | str | None = option(None, "ε in pixel units: 0.2 or 8/255 (default: the data set's customary ε: "
+                                     "Fashion-MNIST 0.1, MNIST 0.3, CIFAR-10/100 and SVHN 8/255)", kind="number")
+    epochs: int = option(10, "training epochs")
+    model: str | None = option(None, "preact18, wrn28-10, wrn34-10, small-cnn (default: preact18 on CUDA, small-cnn on "
+                               "the CPU)")
+    model_kwargs: dict[str, Any] = option(help="architecture option, repeatable (e.g. --model-kwarg width=64)",
+                                          factory=dict, flag="--model-kwarg", kind="pairs", metavar="KEY=VALUE")
+    batch_size: int = option(512, "global batch (summed over torchrun ranks)")
+    subset: int | None = option(None, "train on the first N training images", kind="int")
+    data_root: str | None = option(None, "data folder (Fashion-MNIST defaults to the embedded copy; MNIST, "
+                                   "CIFAR-10/100 and SVHN in torchvision's layouts; an image folder)")
+    download: bool = option(False, "let torchvision download a missing dataset into --data-root (needs network; never "
+                            "done otherwise)", kind="switch")
+    lr_schedule: str = option("cyclic", "learning-rate schedule", choices=("cyclic", "piecewise", "multistep",
+                                                                           "constant"))
+    lr_max: float | None = option(None, "peak learning rate (default: the recipe's for the model at this batch size: "
+                                  "0.2 at batch 128 for PreActResNet-18 and WideResNets, 0.1 for the small CNN, "
+                                  "scaled down linearly for smaller batches)", kind="float")
+    lr_peak: float = option(0.5, "cyclic: fraction of the run at the peak (0.5 as WONG, N-FGSM, APART, ZeroGrad; "
+                            "GradAlign 0.4)")
+    milestones: tuple[float, ...] = option((0.5, 0.75), "multistep: fractions of the run, comma-separated",
+                                           kind="floats")
+    momentum: float = option(0.9, "SGD momentum (fixed)")
+    weight_decay: float = option(5e-4, "SGD weight decay (APART's official value: 2e-4)")
+    pad_mode: str = option("zero", "padding of the random crop (reflect: the ZeroGrad CIFAR-10 loader)",
+                           choices=("zero", "reflect"))
+    drop_last: bool = option(False, "drop each epoch's last partial batch (as GradAlign's loader)", kind="switch")
+    eps_warmup: float | None = option(None, "ramp eps and alpha up linearly from ~0 over the first EPOCHS epochs "
+                                      "(default: 5 on SVHN as the N-FGSM and GradAlign recipes, 2 for the small CNN "
+                                      "on CIFAR, else 0); helps a model that stays at chance with the full eps from "
+                                      "scratch", kind="float", metavar="EPOCHS")
+    precision: str | None = option(None, "training precision (default: bf16 on CUDA, fp32 on the CPU)",
+                                   choices=PRECISIONS)
+    attack_precision: str | None = option(None, "the attacks' forward/backward (default: --precision). fp32 as the "
+                                          "official ZeroGrad, N-FGSM and ATAS codes: exact input gradients (no bf16 "
+                                          "ties in ZeroGrad's quantile) at the cost of fp32 attack passes",
+                                          choices=PRECISIONS)
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda when a GPU is available)",
+                                metavar="cpu|cuda|cuda:N")
+    seed: int = option(0, "seed of the model init, the data order and the attacks' randomness")
+    out: str | None = option(None, "run folder (metrics, curves.png, checkpoints)")
+    method_kwargs: dict[str, Any] = option(help="any other method hyper-parameter, repeatable (e.g. --hp steps=10)",
+                                           factory=dict, flag="--hp", kind="pairs", metavar="KEY=VALUE")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss")
+    ema: float | None = option(None, "EMA decay of the weights (e.g. 0.999; default: no EMA)", kind="float")
+    cuda_graph: bool = option(False, "capture the whole training step in a CUDA graph once per epoch and replay it "
+                              "(bf16/fp32; removes launch overhead, which dominates at small batches)", kind="switch")
+    compile: str | None = option(None, "torch.compile the model (default, max-autotune or "
+                                 "max-autotune-no-cudagraphs); the attacks' forwards, the training forward and their "
+                                 "backwards run compiled, GradAlign's double backprop stays eager", kind="optional",
+                                 metavar="MODE")
+    eval_n: int = option(2000, "test images for the per-epoch PGD evaluation")
+    eval_steps: int = option(20, "PGD steps of the per-epoch evaluation (α = ε/4)")
+    eval_restarts: int = option(1, "PGD restarts of the per-epoch evaluation")
+    co_batch: int = option(256, "test images of the catastrophic-overfitting check")
+    co_steps: int = option(10, "PGD steps of the catastrophic-overfitting check")
+    co_drop: float = option(0.2, "CO when the check's PGD accuracy falls this much (absolute) below its best")
+    co_check: str = option("test", "the CO check: PGD on a fixed test batch vs its best (test), or WONG's "
+                           "--early-stop check, PGD on the epoch's first training batch in train mode vs the previous "
+                           "epoch (wong; WONG uses --co-steps 5)", choices=("test", "wong"))
+    on_co: str = option("log", "on catastrophic overfitting: log it, stop, or roll back to the last good epoch and "
+                        "make the method more conservative (ZeroGrad q + --q-step, α × --alpha-factor, ...)",
+                        choices=("log", "stop", "rollback"))
+    on_diverge: str = option("stop", "a dead or diverged model (clean accuracy at chance level, non-finite loss): "
+                             "stop with one line naming the likely cause and the flags to change, or log it and "
+                             "train on", choices=("stop", "log"))
+    max_rollbacks: int = option(5, "roll-backs at most (--on-co rollback); then CO is logged and training goes on")
+    q_step: float = option(0.1, "a roll-back raises ZeroGrad's q by this much")
+    alpha_factor: float = option(0.8, "a roll-back multiplies FGSM-style step sizes by this (GradAlign: divides λ)")
+    progress: bool = option(True, "no progress bars (one line per epoch; also the default when stderr is not a "
+                            "terminal)", kind="no-switch")
+    checkpoint: bool = option(True, "do not write checkpoints every epoch (a roll-back still does)", kind="no-switch")
+    plot: bool = option(True, "do not redraw OUT/curves.png after every epoch", kind="no-switch")
+    final_eval: str = option("none", "after training: PGD-50-10 (+ AutoAttack) of the last, best-PGD-epoch and EMA "
+                             "weights on --final-n test images, to final_eval.json (also on a finished run with "
+                             "--resume)", choices=FINAL_EVALS)
+    final_n: int = option(1000, "test images for --final-eval")
+
+    @property
+    def defaulted(self) -> set[str]:
+        """The fields `validate` filled in from the recipe (they were None): a resume refused over one of them names
+        the changed default."""
+        if "_defaulted" not in self.__dict__:
+            self.__dict__["_defaulted"] = set()
+        return self.__dict__["_defaulted"]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -125,6 +183,10 @@ class TrainConfig:
         import torch
 
         return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def resolved_precision(self) -> str:
+        """The training precision: ``precision``, else bf16 on CUDA and fp32 on the CPU (the one resolver)."""
+        return self.precision or ("bf16" if self.resolved_device().startswith("cuda") else "fp32")
 
     def validate_against_data(self, n_train: int, world_size: int = 1) -> None:
         """The checks that need the training set's size (``n_train``) and the number of processes."""
@@ -159,6 +221,10 @@ class TrainConfig:
             from .recipes import default_eps
 
             self.eps = default_eps(self.dataset)
+            self.defaulted.add("eps")
+        if self.precision is None and (self.device is None or str(self.device).split(":")[0] in ("cpu", "cuda")):
+            self.precision = self.resolved_precision()  # (a bad device is named below)
+            self.defaulted.add("precision")
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 < self.eps <= 1):
             raise ConfigError(f"argument 'eps' must be in (0, 1] (pixel units, e.g. 8/255), got {self.eps!r}")
         for name in ("epochs", "batch_size", "eval_n", "co_batch", "final_n"):

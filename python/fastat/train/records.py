@@ -96,7 +96,8 @@ def run_identity(config: Any) -> dict[str, Any]:
     state), plus the device type ("cpu" / "cuda"), JSON-normalised (tuples become lists). Compare two with
     `same_run`."""
     d = {k: v for k, v in config.to_dict().items() if k not in VOLATILE}
-    d["device_type"] = str(config.device).split(":")[0]
+    device = config.resolved_device() if hasattr(config, "resolved_device") else config.device
+    d["device_type"] = str(device).split(":")[0]
     return _normalised(json.loads(json.dumps(d, sort_keys=True, default=str)))
 
 

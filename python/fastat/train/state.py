@@ -40,7 +40,7 @@ RESUME_FREE = frozenset({"out", "progress", "plot", "checkpoint", "eval_n", "eva
                          "on_diverge", "max_rollbacks", "final_eval", "final_n", "compile", "download"})
 # TrainConfig defaults that changed: {field: (old, new, date)}, named when a resume is refused over them
 CHANGED_DEFAULTS = {"lr_peak": (0.4, 0.5, "2026-12-01"), "lr_max": (0.2, "the model's and batch size's", "2026-12-07"),
-                    "eps": (0.2, "the data set's", "2026-12-07")}
+                    "eps": (0.2, "the data set's", "2026-12-07"), "precision": ("fp32", "bf16 on CUDA", "2026-12-07")}
 # what `restore` reads from a checkpoint (`read` checks them before any state is touched)
 RESTORED = ("model", "optimizer", "scheduler", "method", "loader", "monitor", "scaler", "rng", "history", "epoch")
 
@@ -174,7 +174,7 @@ def check_resumable(t: Trainer, saved: dict[str, Any]) -> None:
         now = ", ".join(f"{k}={new.get(k)!r}" for k in diff)
         hints = [f"the default of {k} changed from {o!r} to {n!r} on {day}: pass {k}={o!r}"
                  for k, (o, n, day) in CHANGED_DEFAULTS.items() if k in diff and old.get(k) == o
-                 and getattr(t.cfg, k) == TrainConfig.__dataclass_fields__[k].default]
+                 and (k in t.cfg.defaulted or getattr(t.cfg, k) == TrainConfig.__dataclass_fields__[k].default)]
         raise ConfigError(f"cannot resume {t.out}: its checkpoint was written with {was} (now {now}); pass the same "
                           "arguments, or another --out to start a new run" + "".join(f" ({h})" for h in hints))
 

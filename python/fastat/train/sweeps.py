@@ -354,7 +354,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hp", action="append", default=[], metavar="[LABEL.]KEY=VALUE",
                    help="hyper-parameter or TrainConfig field for every method, or LABEL.KEY=VALUE for one "
                         "(repeatable; e.g. --hp zerograd.q=0.7 --hp steps=10)")
-    add_train_arguments(p, exclude=("method", "seed", "out", "resume", "overwrite", "hp"))
+    add_train_arguments(p, exclude=("method", "seed", "out", "resume", "overwrite", "method_kwargs"))  # own --hp
     p.set_defaults(func=run)
     return p
 
