@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+
+from .. import _checks as checks
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -66,18 +68,15 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor, precision: str = "fp3
 
 
 def check_choice(fn: str, name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{fn}: argument '{name}' must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    checks.choice(fn, name, value, choices)
 
 
 def check_positive(fn: str, name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{fn}: argument '{name}' must be a number > 0, got {value!r}")
+    checks.positive(fn, name, value)
 
 
 def check_int(fn: str, name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{fn}: argument '{name}' must be an int >= {minimum}, got {value!r}")
+    checks.integer(fn, name, value, minimum)
 
 
 def check_inputs(fn: str, x: Tensor, y: Tensor) -> None:

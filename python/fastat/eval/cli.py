@@ -22,7 +22,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,13 @@ class EvalInputError(Exception):
 
 
 def number(text: str) -> float:
-    """A float from "0.03", "1e-3" or a fraction "8/255" (argparse type)."""
+    """A float from "0.03", "1e-3" or a fraction "8/255" (argparse type; `fastat._checks.parse_number`)."""
+    from .. import _checks
+
     try:
-        value = float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+        return _checks.parse_number(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number or a fraction like 8/255, got {text!r}") from None
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -23,7 +23,6 @@ Conventions shared by every method (methods.md §0):
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any, ClassVar, NoReturn
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _checks as checks
 from ..batch import BatchInfo
 from ..models.normalize import pixel_range_error
 
@@ -100,33 +100,19 @@ def to_unit_box(x: Tensor, delta: Tensor) -> Tensor:
 
 
 def fail(owner: str, exc: type[Exception], msg: str) -> NoReturn:
-    raise exc(f"fastat.methods.{owner}: {msg}")
+    checks.fail(f"fastat.methods.{owner}", exc, msg)
 
 
 def check_positive(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(owner, TypeError, f"argument '{name}' must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not (v > 0 and math.isfinite(v)):
-        fail(owner, ValueError, f"argument '{name}' must be a finite number > 0, got {value!r}")
-    return v
+    return checks.positive(f"fastat.methods.{owner}", name, value)
 
 
 def check_range(owner: str, name: str, value: object, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(owner, TypeError, f"argument '{name}' must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not lo <= v <= hi:
-        fail(owner, ValueError, f"argument '{name}' must be in [{lo}, {hi}], got {value!r}")
-    return v
+    return checks.in_range(f"fastat.methods.{owner}", name, value, lo, hi)
 
 
 def check_int(owner: str, name: str, value: object, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        fail(owner, TypeError, f"argument '{name}' must be an int, got {type(value).__name__}")
-    if value < lo:
-        fail(owner, ValueError, f"argument '{name}' must be >= {lo}, got {value}")
-    return value
+    return checks.integer(f"fastat.methods.{owner}", name, value, lo)
 
 
 # ------------------------------------------------------------------------------------------------------ the class

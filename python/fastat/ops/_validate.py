@@ -7,19 +7,20 @@ tensors only when ``FASTAT_DEBUG=1`` (it would sync). Kernels must stay in bound
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from .. import _checks as checks
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_NAMES = "float32, bfloat16 or float16"
 
 
 def _fail(op: str, exc: type[Exception], msg: str) -> None:
-    raise exc(f"fastat.{op}: {msg}")
+    checks.fail(f"fastat.{op}", exc, msg)
 
 
 def tensor(op: str, name: str, t: object, *, dtypes: Sequence[torch.dtype] | None = FLOAT_DTYPES, ndim: int | None = None,
@@ -56,24 +57,11 @@ MAX_PIXEL_SCALAR = 1e6
 
 
 def positive(op: str, name: str, value: object) -> float:
-    v = _number(op, name, value)
-    if not (0 < v <= MAX_PIXEL_SCALAR):  # also rejects NaN and inf
-        _fail(op, ValueError, f"argument '{name}' must be a number in (0, {MAX_PIXEL_SCALAR:g}] (pixel units), "
-                              f"got {value!r}")
-    return v
+    return checks.positive(f"fastat.{op}", name, value, upper=MAX_PIXEL_SCALAR, unit=" (pixel units)")
 
 
 def in_range(op: str, name: str, value: object, lo: float, hi: float) -> float:
-    v = _number(op, name, value)
-    if not lo <= v <= hi:  # also rejects NaN
-        _fail(op, ValueError, f"argument '{name}' must be in [{lo}, {hi}], got {value!r}")
-    return v
-
-
-def _number(op: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(op, TypeError, f"argument '{name}' must be a Python float, got {type(value).__name__}")
-    return float(value)
+    return checks.in_range(f"fastat.{op}", name, value, lo, hi)
 
 
 def _nonempty_rows(op: str, name: str, t: Tensor) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,13 @@ class ConfigError(ValueError):
 
 
 def parse_number(text: Any, name: str = "value") -> float:
-    """A float from a number or a string like "0.2", "8/255"."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
+    """A float from a number or a string like "0.2", "8/255" (`fastat._checks.parse_number`), as ConfigError."""
+    from .. import _checks
+
     try:
-        s = str(text).strip()
-        if "/" in s:
-            num, den = s.split("/")
-            return float(Fraction(num.strip()) / Fraction(den.strip())) if "." not in s else float(num) / float(den)
-        return float(s)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"argument '{name}' must be a number or a fraction like 8/255, got {text!r}") from None
+        return _checks.parse_number(text, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _number_or_none(value: Any, name: str) -> float | None:
