@@ -62,7 +62,32 @@ def test_fgsm_rs_lowers_its_own_alpha():
     assert method.alpha == pytest.approx(0.1)
 
 
-def test_zerograd_raises_q_until_1_then_lowers_alpha():
-    method = make("zerograd", q=0.95)
-    assert strengthen(method) == "q 0.95 -> 1"
-    assert strengthen(method).startswith("alpha ")
+def test_zerograd_raises_q_up_to_1_then_says_it_cannot():
+    """q past 1 does not exist (at 1 every coordinate is zeroed): the roll-back stops with a clear message instead
+    of turning another knob."""
+    from fastat.methods.base import StrengthenLimit
+
+    method = make("zerograd", q=0.8)
+    assert strengthen(method) == "q 0.8 -> 0.9" and strengthen(method) == "q 0.9 -> 1"
+    with pytest.raises(StrengthenLimit, match="q 1 \\+ q_step 0.1 would pass 1"):
+        strengthen(method)
+    assert method.q == 1.0
+
+
+@pytest.mark.parametrize("name, bad", [("zerograd", {"q": 1.5}), ("fgsm_rs", {"alpha": 0.0}),
+                                       ("atas", {"step_min": 1.0}), ("gradalign", {"lam": -1.0}),
+                                       ("multigrad", {"threshold": 9}), ("pgd", {"steps": 0})])
+def test_every_change_goes_through_the_one_check(name, bad):
+    """Construction, `set_hparams` (strengthen, the trainer's roll-back) and `load_state_dict` share `check_hparams`;
+    a refused change leaves the method as it was."""
+    method = make(name)
+    before = dict(method.hparams)
+    with pytest.raises(ValueError):
+        method.set_hparams(**bad)
+    state = method.state_dict()
+    state["hparams"].update(bad)
+    with pytest.raises(ValueError):
+        method.load_state_dict(state)
+    assert method.hparams == before
+    with pytest.raises(ValueError):
+        type(method)(eps=method.eps, **{k: v for k, v in before.items() if k in bad} | bad)

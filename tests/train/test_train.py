@@ -170,6 +170,18 @@ def test_rollback_raises_q(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("alive")
+def test_a_roll_back_that_cannot_strengthen_stops_the_run(tmp_path, monkeypatch, capsys):
+    from fastat.train import monitor
+
+    calls = iter([(0.5, False), (0.1, True)])
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32", **kw: next(calls))
+    t = fit(method="zerograd", epochs=3, out=str(tmp_path), on_co="rollback", method_kwargs={"q": 0.95}, **TINY)
+    assert t.history[-1]["event"] == "stop" and "would pass 1" in t.history[-1]["reason"]
+    assert t.epoch == 1 and t.method.q == pytest.approx(0.95)  # back at the last good epoch, q as it was
+    assert "rolled back to epoch 1 and stopped: ZeroGrad cannot be made more conservative" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("alive")
 def test_on_co_stop(tmp_path, monkeypatch):
     from fastat.train import monitor
 

@@ -81,25 +81,29 @@ class APART(Method):
     param_optimizer = {"optimizer": "sgd", "lr_max": 5e-8, "lr_schedule": "cyclic", "momentum": 0.9,
                        "weight_decay": 400.0}
     pixel_hparams = ()  # α and α_ω are learned scalars: the ε warm-up scales the ε clamp only
+    alpha_init: float
+    alpha_omega_init: float
+    omega_init_std: float
 
     def __init__(self, *, eps: float, alpha_init: float = 1e-4, alpha_omega_init: float = 1e-4,
                  omega_init_std: float = 1e-3, noise_modules: Sequence[nn.Module] | None = None,
                  attack_bn_mode: str | None = None) -> None:
         eps = check_positive("APART", "eps", eps)
-        alpha_init = check_positive("APART", "alpha_init", alpha_init)
-        alpha_omega_init = check_positive("APART", "alpha_omega_init", alpha_omega_init)
-        omega_init_std = check_positive("APART", "omega_init_std", omega_init_std)
         self._noise_given = noise_modules is not None  # None: adopt the model's noise sites in `attach`
         modules = _modules(noise_modules or [], "argument 'noise_modules[{i}]'")
         super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha_init=alpha_init,
                          alpha_omega_init=alpha_omega_init, omega_init_std=omega_init_std)
         self.noise_modules = modules
-        self.alpha = nn.Parameter(torch.tensor(alpha_init))
-        self.alpha_omega = nn.Parameter(torch.tensor(alpha_omega_init))
+        self.alpha = nn.Parameter(torch.tensor(self.alpha_init))
+        self.alpha_omega = nn.Parameter(torch.tensor(self.alpha_omega_init))
         self.alpha_layers = [nn.Parameter(torch.tensor(0.0)) for _ in modules]
         self.omega: Tensor | None = None
         self._noise_handles: list[RemovableHandle] = []
         self._omega_pending = False
+
+    def check_hparams(self, hp: dict) -> dict:
+        return {**hp, **{k: check_positive("APART", k, hp[k]) for k in ("alpha_init", "alpha_omega_init",
+                                                                        "omega_init_std")}}
 
     @property
     def hparams(self) -> dict[str, Any]:

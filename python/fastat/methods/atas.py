@@ -70,6 +70,17 @@ class ATAS(Method):
     default_attack_bn_mode = "eval"
     placement_hparams = ("state_device",)
     pixel_hparams = ("gamma_over_c", "step_min", "step_max")
+    c: float
+    beta: float
+    gamma_over_c: float
+    step_min: float
+    step_max: float
+    warmup_epochs: int
+    reset_every: int | None
+    epochs: int | None
+    relative_to_eps: bool
+    state_dtype: str
+    state_device: str | None
 
     def __init__(self, *, eps: float, c: float = 0.01, beta: float = 0.5, gamma_over_c: float | None = None,
                  step_min: float | None = None, step_max: float | None = None, warmup_epochs: int = 5,
@@ -78,38 +89,40 @@ class ATAS(Method):
                  attack_bn_mode: str | None = None) -> None:
         eps = check_positive("ATAS", "eps", eps)
         unit = 2 * eps / 16 if relative_to_eps else 1 / 255  # relative: the /255 constants rescaled by ε/(8/255)
-        gamma_over_c = check_positive("ATAS", "gamma_over_c", 16 * unit if gamma_over_c is None else gamma_over_c)
-        step_min = check_positive("ATAS", "step_min", 4 * unit if step_min is None else step_min)
-        step_max = check_positive("ATAS", "step_max", 14 * unit if step_max is None else step_max)
-        if step_min > step_max:
-            fail("ATAS", ValueError, f"argument 'step_min' ({step_min}) must be <= 'step_max' ({step_max})")
-        c = check_positive("ATAS", "c", c)
-        beta = check_range("ATAS", "beta", beta, 0.0, 1.0)
-        warmup_epochs = check_int("ATAS", "warmup_epochs", warmup_epochs, 0)
-        if reset_every is not None:
-            reset_every = check_int("ATAS", "reset_every", reset_every, 1)
-        if epochs is not None:
-            epochs = check_int("ATAS", "epochs", epochs, 1)
-        if state_dtype not in STATE_DTYPES:
-            fail("ATAS", ValueError, f"argument 'state_dtype' must be one of {tuple(STATE_DTYPES)}, got "
-                                     f"{state_dtype!r}")
-        if epochs is not None and warmup_epochs >= epochs:
+        if isinstance(epochs, int) and isinstance(warmup_epochs, int) and 0 < epochs <= warmup_epochs:
             warnings.warn(f"ATAS: warmup_epochs ({warmup_epochs}) >= epochs ({epochs}): every epoch takes the fixed "
                           f"step eps and the adaptive step sizes never start (pass a smaller warmup_epochs)",
                           stacklevel=2)
-        if state_device not in (None, "cpu"):
-            fail("ATAS", ValueError, f"argument 'state_device' must be None (the images' device) or 'cpu' (host "
-                                     f"memory), got {state_device!r}")
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, c=c, beta=beta, gamma_over_c=gamma_over_c,
-                         step_min=step_min, step_max=step_max, warmup_epochs=warmup_epochs, reset_every=reset_every,
-                         epochs=epochs, relative_to_eps=bool(relative_to_eps), state_dtype=state_dtype,
-                         state_device=state_device)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, c=c, beta=beta,
+                         gamma_over_c=16 * unit if gamma_over_c is None else gamma_over_c,
+                         step_min=4 * unit if step_min is None else step_min,
+                         step_max=14 * unit if step_max is None else step_max, warmup_epochs=warmup_epochs,
+                         reset_every=reset_every, epochs=epochs, relative_to_eps=bool(relative_to_eps),
+                         state_dtype=state_dtype, state_device=state_device)
         self._delta: Tensor | None = None
         self._v: Tensor | None = None
         self._rows = HostRows()
         self._device: torch.device | None = None  # where the images (and the kernels) are: host state's fill device
         # the last batch: (its dataset indices, warm-up?, its updated v rows on the device when the state is on the host)
         self._last: tuple[Tensor, bool, Tensor | None] | None = None
+
+    def check_hparams(self, hp: dict) -> dict:
+        out = {**hp, **{k: check_positive("ATAS", k, hp[k]) for k in ("gamma_over_c", "step_min", "step_max", "c")}}
+        if out["step_min"] > out["step_max"]:
+            fail("ATAS", ValueError, f"argument 'step_min' ({out['step_min']}) must be <= 'step_max' "
+                                     f"({out['step_max']})")
+        out["beta"] = check_range("ATAS", "beta", hp["beta"], 0.0, 1.0)
+        out["warmup_epochs"] = check_int("ATAS", "warmup_epochs", hp["warmup_epochs"], 0)
+        for key in ("reset_every", "epochs"):
+            if hp[key] is not None:
+                out[key] = check_int("ATAS", key, hp[key], 1)
+        if hp["state_dtype"] not in STATE_DTYPES:
+            fail("ATAS", ValueError, f"argument 'state_dtype' must be one of {tuple(STATE_DTYPES)}, got "
+                                     f"{hp['state_dtype']!r}")
+        if hp["state_device"] not in (None, "cpu"):
+            fail("ATAS", ValueError, f"argument 'state_device' must be None (the images' device) or 'cpu' (host "
+                                     f"memory), got {hp['state_device']!r}")
+        return out
 
     @property
     def host_state(self) -> bool:
@@ -189,7 +202,7 @@ class ATAS(Method):
         """Smaller adaptive steps after a CO roll-back: γ/c, step_min and step_max × alpha_factor (the warm-up
         epochs' step ε is not changed)."""
         old = (self.gamma_over_c, self.step_min, self.step_max)
-        self.gamma_over_c, self.step_min, self.step_max = (v * alpha_factor for v in old)
+        self.set_hparams(**{k: v * alpha_factor for k, v in zip(("gamma_over_c", "step_min", "step_max"), old)})
         return (f"gamma_over_c {old[0]:.5g} -> {self.gamma_over_c:.5g}, step_min/max {old[1]:.5g}/{old[2]:.5g} -> "
                 f"{self.step_min:.5g}/{self.step_max:.5g}")
 

@@ -34,7 +34,7 @@ from .. import _checks as checks
 from ..batch import BatchInfo
 from ..models.normalize import pixel_range_error
 
-__all__ = ["Method", "BN_MODES", "attack_mode", "frozen_parameters", "input_grad"]
+__all__ = ["Method", "BN_MODES", "StrengthenLimit", "attack_mode", "frozen_parameters", "input_grad"]
 
 BN_MODES = ("train", "eval", "keep")
 
@@ -99,6 +99,11 @@ def to_unit_box(x: Tensor, delta: Tensor) -> Tensor:
 # -------------------------------------------------------------------------------------------- argument validation
 
 
+class StrengthenLimit(ValueError):
+    """`Method.strengthen` cannot make the method more conservative within its hyper-parameters' range (a CO
+    roll-back then stops the run, with this message)."""
+
+
 def fail(owner: str, exc: type[Exception], msg: str) -> NoReturn:
     checks.fail(f"fastat.methods.{owner}", exc, msg)
 
@@ -140,9 +145,12 @@ class Method:
       the parameters' requires_grad during attack passes; set False if something, e.g. a DDP wrapper, forbids it —
       autograd.grad still computes no weight gradients then, but the forward saves what they would need).
 
-    Subclasses implement `perturb` and call ``super().__init__(eps=..., attack_bn_mode=..., **own_hparams)``; the
-    own hyper-parameters become attributes (mutable, e.g. a trainer raising ZeroGrad's q on a roll-back), are listed
-    live by `hparams` and travel in `state_dict` so a resumed run continues with them.
+    Subclasses implement `perturb`, declare their hyper-parameters as annotated class attributes, check them in
+    `check_hparams` and call ``super().__init__(eps=..., attack_bn_mode=..., **own_hparams)`` with their defaults
+    filled in. The own hyper-parameters become attributes, are listed live by `hparams` and travel in `state_dict` so
+    a resumed run continues with them; every change after construction goes through `set_hparams` — `strengthen`
+    (a CO roll-back), the trainer's restore of roll-back changes, `load_state_dict` — so the one `check_hparams`
+    guards them all.
     """
 
     name: ClassVar[str] = "method"
@@ -161,11 +169,28 @@ class Method:
             fail(type(self).__name__, ValueError, f"argument 'attack_bn_mode' must be one of {BN_MODES}, got {mode!r}")
         self.attack_bn_mode = mode
         self._hparam_names = tuple(hparams)
-        for key, value in hparams.items():
+        for key, value in self.check_hparams(dict(hparams)).items():
             setattr(self, key, value)
         self.generator: torch.Generator | None = None
         self.freeze_parameters = True
         self._range_checked = False  # the first batch's x is checked to lie in [0, 1] (see `_check_inputs`)
+
+    # ---- hyper-parameters
+    def check_hparams(self, hp: dict[str, Any]) -> dict[str, Any]:
+        """Check a full set of this method's own hyper-parameters (name -> value; ``self.eps`` is set) and return it
+        normalised (floats as floats); TypeError/ValueError naming the argument. The one check of construction and
+        of every later change (`set_hparams`). None by default."""
+        return hp
+
+    def set_hparams(self, **values: Any) -> None:
+        """Change own hyper-parameters, checked together with the others (`check_hparams`); nothing changes when
+        the check fails."""
+        unknown = sorted(set(values) - set(self._hparam_names))
+        if unknown:
+            fail(type(self).__name__, KeyError, f"no hyper-parameter {', '.join(map(repr, unknown))}")
+        checked = self.check_hparams({**{k: getattr(self, k) for k in self._hparam_names}, **values})
+        for key in values:
+            setattr(self, key, checked[key])
 
     # ---- description
     @property
@@ -206,7 +231,7 @@ class Method:
             return ""
         old = float(self.alpha)
         start = min(old, self.eps) if self.step_from_zero else old
-        self.alpha = start * alpha_factor
+        self.set_hparams(alpha=start * alpha_factor)
         return f"alpha {old:.5g} -> {self.alpha:.5g}"
 
     @contextlib.contextmanager
@@ -257,9 +282,7 @@ class Method:
         bad = set(hparams) - set(self._hparam_names)
         if bad:
             fail(owner, KeyError, f"state_dict has hyper-parameters this method does not take: {sorted(bad)}")
-        for key, value in hparams.items():
-            if key not in self.placement_hparams:
-                setattr(self, key, value)
+        self.set_hparams(**{k: v for k, v in hparams.items() if k not in self.placement_hparams})
         self._load_state({k: v for k, v in state.items() if k != "hparams"})
 
     def _state(self) -> dict[str, Any]:

@@ -35,11 +35,14 @@ class FGSM(Method):
 
     name = "fgsm"
     step_from_zero = True
+    alpha: float
 
     def __init__(self, *, eps: float, alpha: float | None = None, attack_bn_mode: str | None = None) -> None:
         eps = check_positive("FGSM", "eps", eps)
-        alpha = check_positive("FGSM", "alpha", eps if alpha is None else alpha)
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=eps if alpha is None else alpha)
+
+    def check_hparams(self, hp: dict) -> dict:
+        return {**hp, "alpha": check_positive("FGSM", "alpha", hp["alpha"])}
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
         self._check_inputs(x, y)
@@ -55,11 +58,14 @@ class FGSMRS(Method):
     """
 
     name = "fgsm_rs"
+    alpha: float
 
     def __init__(self, *, eps: float, alpha: float | None = None, attack_bn_mode: str | None = None) -> None:
         eps = check_positive("FGSMRS", "eps", eps)
-        alpha = check_positive("FGSMRS", "alpha", 1.25 * eps if alpha is None else alpha)
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=1.25 * eps if alpha is None else alpha)
+
+    def check_hparams(self, hp: dict) -> dict:
+        return {**hp, "alpha": check_positive("FGSMRS", "alpha", hp["alpha"])}
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
         self._check_inputs(x, y)
@@ -77,15 +83,20 @@ class NFGSM(Method):
     """
 
     name = "n_fgsm"
+    alpha: float
+    noise_scale: float
+    clip: float | None
 
     def __init__(self, *, eps: float, alpha: float | None = None, noise_scale: float = 2.0, clip: float | None = None,
                  attack_bn_mode: str | None = None) -> None:
         eps = check_positive("NFGSM", "eps", eps)
-        alpha = check_positive("NFGSM", "alpha", eps if alpha is None else alpha)
-        noise_scale = check_positive("NFGSM", "noise_scale", noise_scale)
-        if clip is not None:
-            clip = check_positive("NFGSM", "clip", clip)
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha, noise_scale=noise_scale, clip=clip)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=eps if alpha is None else alpha,
+                         noise_scale=noise_scale, clip=clip)
+
+    def check_hparams(self, hp: dict) -> dict:
+        return {**hp, "alpha": check_positive("NFGSM", "alpha", hp["alpha"]),
+                "noise_scale": check_positive("NFGSM", "noise_scale", hp["noise_scale"]),
+                "clip": None if hp["clip"] is None else check_positive("NFGSM", "clip", hp["clip"])}
 
     @property
     def radius(self) -> float:

@@ -72,25 +72,22 @@ class GradAlign(Method):
 
     name = "gradalign"
 
+    alpha: float
+    init: str
+    lam: float
+    lam_schedule: str
+
     def __init__(self, *, eps: float, alpha: float | None = None, init: str = "zero", lam: float | None = None,
                  lam_schedule: str = "cifar10", attack_bn_mode: str | None = None) -> None:
         eps = check_positive("GradAlign", "eps", eps)
-        alpha = check_positive("GradAlign", "alpha", 1.25 * eps if alpha is None else alpha)
-        if init not in ("zero", "random"):
-            fail("GradAlign", ValueError, f"argument 'init' must be 'zero' or 'random', got {init!r}")
-        if lam_schedule not in LAMBDA_SCHEDULES:
-            fail("GradAlign", ValueError, f"argument 'lam_schedule' must be one of {LAMBDA_SCHEDULES}, "
-                                          f"got {lam_schedule!r}")
-        if lam is None:
+        if lam is None and lam_schedule in LAMBDA_SCHEDULES:
             lam = grad_align_lambda(eps, lam_schedule)
             if eps * 255 > 16 + 1e-6:
                 warnings.warn(f"GradAlign: the default λ extrapolates the official {lam_schedule} schedule (tuned for "
                               f"ε <= 16/255) to ε = {eps:.4g}, giving λ = {lam:.4g}; pass lam= explicitly",
                               stacklevel=2)
-        elif isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (lam >= 0 and math.isfinite(lam)):
-            fail("GradAlign", ValueError, f"argument 'lam' must be a finite number >= 0, got {lam!r}")
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha, init=init, lam=float(lam),
-                         lam_schedule=lam_schedule)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=1.25 * eps if alpha is None else alpha,
+                         init=init, lam=lam, lam_schedule=lam_schedule)
         self._grad1: Tensor | None = None
         self._reg: Tensor | None = None
 
@@ -98,13 +95,24 @@ class GradAlign(Method):
     def step_from_zero(self) -> bool:  # type: ignore[override]
         return self.init == "zero"
 
+    def check_hparams(self, hp: dict) -> dict:
+        if hp["init"] not in ("zero", "random"):
+            fail("GradAlign", ValueError, f"argument 'init' must be 'zero' or 'random', got {hp['init']!r}")
+        if hp["lam_schedule"] not in LAMBDA_SCHEDULES:
+            fail("GradAlign", ValueError, f"argument 'lam_schedule' must be one of {LAMBDA_SCHEDULES}, "
+                                          f"got {hp['lam_schedule']!r}")
+        lam = hp["lam"]
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (lam >= 0 and math.isfinite(lam)):
+            fail("GradAlign", ValueError, f"argument 'lam' must be a finite number >= 0, got {lam!r}")
+        return {**hp, "alpha": check_positive("GradAlign", "alpha", hp["alpha"]), "lam": float(lam)}
+
     def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
         """GradAlign's own remedy against CO is a stronger alignment term: λ / alpha_factor (λ × 1.25 by default);
         with λ = 0, α is lowered as for FGSM."""
         if self.lam <= 0:
             return super().strengthen(q_step=q_step, alpha_factor=alpha_factor)
         old = self.lam
-        self.lam = old / alpha_factor
+        self.set_hparams(lam=old / alpha_factor)
         return f"lam {old:.5g} -> {self.lam:.5g}"
 
     @property

@@ -23,14 +23,21 @@ class PGD(Method):
 
     name = "pgd"
 
+    alpha: float
+    steps: int
+    random_start: bool
+
     def __init__(self, *, eps: float, alpha: float | None = None, steps: int = 10, random_start: bool = True,
                  attack_bn_mode: str | None = None) -> None:
         eps = check_positive("PGD", "eps", eps)
-        alpha = check_positive("PGD", "alpha", eps / 4 if alpha is None else alpha)
-        steps = check_int("PGD", "steps", steps, 1)
-        if not isinstance(random_start, bool):
-            fail("PGD", TypeError, f"argument 'random_start' must be a bool, got {type(random_start).__name__}")
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha, steps=steps, random_start=random_start)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=eps / 4 if alpha is None else alpha,
+                         steps=steps, random_start=random_start)
+
+    def check_hparams(self, hp: dict) -> dict:
+        if not isinstance(hp["random_start"], bool):
+            fail("PGD", TypeError, f"argument 'random_start' must be a bool, got {type(hp['random_start']).__name__}")
+        return {**hp, "alpha": check_positive("PGD", "alpha", hp["alpha"]),
+                "steps": check_int("PGD", "steps", hp["steps"], 1)}
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
         self._check_inputs(x, y)

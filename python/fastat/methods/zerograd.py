@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..batch import BatchInfo
-from .base import Method, check_int, check_positive, check_range, fail, input_grad, leaf, to_unit_box
+from .base import Method, StrengthenLimit, check_int, check_positive, check_range, fail, input_grad, leaf, to_unit_box
 
 __all__ = ["ZeroGrad", "MultiGrad"]
 
@@ -23,14 +23,20 @@ class ZeroGrad(Method):
     """
 
     name = "zerograd"
+    alpha: float
+    q: float
+    zero_iters: int
 
     def __init__(self, *, eps: float, alpha: float | None = None, q: float = 0.35, zero_iters: int = 1,
                  attack_bn_mode: str | None = None) -> None:
         eps = check_positive("ZeroGrad", "eps", eps)
-        alpha = check_positive("ZeroGrad", "alpha", 2 * eps if alpha is None else alpha)
-        q = check_range("ZeroGrad", "q", q, 0.0, 1.0)
-        zero_iters = check_int("ZeroGrad", "zero_iters", zero_iters, 1)
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha, q=q, zero_iters=zero_iters)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=2 * eps if alpha is None else alpha, q=q,
+                         zero_iters=zero_iters)
+
+    def check_hparams(self, hp: dict) -> dict:
+        return {**hp, "alpha": check_positive("ZeroGrad", "alpha", hp["alpha"]),
+                "q": check_range("ZeroGrad", "q", hp["q"], 0.0, 1.0),
+                "zero_iters": check_int("ZeroGrad", "zero_iters", hp["zero_iters"], 1)}
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
         self._check_inputs(x, y)
@@ -44,12 +50,14 @@ class ZeroGrad(Method):
         return to_unit_box(xf, delta).to(x.dtype)
 
     def strengthen(self, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
-        """The ZeroGrad paper's roll-back remedy (§6.2): zero a larger quantile, q + q_step (at most 1); once q is
-        1, lower α instead."""
-        if self.q >= 1.0:
-            return super().strengthen(q_step=q_step, alpha_factor=alpha_factor)
+        """The ZeroGrad paper's roll-back remedy (§6.2): zero a larger quantile, q + q_step. A q past 1 does not
+        exist (at q = 1 every coordinate is zeroed and the attack no longer steps): `StrengthenLimit` says so."""
         old = float(self.q)
-        self.q = min(1.0, round(old + q_step, 6))
+        new = round(old + q_step, 6)
+        if new > 1.0:
+            raise StrengthenLimit(f"ZeroGrad cannot be made more conservative: q {old:g} + q_step {q_step:g} would "
+                                  "pass 1 (pass a smaller --q-step, or a larger q from the start)")
+        self.set_hparams(q=new)
         return f"q {old:g} -> {self.q:g}"
 
 
@@ -69,20 +77,27 @@ class MultiGrad(Method):
 
     name = "multigrad"
     step_from_zero = True
+    alpha: float
+    starts: int
+    threshold: int | None
+    batched: bool
 
     def __init__(self, *, eps: float, alpha: float | None = None, starts: int = 3, threshold: int | None = None,
                  batched: bool = True, attack_bn_mode: str | None = None) -> None:
         eps = check_positive("MultiGrad", "eps", eps)
-        alpha = check_positive("MultiGrad", "alpha", 2 * eps if alpha is None else alpha)
-        starts = check_int("MultiGrad", "starts", starts, 1)
+        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=2 * eps if alpha is None else alpha,
+                         starts=starts, threshold=threshold, batched=batched)
+
+    def check_hparams(self, hp: dict) -> dict:
+        starts, threshold = check_int("MultiGrad", "starts", hp["starts"], 1), hp["threshold"]
         if threshold is not None:
             threshold = check_int("MultiGrad", "threshold", threshold, 1)
             if threshold > starts:
                 fail("MultiGrad", ValueError, f"argument 'threshold' must be in [1, starts={starts}], got {threshold}")
-        if not isinstance(batched, bool):
-            fail("MultiGrad", TypeError, f"argument 'batched' must be a bool, got {type(batched).__name__}")
-        super().__init__(eps=eps, attack_bn_mode=attack_bn_mode, alpha=alpha, starts=starts, threshold=threshold,
-                         batched=batched)
+        if not isinstance(hp["batched"], bool):
+            fail("MultiGrad", TypeError, f"argument 'batched' must be a bool, got {type(hp['batched']).__name__}")
+        return {**hp, "alpha": check_positive("MultiGrad", "alpha", hp["alpha"]), "starts": starts,
+                "threshold": threshold}
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchInfo | None = None) -> Tensor:
         self._check_inputs(x, y)

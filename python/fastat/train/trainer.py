@@ -34,6 +34,7 @@ from .. import distributed as dist_
 from ..eval._common import autocast
 from . import evaluation, state
 from .config import ConfigError, TrainConfig
+from ..methods.base import StrengthenLimit
 from .graphs import EpochSums, GraphedStep
 from .monitor import chance_level, divergence, make_monitor, strengthen
 from .recipes import default_model, divergence_hint
@@ -307,8 +308,9 @@ class Trainer:
             self._print(row)
             if co and cfg.on_co == "rollback" and self.out is not None and self.rollbacks < cfg.max_rollbacks \
                     and dist_.broadcast_object((self.out / state.GOOD).exists()):
-                self._roll_back(epoch, co_acc)
-                continue
+                if self._roll_back(epoch, co_acc):
+                    continue
+                break
             self._log(row)
             if self.out is not None and (cfg.checkpoint or cfg.on_co == "rollback"):  # a roll-back needs them
                 state.checkpoint_epoch(self, row, good=not (co or dead))
@@ -335,24 +337,32 @@ class Trainer:
         loss = row["train_loss"] if self.cfg.precision != "fp16" else 0.0
         return divergence(row["clean_acc"] if row["epoch"] > 1 else 1.0, self.chance, loss, self.model)
 
-    def _roll_back(self, epoch: int, co_acc: float) -> None:
-        """Restore ``last_good.pt``, keep the hyper-parameters and roll-back events since, strengthen the method."""
+    def _roll_back(self, epoch: int, co_acc: float) -> bool:
+        """Restore ``last_good.pt``, keep the hyper-parameters and roll-back events since, strengthen the method;
+        False (training stops at the restored epoch, saying why) when the method cannot be made more conservative."""
         cfg = self.cfg
         hparams = dict(self.method.state_dict()["hparams"])  # keep earlier roll-backs' changes
         rollbacks, history = self.rollbacks, list(self.history)
         self.load(self.out / state.GOOD)
-        for k, v in hparams.items():
-            setattr(self.method, k, v)
+        self.method.set_hparams(**hparams)
         # the count and the events of roll-backs since the good checkpoint survive the load
         self.history += [r for r in history[len(self.history):] if r.get("event") == "rollback"]
         if self.writer is not None:
             self.writer.rows = list(self.history)
         self.rollbacks = rollbacks + 1
-        change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
+        try:
+            change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
+        except StrengthenLimit as exc:
+            self.say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): rolled back to epoch {self.epoch} and "
+                     f"stopped: {exc}")
+            self._log({"event": "stop", "at_epoch": epoch, "to_epoch": self.epoch, "reason": str(exc)})
+            self.save(self.out / state.CKPT)
+            return False
         self.say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): rolled back to epoch {self.epoch}, {change}")
         self._log({"event": "rollback", "at_epoch": epoch, "to_epoch": self.epoch, "change": change,
                    "co_pgd_acc": co_acc})
         self.save(self.out / state.CKPT)
+        return True
 
     def _log(self, row: dict[str, Any]) -> None:
         self.history.append(row)
