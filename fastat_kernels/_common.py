@@ -19,8 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastat.ops._library import register_fakes
-from fastat.ops._schemas import MUTATES, SCHEMAS
+from fastat.ops import MUTATES, SCHEMAS, register_fakes
 
 from . import _triton
 

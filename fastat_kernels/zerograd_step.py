@@ -1,7 +1,7 @@
 """`fastat_triton::zerograd_step`: δ' = Π_box(Π_ε(δ + α·sign(g)·[|g| ≥ τ]); x), τ_i = torch.quantile(|g_i|, q).
 
 τ is exact. With n the row length, rank = q · (n − 1) (fp32 arithmetic before torch 2.14, fp64 from 2.14 on:
-`fastat.ops.reference.quantile_rank`), lo = ⌊rank⌋, w = rank − lo (fp32); torch.quantile
+`fastat.ops.quantile_rank`), lo = ⌊rank⌋, w = rank − lo (fp32); torch.quantile
 takes the lo-th and ⌈rank⌉-th smallest |g| (a, b) and returns its lerp, fmaf(w, b − a, a) for w < 0.5 and
 fmaf(w − 1, b − a, b) otherwise. Rank, w and the branch depend only on (n, q), so the host computes them.
 
@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastat.ops.reference import quantile_rank
+from fastat.ops import quantile_rank
 
 from . import _common as C
 
@@ -128,7 +128,7 @@ _apply_tuned = triton.autotune(configs=C.elementwise_configs(), key=["n"])(_zero
 
 def _plan(n: int, q: float) -> tuple[int, float, bool, bool]:
     """(k_lo, coef, use_hi, need_hi) of torch.quantile over n values at q, with the installed torch's rank arithmetic
-    (`fastat.ops.reference.quantile_rank`: fp32 before torch 2.14, fp64 from 2.14 on)."""
+    (`fastat.ops.quantile_rank`: fp32 before torch 2.14, fp64 from 2.14 on)."""
     k_lo, _, w = quantile_rank(q, n)
     use_hi = w >= 0.5
     return k_lo, (w - 1.0 if use_hi else w), use_hi, w > 0.0

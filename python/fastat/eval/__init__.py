@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+from ._common import autocast
 from .autoattack import AutoAttackResult, autoattack_available, run_autoattack
 from .diagnostics import LossSurface, fgsm_pgd_loss_gap, gradient_alignment, loss_surface, sign_change_fraction
 from .pgd import ACCOUNTINGS, IMPLS, PGDResult, aggregate_restarts, pgd_robustness
 
 __all__ = [
     "ACCOUNTINGS",
+    "autocast",
     "IMPLS",
     "AutoAttackResult",
     "LossSurface",

@@ -26,6 +26,7 @@ __all__ = [
     "METHODS",
     "ALIASES",
     "build_method",
+    "canonical_name",
     "method_names",
     "without_placement",
     "Method",
@@ -62,7 +63,9 @@ ALIASES = {
 }
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The registry name of a method name as users type it ("FGSM-RS", "rs_fgsm" -> "fgsm_rs"); unknown names come
+    back normalised (check them against `METHODS`)."""
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     return ALIASES.get(key, key)
 
@@ -90,7 +93,7 @@ def build_method(name: str, *, eps: float, run_epochs: int | None = None, **hpar
     """
     if not isinstance(name, str):
         raise TypeError(f"fastat.methods.build_method: argument 'name' must be a str, got {type(name).__name__}")
-    cls = METHODS.get(_canonical(name))
+    cls = METHODS.get(canonical_name(name))
     if cls is None:
         raise ValueError(f"fastat.methods.build_method: unknown method {name!r}; known: {', '.join(METHODS)}")
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "eps")]

@@ -5,6 +5,11 @@ setting (`use_backend`, `set_backend`, env FASTAT_BACKEND; see `_dispatch`). All
 written in `fastat.ops.reference`, which is also the "torch" backend. The ops are not differentiable: inputs are
 detached and results never carry a graph (they are attack-step updates). None of them synchronizes with the host, so
 a whole attack step can be captured in a CUDA graph.
+
+For kernel packages (`fastat_kernels`, the Triton kernels): `SCHEMAS` (each op's schema), `MUTATES` (the arguments an
+op writes in place), `register_fakes(library)` (shape-only implementations for torch.compile) and
+`quantile_rank(q, n)` (torch.quantile's rank rule of the installed torch) are the public interface; nothing else of
+`fastat.ops` is imported from outside it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import torch
 from torch import Tensor
 
 from . import _validate, reference
+from ._library import register_fakes
+from ._schemas import MUTATES
+from .reference import quantile_rank
 from ._dispatch import (
     BACKENDS,
     available_backends,
@@ -39,6 +47,10 @@ __all__ = [
     "BACKENDS",
     "SCHEMAS",
     "reference",
+    # the interface a kernel package (fastat_kernels) builds on: schemas, in-place arguments, fakes, the rank rule
+    "MUTATES",
+    "quantile_rank",
+    "register_fakes",
 ]
 
 

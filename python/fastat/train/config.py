@@ -197,7 +197,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError for anything wrong that can be seen without loading data."""
         from ..data import canonical_name
-        from ..methods import METHODS, _canonical
+        from ..methods import METHODS
+        from ..methods import canonical_name as canonical_method
         from ..models import MODELS
         from .monitor import CO_ACTIONS, CO_CHECKS, DIVERGE_ACTIONS
 
@@ -206,7 +207,7 @@ class TrainConfig:
         for key in ("alpha", "noise_scale", "step_min", "step_max", "gamma_over_c"):
             if isinstance(self.method_kwargs.get(key), str):
                 self.method_kwargs[key] = parse_number(self.method_kwargs[key], key)
-        if _canonical(self.method) not in METHODS:
+        if canonical_method(self.method) not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         try:
             self.dataset = canonical_name(self.dataset)

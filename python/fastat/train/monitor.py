@@ -172,7 +172,7 @@ class WongCODetector:
         checks its own share of the batch)."""
         from .. import distributed as dist_
         from .. import ops
-        from ..eval._common import autocast
+        from ..eval import autocast
         from ..methods.base import attack_mode, frozen_parameters
 
         alpha = EVAL_ALPHA_OVER_EPS * self.eps if self.alpha is None else self.alpha

@@ -49,14 +49,14 @@ _LABEL = re.compile(r"^[A-Za-z0-9_+-]+$")
 def parse_methods(items: Iterable[str]) -> dict[str, str]:
     """``{label: canonical method}`` from items ``method`` or ``label=method`` (comma lists are split); raises
     ConfigError naming an unknown method or a repeated label."""
-    from ..methods import METHODS, _canonical
+    from ..methods import METHODS, canonical_name
 
     plan: dict[str, str] = {}
     for item in (part.strip() for text in items for part in str(text).split(",")):
         if not item:
             continue
         label, _, name = item.partition("=") if "=" in item else (item, "", item)
-        method = _canonical(name.strip())
+        method = canonical_name(name.strip())
         if method not in METHODS:
             raise ConfigError(f"--methods: unknown method {name.strip()!r}; choose from {', '.join(METHODS)}")
         label = label.strip()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_
-from ..eval._common import autocast
+from ..eval import autocast
 from . import evaluation, state
 from .config import ConfigError, TrainConfig
 from ..methods.base import StrengthenLimit
