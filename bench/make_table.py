@@ -1,8 +1,9 @@
-"""Install a GPU benchmark's results: the ops table into the README and "auto"'s per-op backend choice into fastat.
+"""Install a GPU benchmark's results: the ops table into docs/benchmarks.md and "auto"'s per-op backend choice into
+fastat.
 
-Usage: python bench/make_table.py bench/results/<date>-<device> [README.md]
+Usage: python bench/make_table.py bench/results/<date>-<device> [docs/benchmarks.md]
 
-* `ops.md` of the results folder replaces the README section between `<!-- bench:ops:start -->` and
+* `ops.md` of the results folder replaces the docs/benchmarks.md section between `<!-- bench:ops:start -->` and
   `<!-- bench:ops:end -->`, followed by the table of what "auto" picks per op (and why: geometric-mean times).
 * `auto.json` of the results folder (written by `fastat bench ops --device cuda` when both fused backends ran) is
   copied to python/fastat/ops/auto_cuda.json, which `fastat.ops._dispatch.auto_order` reads at import.
@@ -29,7 +30,7 @@ def auto_markdown(auto: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(folder: str, readme: str = str(ROOT / "README.md")) -> int:
+def main(folder: str, readme: str = str(ROOT / "docs" / "benchmarks.md")) -> int:
     folder_path = Path(folder)
     table = (folder_path / "ops.md").read_text().strip()
     auto_file = folder_path / "auto.json"

@@ -1,6 +1,6 @@
-"""Keep README.md honest, cheaply (a few seconds on a CPU, no data, no training).
+"""Keep README.md and docs/ honest, cheaply (a few seconds on a CPU): their code blocks, commands and links.
 
-Rules (what a README edit must respect):
+Rules (what an edit of README.md or a docs/ page must respect; "the README" below means each of them):
 
 * Every ```python block is compiled, its `import`/`from ... import` lines must resolve, and every call it makes to a
   fastat function or class must bind to that callable's signature (keywords that go to ``**kw`` of `fit`, `Trainer`
@@ -14,6 +14,8 @@ Rules (what a README edit must respect):
 * ``--flag a|b|c`` value lists must be values the flag accepts.
 * ``fastat.x.y`` names, ``python -m`` modules and repository paths (``bench/...``, ``.ci/...``) in code must exist;
   output file names the README promises (``metrics.jsonl``, ``eval.json``, ...) must appear in the sources.
+* Relative links ``[text](path)`` must point at files that exist; docs/cli.md must be what
+  ``python -m fastat.cli_reference`` generates now; the README stays short (``README_MAX_LINES``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# the pages checked (docs/results/ holds measured results, whose commands are bench scripts': links only there)
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+RESULTS = sorted((ROOT / "docs" / "results").glob("*.md"))
+README_MAX_LINES = 150
 SKIP_MARK = re.compile(r"#\s*readme-test:\s*skip\b")
 EXTERNAL_FLAGS = {"--no-build-isolation", "--nproc_per_node", "--benchmark-only",  # pip, torchrun, pytest-benchmark
                   "--early-stop"}  # locuslab/fast_adversarial (WONG), named where fastat mirrors it
@@ -41,15 +47,18 @@ COMMAND = re.compile(r"(?<![\w./-])fastat\s+(bench\s+ops|train|sweep|eval|plot|i
 
 
 def _text() -> str:
-    return README.read_text(encoding="utf-8")
+    return "\n".join(doc.read_text(encoding="utf-8") for doc in DOCS)
 
 
-def _fenced(lang: str | None = None) -> list[tuple[int, str, str]]:
-    """(line number, language, body) of every fenced block (of ``lang`` when given)."""
-    text, out = _text(), []
-    for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
-        if lang is None or m.group(1) == lang:
-            out.append((text.count("\n", 0, m.start()) + 1, m.group(1), m.group(2)))
+def _fenced(lang: str | None = None) -> list[tuple[str, str, str]]:
+    """(file:line, language, body) of every fenced block (of ``lang`` when given)."""
+    out = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
+            if lang is None or m.group(1) == lang:
+                where = f"{doc.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}"
+                out.append((where, m.group(1), m.group(2)))
     return out
 
 
@@ -70,7 +79,7 @@ def _code_snippets() -> list[str]:
 
 
 def _python_blocks() -> list[Any]:
-    return [pytest.param(body, id=f"line{line}") for line, _, body in _fenced("python")]
+    return [pytest.param(body, id=where) for where, _, body in _fenced("python")]
 
 
 # --------------------------------------------------------------------------------------------- CLI flags
@@ -218,7 +227,7 @@ def test_python_block_api(body):
 @pytest.mark.parametrize("body", _python_blocks())
 def test_python_block_runs(body, tmp_path, monkeypatch):
     if SKIP_MARK.search(body):
-        pytest.skip("marked '# readme-test: skip' in README.md")
+        pytest.skip("marked '# readme-test: skip'")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FASTAT_BACKEND", raising=False)
     exec(compile(body, str(README), "exec"), {"__name__": "readme_block"})  # noqa: S102 - the README's own code
@@ -272,5 +281,24 @@ def test_promised_output_files_are_written_somewhere():
     assert not missing, f"README output files no source mentions: {missing}"
 
 
-def test_readme_found():
-    assert README.is_file() and os.path.getsize(README) > 1000
+def test_readme_found_and_short():
+    lines = README.read_text(encoding="utf-8").count("\n")
+    assert os.path.getsize(README) > 1000 and lines <= README_MAX_LINES, f"README.md has {lines} lines"
+
+
+def test_relative_links_exist():
+    bad = []
+    for doc in DOCS + RESULTS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+://|#|mailto:", target):
+                continue
+            if not (doc.parent / target.split("#")[0]).exists():
+                bad.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert not bad, f"links to files that do not exist: {bad}"
+
+
+def test_cli_reference_is_current():
+    from fastat.cli_reference import render
+
+    current = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert current == render(), "docs/cli.md is stale: run `python -m fastat.cli_reference docs/cli.md`"

@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of every fastat op: the specification every other backend is tested against.
 
-Conventions shared by all ops (docs: ../shared/docs/methods.md §0, README "Op contracts"):
+Conventions shared by all ops (docs: ../shared/docs/methods.md §0, docs/ops.md "Op contracts"):
 
 * Rows are samples: dim 0 is the batch, everything after it (C·H·W) is one row.
 * Math is fp32 whatever the input dtypes (fp32, bf16, fp16); results are cast to the dtype of ``delta`` (or ``x``).
