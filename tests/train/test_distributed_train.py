@@ -31,12 +31,29 @@ def two_ranks(out: Path, *args: str) -> list[dict]:
     return [torch.load(out / f"result_rank{r}.pt", weights_only=False) for r in range(2)]
 
 
-def assert_close_state(a: dict, b: dict, atol: float) -> None:
+# APART's ω moves by ±(α/α_ω) = ±1 per step in the direction sign(g) of an input gradient. DDP's averaged gradient
+# differs from one process's in the last bits (another summation order), so an entry of g within a few ulp of zero
+# can take the other sign and move its ω entry the other way: a difference of up to 2 per such flip (ω is clipped
+# to [-1, 1]), not a bug. Such entries are rare (the gradient's density at 0 times a few ulp): at most 1 in 10^4 of ω
+# (about 20 of 196,000; the failing run had 1) may differ, each by at most 2; the rest must match to `atol`.
+SIGN_FLIPS_PER_ELEMENT, FLIP_JUMP = 1e-4, 2.0
+
+
+def assert_close_sign_driven(x: torch.Tensor, y: torch.Tensor, atol: float) -> None:
+    off = (x - y).abs() > atol + 1e-5 * y.abs()
+    assert int(off.sum()) <= max(1, SIGN_FLIPS_PER_ELEMENT * x.numel()), f"{int(off.sum())} of {x.numel()} differ"
+    assert float((x - y).abs().max()) <= FLIP_JUMP + atol
+
+
+def assert_close_state(a: dict, b: dict, atol: float, sign_driven_buffers: bool = False) -> None:
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=atol, msg=f"weights {k}")
     assert len(a["buffers"]) == len(b["buffers"])
     for x, y in zip(a["buffers"], b["buffers"]):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
+        if sign_driven_buffers:
+            assert_close_sign_driven(x, y, atol)
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
     assert len(a["params"]) == len(b["params"])  # a method's learnable scalars (APART)
     for x, y in zip(a["params"], b["params"]):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
@@ -57,7 +74,7 @@ def test_two_ranks_match_one_process(tmp_path, method):
     r0, r1 = two_ranks(tmp_path / "two", *args)
     assert r0["world_size"] == 2 and r0["steps"] == ref["steps"] == 8  # 4 global batches x 2 epochs
     assert_close_state(r0, r1, atol=0)  # the ranks hold the same replica
-    assert_close_state(ref, r0, atol=2e-5)
+    assert_close_state(ref, r0, atol=2e-5, sign_driven_buffers=method == "apart")
     for h1, h2 in zip(ref["history"], r0["history"]):
         assert h2["world_size"] == 2
         for key in ("train_loss", "train_adv_acc", "pert_abs_mean_over_eps"):
