@@ -445,6 +445,8 @@ def test_resume_a_checkpoint_written_before_newer_config_fields(tmp_path):
     for key in ("drop_last", "pad_mode", "attack_precision", "download"):  # fields added after that run
         ck["config"].pop(key)
     torch.save(ck, tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.pt.sha256").unlink()  # a checkpoint of an older fastat: no checksum record
+    (tmp_path / "last_good.pt").unlink(missing_ok=True)  # (so the resume cannot fall back to it)
     t = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), **TINY))
     assert t.resume() and t.epoch == 1
     bad = Trainer(TrainConfig(method="fgsm_rs", epochs=1, out=str(tmp_path), pad_mode="reflect", **TINY))
