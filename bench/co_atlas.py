@@ -11,7 +11,7 @@ CPU demo's: small CNN, the first ``--subset`` training images, batch ``--batch-s
 ``--epochs`` epochs, fp32), evaluates clean and PGD-20 accuracy (α = ε/4, one restart, the yardstick's evaluation) on
 the first ``--eval-n`` test images after every epoch, and ends with PGD-50-10 (α = ε/4, official max-loss accounting)
 of its last weights on the first ``--final-n`` test images, and of its best epoch's when that epoch beat the last
-(`final_evaluation`). Runs go seed-major, the demo's ε first: a cut-short atlas still covers every cell. Method settings for Fashion-MNIST
+(`final_evaluation`). The demo's ε runs first, then the others seed-major: a cut-short atlas still covers every cell. Method settings for Fashion-MNIST
 (`METHOD_SETTINGS`, the same as bench/acceptance.py's): ZeroGrad q = 0.7 with the CO roll-back, ATAS's official
 absolute step bounds with c scaled to the batch and a 2-epoch warm-up, GradAlign λ = 2; the rest official defaults.
 
@@ -133,9 +133,13 @@ def plan(args: argparse.Namespace) -> list[Task]:
                 tasks.append(Task("fastat", method, eps, seed, COST[method] * 1.3))  # + the final evaluation
                 if not args.no_yardstick and method in YARDSTICK:
                     tasks.append(Task("yardstick", method, eps, seed, COST[method]))
-    # seed-major (every cell gets its first seed before any gets its second), the demo's ε first, longest first
-    order = {eps: i for i, eps in enumerate(sorted(args.eps, key=lambda e: (abs(e - args.demo_eps) > 1e-9, e)))}
-    return sorted(tasks, key=lambda t: (t.seed, order[t.eps], -t.cost))
+    # the demo's ε first (all its seeds), then seed-major (every other cell gets its first seed before any gets its
+    # second), longest first: an atlas cut short still holds the demo's row and one seed everywhere
+    def key(t: Task) -> tuple:
+        demo = abs(t.eps - args.demo_eps) < 1e-9
+        return (not demo, 0 if demo else t.seed, t.eps, -t.cost)
+
+    return sorted(tasks, key=key)
 
 
 def run_dir(args: argparse.Namespace, task: Task) -> Path:
