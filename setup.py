@@ -74,8 +74,7 @@ def _cuda_wanted() -> bool:
 
 
 def _torch_at_least_2_14() -> bool:
-    """torch >= 2.14: its headers need C++20 (C++17 before, what those torches are built with), and its
-    torch.quantile computes the rank in fp64 (csrc/quantile_rank.h: FASTAT_QUANTILE_RANK64)."""
+    """torch >= 2.14: its headers need C++20 (C++17 before, what those torches are built with)."""
     import re
 
     import torch
@@ -95,9 +94,8 @@ def _extensions():
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     new_torch = _torch_at_least_2_14()
     std = "c++20" if new_torch else "c++17"
-    rank64 = f"-DFASTAT_QUANTILE_RANK64={int(new_torch)}"
     # -ffp-contract=off: the CPU kernels must round exactly like the eager reference (no silent FMA contraction).
-    cxx += [f"-std={std}", rank64, "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
+    cxx += [f"-std={std}", "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
     csrc = os.path.join("csrc")
     sources = [os.path.join(csrc, "module.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True,
@@ -106,7 +104,7 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
-        nvcc = ["-O3", f"-std={std}", rank64, "--expt-relaxed-constexpr"]
+        nvcc = ["-O3", f"-std={std}", "--expt-relaxed-constexpr"]
         nvcc += ["-O0", "-g", "-lineinfo"] if debug else ["-lineinfo"]
         kwargs["extra_compile_args"]["nvcc"] = nvcc
         kwargs["extra_compile_args"]["cxx"] = cxx + ["-DFASTAT_WITH_CUDA"]

@@ -61,7 +61,7 @@ done
 bindings_check() {
   local py="${PYTHON:-python3}" inc cuda_inc flags=() d new std
   inc="$("$py" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join(include_paths()))' 2>/dev/null)"
-  # as setup.py: torch >= 2.14 needs C++20 and computes quantile ranks in fp64 (csrc/quantile_rank.h)
+  # as setup.py: torch >= 2.14 needs C++20
   new="$("$py" -c 'import re, torch; m = re.match(r"(\d+)\.(\d+)", torch.__version__)
 print(int((int(m[1]), int(m[2])) >= (2, 14)))' 2>/dev/null || echo 0)"
   std=$([ "$new" = 1 ] && echo c++20 || echo c++17)
@@ -83,7 +83,7 @@ print(int((int(m[1]), int(m[2])) >= (2, 14)))' 2>/dev/null || echo 0)"
     flags=("-I$tmp/stub" "${flags[@]}")
   fi
   if "${CXX:-g++}" -std="$std" -fsyntax-only -Wall -Wno-c++20-extensions -DFASTAT_WITH_CUDA \
-    -DFASTAT_QUANTILE_RANK64="$new" "${flags[@]}" \
+    "${flags[@]}" \
     -I"$cuda_inc" -I"$root/csrc" "$root/csrc/cuda/bindings.cpp" >"$tmp/bindings.log" 2>&1; then
     echo "ok    bindings.cpp (syntax, $std, against $(dirname "${inc%% *}"))"
     [ -s "$tmp/bindings.log" ] && grep -v "c++20\|^\s*[0-9]* |\|^\s*|" "$tmp/bindings.log" | head -n 40

@@ -3,17 +3,11 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
-#include <torch/version.h>
 
 #include <cstdint>
 #include <string>
 
 #include "quantile_rank.h"
-
-// The torch.quantile rank rule the kernels were built with must be the one of the torch they are built against.
-#if (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)) != FASTAT_QUANTILE_RANK64
-#error "FASTAT_QUANTILE_RANK64 must be 1 exactly when building against torch >= 2.14 (setup.py sets it)"
-#endif
 
 // Checks that name the op and the argument. VALUE -> Python ValueError, TYPE -> Python TypeError.
 #define FASTAT_CHECK_VALUE(op, cond, arg, ...) \
@@ -65,5 +59,23 @@ struct RowOutput {
     return out;
   }
 };
+
+// Which of torch.quantile's two rank rules (quantile_rank.h) the torch this library runs in follows, asked of that
+// torch once, at the first ZeroGrad call, rather than derived from a version number: the median-free row below has
+// rank (float)0.3 · 1000 = 300.0000119 in fp64, which fp32 rounds to 300.0, so torch.quantile returns about 11.9
+// (w = 1.19e-5 of the 1e6 step at index 301) under the fp64 rule and exactly 0 under the fp32 one. The Python side
+// asks the same question the same way (fastat.ops.reference.QUANTILE_RANK_FP64).
+inline bool torch_quantile_rank_fp64() {
+  static const bool fp64 = [] {
+    c10::InferenceMode guard;
+    at::Tensor row = at::zeros({1001}, at::TensorOptions().dtype(at::kFloat));
+    row.narrow(0, 301, 700).fill_(1e6);
+    return at::quantile(row, 0.3).item<float>() > 1.0f;
+  }();
+  return fp64;
+}
+
+// torch.quantile's (lo, hi, w) for a row of n values at q, by the rule of the torch this library runs in.
+inline QuantileRank torch_quantile_rank(double q, int64_t n) { return quantile_rank(q, n, torch_quantile_rank_fp64()); }
 
 }  // namespace fastat

@@ -128,7 +128,7 @@ _apply_tuned = triton.autotune(configs=C.elementwise_configs(), key=["n"])(_zero
 
 def _plan(n: int, q: float) -> tuple[int, float, bool, bool]:
     """(k_lo, coef, use_hi, need_hi) of torch.quantile over n values at q, with the installed torch's rank arithmetic
-    (`fastat.ops.quantile_rank`: fp32 before torch 2.14, fp64 from 2.14 on)."""
+    (`fastat.ops.quantile_rank`: fp32 before torch 2.14, fp64 from 2.14 on, asked of the running torch)."""
     k_lo, _, w = quantile_rank(q, n)
     use_hi = w >= 0.5
     return k_lo, (w - 1.0 if use_hi else w), use_hi, w > 0.0

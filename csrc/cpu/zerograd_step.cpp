@@ -1,5 +1,5 @@
 // ZeroGrad step on CPU. Per sample i (a row of n elements, in the memory format of δ):
-//   τ_i = torch.quantile(|g_i|, q)  (k-th order statistics by nth_element, torch's fp32 rank and FMA lerp; NaN row ->
+//   τ_i = torch.quantile(|g_i|, q)  (k-th order statistics by nth_element, the running torch's rank rule and its FMA lerp; NaN row ->
 //   τ = NaN), δ' = box(clamp(δ + (|g| >= τ_i ? α·sign(g) : 0), -ε, ε), x).
 // Rows are independent: at::parallel_for over rows, one scratch copy of |g_i| per task.
 #include <ATen/Parallel.h>
@@ -15,8 +15,7 @@ namespace fastat {
 namespace {
 
 // torch.quantile(a[0:n], q) with linear interpolation, for a NaN-free row; reorders `a`.
-float row_quantile(float* a, int64_t n, float q) {
-  const QuantileRank r = quantile_rank(q, n);  // the installed torch's rank rule (quantile_rank.h)
+float row_quantile(float* a, int64_t n, const QuantileRank& r) {
   const int64_t lo = r.lo, hi = r.hi;
   const float w = r.w;
   std::nth_element(a, a + lo, a + n);
@@ -28,7 +27,7 @@ float row_quantile(float* a, int64_t n, float q) {
 
 template <typename D, typename G>
 void zerograd_rows(const D* delta, const G* grad, const D* x, D* out, int64_t rows, int64_t n, float eps,
-                   float alpha, float q) {
+                   float alpha, const QuantileRank& rank) {
   at::parallel_for(0, rows, cpu::row_grain(n), [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(n);
     for (int64_t r = begin; r < end; ++r) {
@@ -39,7 +38,7 @@ void zerograd_rows(const D* delta, const G* grad, const D* x, D* out, int64_t ro
         has_nan |= a != a;
         scratch[k] = a;
       }
-      const float tau = has_nan ? cpu::kNaN : row_quantile(scratch.data(), n, q);
+      const float tau = has_nan ? cpu::kNaN : row_quantile(scratch.data(), n, rank);
       for (int64_t k = base; k < base + n; ++k) {
         const float g = static_cast<float>(grad[k]);
         const float step = std::abs(g) >= tau ? alpha * cpu::sign(g) : 0.0f;
@@ -59,12 +58,12 @@ at::Tensor zerograd_step_cpu(const at::Tensor& delta, const at::Tensor& grad, co
   const at::Tensor d = delta.contiguous(fmt), g = grad.contiguous(fmt), xc = x.contiguous(fmt);
   RowOutput res(delta, fmt);
   const int64_t rows = delta.size(0), n = row_numel(delta);
+  const QuantileRank rank = torch_quantile_rank(q, n);  // decided by the running torch (common.h)
   FASTAT_DISPATCH_FLOAT(d.scalar_type(), "zerograd_step_cpu", [&] {
     using delta_t = scalar_t;
     FASTAT_DISPATCH_FLOAT(g.scalar_type(), "zerograd_step_cpu", [&] {
       zerograd_rows(d.const_data_ptr<delta_t>(), g.const_data_ptr<scalar_t>(), xc.const_data_ptr<delta_t>(),
-                    res.work.data_ptr<delta_t>(), rows, n, static_cast<float>(eps), static_cast<float>(alpha),
-                    static_cast<float>(q));
+                    res.work.data_ptr<delta_t>(), rows, n, static_cast<float>(eps), static_cast<float>(alpha), rank);
     });
   });
   return res.finish();

@@ -75,9 +75,11 @@ at::Tensor zerograd_step_cuda(const at::Tensor& delta, const at::Tensor& grad, c
   const auto fmt = row_format(delta);
   const at::Tensor d = delta.contiguous(fmt), g = grad.contiguous(fmt), xc = x.contiguous(fmt);
   RowOutput res(delta, fmt);
+  const QuantileRank rank = torch_quantile_rank(q, row_numel(d));  // decided by the running torch (../common.h)
   check_launch(op, cuda::launch_zerograd_step(d.const_data_ptr(), g.const_data_ptr(), xc.const_data_ptr(),
                                               res.work.data_ptr(), dtype_of(d), dtype_of(g), d.size(0), row_numel(d),
-                                              static_cast<float>(eps), static_cast<float>(alpha), q, current_stream()));
+                                              static_cast<float>(eps), static_cast<float>(alpha), rank.lo, rank.hi,
+                                              rank.w, current_stream()));
   return res.finish();
 }
 

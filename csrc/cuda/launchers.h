@@ -22,10 +22,13 @@ enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 // ---------------------------------------------------------------------------------------------------- zerograd_step
 // out = box(clamp(delta + keep·alpha·sign(grad), -eps, eps), x), keep = |grad| >= tau_row, tau_row = torch.quantile(
 // |grad_row|, q) computed exactly (radix selection of the two order statistics + torch's lerp). delta, x, out: (batch,
-// row_numel) in `dtype`; grad in `grad_dtype`. row_numel must be < 2^32 (the op allows < 2^24). q in [0, 1].
+// row_numel) in `dtype`; grad in `grad_dtype`. row_numel must be < 2^32 (the op allows < 2^24). tau interpolates
+// between the rank_lo-th and rank_hi-th smallest |grad| of a row (0-based) with the fp32 weight rank_w: torch.quantile's
+// ranks for q, by the rule of the running torch (../quantile_rank.h; the binding computes them), so
+// 0 <= rank_lo <= rank_hi <= min(rank_lo + 1, row_numel - 1).
 cudaError_t launch_zerograd_step(const void* delta, const void* grad, const void* x, void* out, DType dtype,
-                                 DType grad_dtype, int64_t batch, int64_t row_numel, float eps, float alpha, double q,
-                                 cudaStream_t stream);
+                                 DType grad_dtype, int64_t batch, int64_t row_numel, float eps, float alpha,
+                                 int64_t rank_lo, int64_t rank_hi, float rank_w, cudaStream_t stream);
 
 // --------------------------------------------------------------------------------------------------- multigrad_step
 // votes = Σ_s sign(grads[s]); keep = |votes| >= min_votes (= 2·threshold − S); out = box(clamp(keep·alpha·sign(votes),

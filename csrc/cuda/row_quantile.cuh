@@ -1,7 +1,7 @@
 // Exact per-row quantile of |g| for the ZeroGrad kernels: tau = torch.quantile(|g_row|, q), bit for bit.
 //
 // torch.quantile sorts the row and interpolates between the lo-th and hi-th smallest values (lo = floor(rank),
-// hi = ceil(rank), rank = q·(n-1) in fp32, or in fp64 from torch 2.14 on: ../quantile_rank.h). Here both order
+// hi = ceil(rank), rank = q·(n-1) by the running torch's rule: ../quantile_rank.h). Here both order
 // statistics are found by a radix selection on the fp32 bit patterns of |g| (monotone for non-negative floats; NaN
 // patterns sort above +inf, as torch sorts NaN last): 3 passes over 11 + 10 + 10 bits, each building a shared-memory
 // histogram of the keys that match the prefix found so far and scanning it for the digit holding the k-th key. The hi-th is the same value unless the lo-th's ties are used
@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "../quantile_rank.h"
 #include "kernel_utils.cuh"
 
 namespace fastat {
@@ -205,14 +204,13 @@ __device__ float select_tau(const Src& src, int64_t m, const QuantileArgs& qa, S
   return quantile_lerp(prefix, hi_bits, qa.w);
 }
 
-// Host side: the ranks for a row of n elements, with the rank arithmetic of the torch the extension is built
-// against (../quantile_rank.h; q in [0, 1] is validated before, so 0 <= lo <= hi <= n - 1).
-inline QuantileArgs quantile_args(double q, int64_t n) {
-  const QuantileRank r = quantile_rank(q, n);
+// Host side: the kernel arguments for the ranks the launcher received (torch.quantile's, by the rule of the running
+// torch: ../quantile_rank.h; the launcher checked 0 <= lo <= hi <= n - 1 < 2^32).
+inline QuantileArgs quantile_args(int64_t lo, int64_t hi, float w) {
   QuantileArgs qa;
-  qa.lo = static_cast<uint32_t>(r.lo);
-  qa.hi = static_cast<uint32_t>(r.hi);
-  qa.w = r.w;
+  qa.lo = static_cast<uint32_t>(lo);
+  qa.hi = static_cast<uint32_t>(hi);
+  qa.w = w;
   return qa;
 }
 

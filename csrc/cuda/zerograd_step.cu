@@ -157,11 +157,12 @@ cudaError_t launch_typed(const D* delta, const G* grad, const D* x, D* out, int6
 }  // namespace
 
 cudaError_t launch_zerograd_step(const void* delta, const void* grad, const void* x, void* out, DType dtype,
-                                 DType grad_dtype, int64_t batch, int64_t row_numel, float eps, float alpha, double q,
-                                 cudaStream_t stream) {
+                                 DType grad_dtype, int64_t batch, int64_t row_numel, float eps, float alpha,
+                                 int64_t rank_lo, int64_t rank_hi, float rank_w, cudaStream_t stream) {
   if (batch <= 0 || row_numel <= 0) return cudaSuccess;
   if (batch > kMaxGridX || row_numel >= (int64_t{1} << 32)) return cudaErrorInvalidValue;
-  const QuantileArgs qa = quantile_args(q, row_numel);
+  if (rank_lo < 0 || rank_hi < rank_lo || rank_hi > rank_lo + 1 || rank_hi >= row_numel) return cudaErrorInvalidValue;
+  const QuantileArgs qa = quantile_args(rank_lo, rank_hi, rank_w);
   FASTAT_CUDA_DISPATCH(dtype, D, FASTAT_CUDA_DISPATCH(grad_dtype, G, {
     return launch_typed<G, D>(static_cast<const D*>(delta), static_cast<const G*>(grad), static_cast<const D*>(x),
                               static_cast<D*>(out), batch, row_numel, qa, eps, alpha, stream);

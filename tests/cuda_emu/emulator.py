@@ -117,12 +117,6 @@ def rewrite_bindings(source: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------------------- building
-def _rank64() -> int:
-    from fastat.ops.reference import QUANTILE_RANK_FP64
-
-    return int(QUANTILE_RANK_FP64)
-
-
 def asan_enabled() -> bool:
     """FASTAT_EMU_ASAN=1: build with AddressSanitizer (the process must preload libasan, see test_build_variants.py)."""
     return os.environ.get("FASTAT_EMU_ASAN", "0") == "1"
@@ -137,8 +131,7 @@ def contract_enabled() -> bool:
 def _flags() -> list[str]:
     contract = ["-ffp-contract=fast", "-mfma"] if contract_enabled() else ["-ffp-contract=off"]
     flags = ["-std=c++20", "-O1", "-fPIC", "-pthread", *contract, "-fno-fast-math", "-Wall",
-             "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable",
-             f"-DFASTAT_QUANTILE_RANK64={_rank64()}"]
+             "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"]
     if asan_enabled():
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-DFASTAT_EMU_ASAN=1"]
     return flags

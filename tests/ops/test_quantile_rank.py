@@ -1,6 +1,7 @@
 """ZeroGrad's τ follows the installed torch's `torch.quantile` rank rule, which changed in torch 2.14 (the rank
 q·(n−1) in fp64 instead of fp32, pytorch#187574): `fastat.ops.reference.quantile_rank` states the rule and every
-backend must follow it (csrc/quantile_rank.h is compiled with the rule of the torch it is built against).
+backend must follow it (the rule is asked of the running torch once, by the Python side and by the compiled
+bindings, which pass (lo, hi, w) to the kernels: csrc/common.h, csrc/quantile_rank.h).
 
 Usually the two rules give τs an ulp apart between the same two order statistics, which no mask shows (no row value
 lies strictly between them). They differ visibly where the fp32 rank is an exact integer and the fp64 rank is just
@@ -32,6 +33,14 @@ def test_rule_matches_torch_quantile():
             d = (b - a).float().double()  # fp32 difference; the FMA's exact product and one rounding below
             tau = torch.where(torch.tensor(w < 0.5), w * d + a, (w - 1) * d + b).float()
             assert torch.equal(tau, torch.quantile(x, q, dim=1)), (n, q)
+
+
+def test_probe_agrees_with_the_torch_version():
+    """The rule is asked of torch at run time; for released torches it is the version's (fp64 from 2.14 on)."""
+    import re
+
+    major, minor = map(int, re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+    assert QUANTILE_RANK_FP64 == ((major, minor) >= (2, 14))
 
 
 def test_the_rules_differ_here():

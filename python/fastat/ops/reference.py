@@ -22,7 +22,6 @@ op (B×n elements, 4-byte fp32): the fused kernels must move about that much; th
 from __future__ import annotations
 
 import math
-import re
 import struct
 
 import torch
@@ -31,10 +30,21 @@ from torch import Tensor
 __all__ = ["zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgd_step", "uniform_init", "box",
            "QUANTILE_RANK_FP64", "quantile_rank"]
 
-_m = re.match(r"(\d+)\.(\d+)", torch.__version__)
+def _torch_quantile_rank_fp64() -> bool:
+    """Asked of the running torch, not read from its version: in a row of 301 zeros then 700 values 1e6, the rank of
+    q = (float)0.3 is 300.0000119, which fp32 rounds to 300.0. torch.quantile returns about 11.9 under the fp64 rule
+    and exactly 0 under the fp32 one. The compiled kernels ask the same question the same way (csrc/common.h)."""
+    row = torch.zeros(1001, dtype=torch.float32)
+    row[301:] = 1e6
+    with torch.inference_mode():
+        return bool(torch.quantile(row, 0.3).item() > 1.0)
+
+
 #: torch >= 2.14 computes torch.quantile's rank q·(n−1) in fp64 (pytorch#187574, which lifted the 2^24 size limit);
-#: before, in fp32. τ differs by an ulp or so between the two, and rarely the order statistics themselves.
-QUANTILE_RANK_FP64: bool = bool(_m) and (int(_m.group(1)), int(_m.group(2))) >= (2, 14)
+#: before, in fp32. τ differs by an ulp or so between the two, and rarely the order statistics themselves. Decided
+#: once, at import, for every backend that needs ranks (the Triton plan here; the C++/CUDA bindings ask torch the
+#: same way and pass (lo, hi, w) to their kernels).
+QUANTILE_RANK_FP64: bool = _torch_quantile_rank_fp64()
 
 
 def _f32(value: float) -> float:
@@ -45,8 +55,8 @@ def _f32(value: float) -> float:
 def quantile_rank(q: float, n: int) -> tuple[int, int, float]:
     """(lo, hi, w): the installed torch's `torch.quantile` over n values at q interpolates between the lo-th and hi-th
     smallest (0-based) with the fp32 weight w. fp32 rank = (float)q·(float)(n−1) before torch 2.14; from 2.14 on
-    rank = (double)(float)q·(n−1) and w = (float)(rank − lo). The kernels use the same rule (csrc/quantile_rank.h,
-    the Triton ZeroGrad plan)."""
+    rank = (double)(float)q·(n−1) and w = (float)(rank − lo) (`QUANTILE_RANK_FP64`, asked of the running torch). The
+    kernels use the same rule (csrc/quantile_rank.h, the Triton ZeroGrad plan)."""
     if QUANTILE_RANK_FP64:
         rank = _f32(q) * float(n - 1)
         lo = math.floor(rank)
