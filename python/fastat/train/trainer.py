@@ -10,7 +10,8 @@ checkpoints (`state`); a CO epoch may roll back to ``last_good.pt`` (`_roll_back
 
 Where the rest lives: `replicas` (several processes under torchrun: DDP and what the ranks keep equal), `graphs`
 (``cuda_graph=True``: the whole step captured once per epoch and replayed), `state` (checkpoints, resume, run.json),
-`evaluation` (per-epoch and final evaluation settings), `monitor` (CO detectors, divergence), `recipes` (defaults).
+`evaluation` (per-epoch and final evaluation settings), `monitor` (CO detectors, divergence), `recipes` (defaults),
+`optimizers` (SGD, lr schedules, GradScaler, EMA).
 
 ``compile="default"`` (or another `torch.compile` mode): the attacks' forwards and backwards and the training forward
 and backward run through ``torch.compile(model)`` (under torchrun, the training forward through the compiled DDP
@@ -21,7 +22,6 @@ kernels are not bit-identical to eager ones, so a resumed run matches a straight
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .monitor import chance_level, divergence, make_monitor, strengthen
 from .recipes import default_model, divergence_hint
 from .records import MetricsWriter
 from .replicas import Replicas, join_processes
-from .schedules import make_scheduler
+from .optimizers import build_optimizers, update_ema
 
 __all__ = ["Trainer", "fit"]
 
@@ -103,23 +103,9 @@ class Trainer:
             if self.dist.rank:  # rank 0 keeps the one-process stream (model init may have drawn from it already)
                 self.replicas.seed_rank_stream()
             self.replicas.prepare_example_state(self.loader, int(train.images.shape[1]), self.device)
-        steps = cfg.epochs * len(self.loader)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self._lr(self.lr_max), momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, **self._sgd_kw())
-        self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, steps, peak=cfg.lr_peak,
-                                        milestones=cfg.milestones)
-        self.param_optimizer = self.param_scheduler = None
-        if self.method.parameters():
-            po = dict(getattr(self.method, "param_optimizer", {}) or {})
-            self.param_optimizer = torch.optim.SGD(self.method.parameters(), lr=self._lr(po.get("lr_max", 5e-8)),
-                                                   momentum=po.get("momentum", 0.9),
-                                                   weight_decay=po.get("weight_decay", 0.0), **self._sgd_kw())
-            self.param_scheduler = make_scheduler(self.param_optimizer, po.get("lr_schedule", "cyclic"), steps,
-                                                  peak=0.5)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.ema = copy.deepcopy(self.model).eval() if cfg.ema else None
-        for p in self.ema.parameters() if self.ema is not None else ():
-            p.requires_grad_(False)
+        (self.optimizer, self.scheduler, self.param_optimizer, self.param_scheduler, self.scaler,
+         self.ema) = build_optimizers(self.model, self.method, cfg, steps=cfg.epochs * len(self.loader),
+                                      lr_max=self.lr_max, device=self.device, graph_mode=self.graph_mode)
         self.test_set = test
         n_eval = min(cfg.eval_n, len(test))
         self.x_eval = test.images[:n_eval].float().div(255).to(self.device)
@@ -156,14 +142,6 @@ class Trainer:
         graph."""
         return module if self.cfg.compile is None else torch.compile(module, mode=self.cfg.compile)
 
-    def _lr(self, value: float) -> float | torch.Tensor:
-        """CUDA-graph mode keeps each lr in a device tensor that the captured optimizer step reads."""
-        return torch.tensor(float(value), device=self.device) if self.graph_mode else value
-
-    def _sgd_kw(self) -> dict[str, Any]:
-        # the fused SGD kernel takes a tensor lr on the device; the default foreach path would read it on the host
-        return {"fused": True} if self.graph_mode else {}
-
     # ------------------------------------------------------------------------------------------------ steps
     def _autocast(self, precision: str | None = None):
         return autocast(self.device, precision or self.cfg.precision, cache_enabled=not self.graph_mode)
@@ -196,7 +174,7 @@ class Trainer:
             self.scaler.step(self.param_optimizer)
         self.scaler.update()
         if self.ema is not None:
-            self._update_ema()
+            update_ema(self.ema, model, float(cfg.ema))
         self.replicas.exchange_example_rows(info)
         b, add = y.shape[0], self.sums.add
         add("loss", loss.detach() * b)
@@ -263,14 +241,6 @@ class Trainer:
         if self.graph_mode:
             row["graph_replays"] = self.graph_replays
         return row
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        d = float(self.cfg.ema)
-        for pe, p in zip(self.ema.parameters(), self.model.parameters()):
-            pe.mul_(d).add_(p.detach(), alpha=1 - d)
-        for be, b in zip(self.ema.buffers(), self.model.buffers()):
-            be.copy_(b)
 
     # ------------------------------------------------------------------------------------------------ evaluation, state
     evaluate = evaluation.evaluate                  # clean + PGD on the evaluation slice (this or another model)
