@@ -310,18 +310,25 @@ def headline(args: argparse.Namespace, cells: dict[str, Any]) -> list[str]:
     """Five lines for the README: per ε, which methods collapsed and which held, and the yardstick's agreement."""
     lines = []
     for eps in args.eps:
-        held, fell = [], []
+        held, fell, dead = [], [], []
         for method in args.methods:
             runs = cells[f"{method}@{eps:g}"]["fastat"]
             if not runs:
                 continue
             pgd = statistics.fmean(r["final_pgd50"] for r in runs)
-            co = sum(r["co"] for r in runs)
-            (fell if co * 2 > len(runs) and pgd < 10 else held).append((pgd, method, co, len(runs)))
+            co, died = sum(r["co"] for r in runs), sum(r["diverged"] for r in runs)
+            if died * 2 > len(runs):  # most seeds at chance: neither CO nor a remedy
+                dead.append(f"{method} ({died}/{len(runs)})")
+            else:
+                (fell if co * 2 > len(runs) and pgd < 10 else held).append((pgd, method, co, len(runs)))
+        if not (held or fell or dead):
+            lines.append(f"- ε = {eps:g}: not run yet")
+            continue
         fell_txt = ", ".join(f"{m} ({c}/{n} CO, {p:.0f}%)" for p, m, c, n in sorted(fell)) or "none"
         best = sorted(held, reverse=True)[:3]
         best_txt = ", ".join(f"{m} {p:.0f}%" for p, m, _, _ in best) or "none"
-        lines.append(f"- ε = {eps:g}: collapsed: {fell_txt}; best final PGD-50-10: {best_txt}")
+        dead_txt = f"; at chance (diverged): {', '.join(dead)}" if dead else ""
+        lines.append(f"- ε = {eps:g}: collapsed: {fell_txt}; best final PGD-50-10: {best_txt}{dead_txt}")
     checked = [c for c in cells.values() if c["fastat"] and c["yardstick"]]
     agree = sum(_agrees(c) for c in checked)
     lines.append(f"- fastat vs the independent yardstick: {agree} of {len(checked)} method × ε cells agree "
