@@ -451,15 +451,18 @@ def heatmap(args: argparse.Namespace, cells: dict[str, Any], path: Path, env: di
         for j, eps in enumerate(args.eps):
             runs = cells[f"{method}@{eps:g}"]["fastat"]
             if not runs:
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=7, color="0.6")
                 continue
-            co = sum(r["co"] for r in runs)
-            text = f"{grid[i, j]:.0f}%" + (f"\nCO {co}/{len(runs)}" if co else "")
+            co, dead = sum(r["co"] for r in runs), sum(r["diverged"] for r in runs)
+            text = f"{grid[i, j]:.0f}%" + (f"\nCO {co}/{len(runs)}" if co else "") + \
+                (f"\nat chance {dead}/{len(runs)}" if dead else "")
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if grid[i, j] < 25 else "black", fontweight="bold" if co else "normal")
     ax.set_xticks(range(len(args.eps)), [f"ε = {e:g}" for e in args.eps])
     ax.set_yticks(range(len(args.methods)), args.methods)
     ax.set_title(f"Final PGD-50-10 accuracy, Fashion-MNIST ({args.subset or 'all'} images), {args.model}, "
-                 f"{args.epochs} epochs\n(CO n/m: seeds the CO monitor flagged; {env['device']}, {env['date']})",
+                 f"{args.epochs} epochs\n(CO n/m: seeds the CO monitor flagged; at chance: diverged; {env['device']}, "
+                 f"{env['date']})",
                  fontsize=9)
     fig.colorbar(im, ax=ax, label="PGD-50-10 accuracy (%)")
     fig.tight_layout()
