@@ -32,6 +32,7 @@ import contextlib
 import datetime
 import functools
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -361,7 +362,7 @@ def coverage(args: argparse.Namespace, cells: dict[str, Any]) -> str:
         left += sum(COST[t.method] * rate for t in mine if t not in fin)
         lines.append(f"{kind} {len(fin)} of {len(mine)}")
     finished = sum(done.values()) / 3600
-    if left != left or left == 0:
+    if math.isnan(left) or left == 0:
         rest = "all planned runs are measured" if left == 0 else "the cost of the rest is not known yet"
     else:
         rest = (f"the rest would take about {left / 3600:.1f} run-hours more at the per-method times measured so "

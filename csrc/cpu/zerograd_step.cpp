@@ -1,6 +1,6 @@
 // ZeroGrad step on CPU. Per sample i (a row of n elements, in the memory format of δ):
-//   τ_i = torch.quantile(|g_i|, q)  (k-th order statistics by nth_element, the running torch's rank rule and its FMA lerp; NaN row ->
-//   τ = NaN), δ' = box(clamp(δ + (|g| >= τ_i ? α·sign(g) : 0), -ε, ε), x).
+//   τ_i = torch.quantile(|g_i|, q)  (k-th order statistics by nth_element, the running torch's rank rule and its
+//   FMA lerp; NaN row -> τ = NaN), δ' = box(clamp(δ + (|g| >= τ_i ? α·sign(g) : 0), -ε, ε), x).
 // Rows are independent: at::parallel_for over rows, one scratch copy of |g_i| per task.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
