@@ -151,3 +151,18 @@ def test_co_atlas_smoke_resume_and_yardstick(tmp_path, capsys):
     assert capsys.readouterr().out.count("finished before") == (3 if yardstick.is_file() else 2)
     with pytest.raises(SystemExit):
         atlas.parse_args(["--methods", "nope"])
+
+
+def test_co_atlas_plan_seeds():
+    """The plan: every seed of fastat everywhere; the yardstick on all the demo's seeds and --yardstick-seeds
+    elsewhere; the demo's ε first."""
+    atlas = _load("co_atlas")
+    args = atlas.parse_args(["--methods", "fgsm,apart", "--eps", "0.1,0.25", "--no-yardstick"])
+    assert {(t.kind, t.eps) for t in atlas.plan(args)} == {("fastat", 0.1), ("fastat", 0.25)}
+    args = atlas.parse_args(["--methods", "fgsm,apart", "--eps", "0.1,0.25", "--yardstick", __file__])
+    tasks = atlas.plan(args)
+    seeds = lambda kind, eps: sorted({t.seed for t in tasks if t.kind == kind and t.eps == eps})  # noqa: E731
+    assert seeds("fastat", 0.25) == [0, 1, 2] and seeds("fastat", 0.1) == [0, 1]
+    assert seeds("yardstick", 0.25) == [0, 1, 2] and seeds("yardstick", 0.1) == [0]
+    assert all(t.method == "fgsm" for t in tasks if t.kind == "yardstick")  # the yardstick has no APART
+    assert [t.eps for t in tasks[:7]] == [0.25] * 7  # 3 seeds × (fgsm, apart) + 3 yardstick fgsm
