@@ -437,6 +437,40 @@ def test_co_needs_the_clean_accuracy_to_hold(monkeypatch):
         assert state["best_clean"] == max(clean_seq) and state["clean_history"] == list(clean_seq)
 
 
+def test_after_a_roll_back_a_drop_is_measured_from_the_restored_epoch(monkeypatch):
+    """The monitor after a roll-back compares with the restored epoch's own PGD accuracy: a retrained epoch no
+    lower than that minus ``drop`` is not CO again, however high an earlier peak was (without the re-base the
+    same epoch was rolled back until ZeroGrad's q reached 1)."""
+    from types import SimpleNamespace
+
+    import fastat.eval
+    from fastat.train.monitor import COMonitor
+
+    robust = iter([0.5, 0.35, 0.1, 0.2, 0.1])  # peak, a good epoch 0.15 lower, a collapse, its retrained epoch, ...
+    monkeypatch.setattr(fastat.eval, "pgd_robustness",
+                        lambda *a, **k: SimpleNamespace(robust_acc=next(robust), clean_acc=0.8))
+    mon = COMonitor(torch.zeros(40, 1, 4, 4), torch.arange(10).repeat(4), 0.1, drop=0.2)
+    assert [mon.check(torch.nn.Identity())[1] for _ in range(2)] == [False, False]
+    good = mon.state_dict()  # what last_good.pt holds after epoch 2
+    assert mon.check(torch.nn.Identity())[1]  # epoch 3: 0.1 < 0.5 - 0.2
+    mon.load_state_dict(good)
+    mon.after_rollback()
+    assert mon.best == 0.35
+    assert not mon.check(torch.nn.Identity())[1]  # retrained epoch 3: 0.2 >= 0.35 - 0.2 (0.5 - 0.2 would flag it)
+    assert mon.check(torch.nn.Identity())[1]  # a further collapse below the restored epoch's level is CO again
+
+
+@pytest.mark.usefixtures("alive")
+def test_the_trainer_re_bases_its_monitor_after_a_roll_back(tmp_path, monkeypatch):
+    from fastat.train import monitor
+
+    calls, rebased = iter([(0.5, False), (0.1, True), (0.5, False)]), []
+    monkeypatch.setattr(monitor.COMonitor, "check", lambda self, model, precision="fp32", **kw: next(calls))
+    monkeypatch.setattr(monitor.COMonitor, "after_rollback", lambda self: rebased.append(len(self.history)))
+    fit(method="zerograd", epochs=2, out=str(tmp_path), on_co="rollback", method_kwargs={"q": 0.35}, **TINY)
+    assert rebased == [0]  # once, after the monitor's state was restored (the scripted check records no history)
+
+
 def test_resume_a_checkpoint_written_before_newer_config_fields(tmp_path):
     from fastat.checkpoint import load_checkpoint
 

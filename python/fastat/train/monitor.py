@@ -5,6 +5,7 @@ CO shows as PGD accuracy collapsing while clean accuracy stays high (it usually 
 
 * `COMonitor` ("test", the default): PGD on one fixed batch of test images in eval mode; flags an epoch when its PGD
   accuracy falls more than ``drop`` (absolute) below the best seen so far, or below ``floor`` once it was above it.
+  After a roll-back the reference is the restored epoch's own accuracy (`COMonitor.after_rollback`).
 * `WongCODetector` ("wong"): WONG's ``--early-stop`` check (`train_fgsm.py:130-140`, methods.md §1, §10): PGD on the
   first training batch of the epoch with the model left in train mode; flags a drop of more than ``drop`` from the
   previous epoch. Usable on its own in any training loop.
@@ -116,6 +117,16 @@ class COMonitor:
             self.best = max(self.best, acc)
         return acc, co
 
+    def after_rollback(self) -> None:
+        """The trainer's call once it has restored the last good epoch (and this monitor's state with it): from now
+        on a drop is measured from that epoch's own PGD accuracy, not from the best before it. The roll-back judged
+        that epoch good; measured against an earlier, higher peak, the retrained epoch was flagged again whatever
+        the strengthened method did — in the CPU atlas (ε = 0.25, `co_drop` 0.1) every ZeroGrad seed peaked at
+        epoch 2, sat 10 points lower from epoch 5 on, and rolled the same epoch back until q reached 1 and the run
+        stopped (3 seeds, stopped at epochs 5, 8 and 7 of 10)."""
+        if self.history:
+            self.best = self.history[-1]
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "history": list(self.history), "best_clean": self.best_clean,
                 "clean_history": list(self.clean_history)}
@@ -204,6 +215,10 @@ class WongCODetector:
         self.best_clean = max(self.best_clean, clean_acc)
         return acc, co
 
+    def after_rollback(self) -> None:
+        """The trainer's call after a roll-back: nothing to change (the reference, the previous epoch's accuracy, is
+        the restored epoch's already)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"previous": self.previous, "history": list(self.history), "best_clean": self.best_clean,
                 "clean_history": list(self.clean_history)}
@@ -214,8 +229,8 @@ class WongCODetector:
         self.clean_history = list(state.get("clean_history", []))
 
 
-# `--co-check` NAME -> detector class (each with `from_config`, `after_epoch`, `needs_first_batch`, state_dict); a
-# new CO detector is one class here and its entry in this table
+# `--co-check` NAME -> detector class (each with `from_config`, `after_epoch`, `after_rollback`, `needs_first_batch`,
+# state_dict); a new CO detector is one class here and its entry in this table
 CO_CHECKS: dict[str, Any] = {"test": COMonitor, "wong": WongCODetector}
 
 

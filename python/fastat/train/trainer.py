@@ -314,6 +314,7 @@ class Trainer:
         hparams = dict(self.method.state_dict()["hparams"])  # keep earlier roll-backs' changes
         rollbacks, history = self.rollbacks, list(self.history)
         self.load(self.out / state.GOOD)
+        self.monitor.after_rollback()
         self.method.set_hparams(**hparams)
         # the count and the events of roll-backs since the good checkpoint survive the load
         self.history += [r for r in history[len(self.history):] if r.get("event") == "rollback"]
