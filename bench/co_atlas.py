@@ -144,10 +144,11 @@ def plan(args: argparse.Namespace) -> list[Task]:
                 if not args.no_yardstick and method in YARDSTICK and seed in yardstick_seeds_at(args, eps):
                     tasks.append(Task("yardstick", method, eps, seed, COST[method]))
     # the demo's ε first (all its seeds), then seed-major (every other cell gets its first seed before any gets its
-    # second), longest first: an atlas cut short still holds the demo's row and one seed everywhere
+    # second), within a seed the cheap methods at every ε before the expensive ones (MultiGrad, GradAlign, PGD),
+    # longest first: an atlas cut short still holds the demo's row and the main methods' first seed everywhere
     def key(t: Task) -> tuple:
         demo = abs(t.eps - args.demo_eps) < 1e-9
-        return (not demo, 0 if demo else t.seed, t.eps, -t.cost)
+        return (not demo, 0 if demo else t.seed, COST[t.method] >= 2, t.eps, -t.cost)
 
     return sorted(tasks, key=key)
 

@@ -165,4 +165,8 @@ def test_co_atlas_plan_seeds():
     assert seeds("fastat", 0.25) == [0, 1, 2] and seeds("fastat", 0.1) == [0, 1]
     assert seeds("yardstick", 0.25) == [0, 1, 2] and seeds("yardstick", 0.1) == [0]
     assert all(t.method == "fgsm" for t in tasks if t.kind == "yardstick")  # the yardstick has no APART
-    assert [t.eps for t in tasks[:7]] == [0.25] * 7  # 3 seeds × (fgsm, apart) + 3 yardstick fgsm
+    assert [t.eps for t in tasks[:9]] == [0.25] * 9  # 3 seeds × (fgsm, apart) + 3 yardstick fgsm
+    args = atlas.parse_args(["--methods", "fgsm,pgd", "--eps", "0.1,0.2", "--demo-eps", "0.3", "--no-yardstick"])
+    order = [(t.method, t.eps, t.seed) for t in atlas.plan(args)]  # seed 0: the cheap methods at every ε first
+    assert order == [("fgsm", 0.1, 0), ("fgsm", 0.2, 0), ("pgd", 0.1, 0), ("pgd", 0.2, 0),
+                     ("fgsm", 0.1, 1), ("fgsm", 0.2, 1), ("pgd", 0.1, 1), ("pgd", 0.2, 1)]
