@@ -19,7 +19,9 @@ from .atas import ATAS
 from .base import BN_MODES, Method, attack_mode, frozen_parameters, input_grad
 from .fgsm import FGSM, FGSMRS, NFGSM
 from .gradalign import GradAlign, grad_align_lambda, gradient_alignment
+from .nuat import NuAT
 from .pgd import PGD
+from .sora import SORA
 from .zerograd import MultiGrad, ZeroGrad
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "GradAlign",
     "APART",
     "PGD",
+    "NuAT",
+    "SORA",
     "attack_mode",
     "frozen_parameters",
     "input_grad",
@@ -48,7 +52,7 @@ __all__ = [
 ]
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FGSM, FGSMRS, NFGSM, ZeroGrad, MultiGrad, ATAS, GradAlign, APART, PGD)
+    cls.name: cls for cls in (FGSM, FGSMRS, NFGSM, ZeroGrad, MultiGrad, ATAS, GradAlign, APART, PGD, NuAT, SORA)
 }
 
 # Other spellings users type; normalised names have '-' and ' ' replaced by '_' and are lower case.
@@ -60,6 +64,7 @@ ALIASES = {
     "multi_grad": "multigrad",
     "grad_align": "gradalign",
     "pgd_at": "pgd",
+    "nu_at": "nuat",
 }
 
 
@@ -84,8 +89,8 @@ def method_names() -> list[str]:
 
 def build_method(name: str, *, eps: float, run_epochs: int | None = None, **hparams: Any) -> Method:
     """Instantiate a method by name ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign",
-    "apart", "pgd"; dashes and the aliases in `ALIASES` are accepted) with ε and its own hyper-parameters.
-    ``run_epochs``: the run's length, given as ``epochs`` to the methods that take it (ATAS) unless ``hparams`` sets
+    "apart", "pgd", "nuat", "sora"; dashes and the aliases in `ALIASES` are accepted) with ε and its own hyper-parameters.
+    ``run_epochs``: the run's length, given as ``epochs`` to the methods that take it (ATAS, NuAT) unless ``hparams`` sets
     it.
 
     Unknown names raise ValueError listing the known ones; unknown hyper-parameters raise TypeError listing the

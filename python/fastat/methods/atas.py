@@ -67,6 +67,7 @@ class ATAS(Method):
     """
 
     name = "atas"
+    keeps_attack_grad = True
     default_attack_bn_mode = "eval"
     placement_hparams = ("state_device",)
     pixel_hparams = ("gamma_over_c", "step_min", "step_max")
@@ -234,6 +235,7 @@ class ATAS(Method):
         x_adv0 = ops.atas_gather(delta, rows, offsets, flips, xf)
         with self.attacking(model):
             grad = input_grad(model, leaf(x_adv0), y)
+        self.attack_grad = grad
         if batch.global_batch is not None and batch.global_batch != x.shape[0]:
             # a share of a global batch (torchrun): rescale this rank's batch mean to the global one, so ‖g‖², v and
             # the step sizes are what one process would compute (c is tuned for the 1/B of the batch mean)

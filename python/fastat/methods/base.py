@@ -161,6 +161,11 @@ class Method:
     placement_hparams: ClassVar[tuple[str, ...]] = ()
     # hyper-parameters in pixel units, like ε (step sizes): `scaled_budget` scales them with ε (the ε warm-up)
     pixel_hparams: ClassVar[tuple[str, ...]] = ("alpha",)
+    # whether `perturb` leaves the input gradient of its attack step in ``attack_grad`` (single-step methods): the
+    # PertAlign CO check (`--co-check pertalign`) compares it with the training loss's input gradient
+    keeps_attack_grad: ClassVar[bool] = False
+    # whether the method itself needs the training loss's input gradient after each step (`observe_train_grad`)
+    needs_train_grad: ClassVar[bool] = False
 
     def __init__(self, *, eps: float, attack_bn_mode: str | None = None, **hparams: Any) -> None:
         self.eps = check_positive(type(self).__name__, "eps", eps)
@@ -173,6 +178,7 @@ class Method:
             setattr(self, key, value)
         self.generator: torch.Generator | None = None
         self.freeze_parameters = True
+        self.attack_grad: Tensor | None = None  # ∇ CE_mean at the attack's start point (`keeps_attack_grad`)
         self._range_checked = False  # the first batch's x is checked to lie in [0, 1] (see `_check_inputs`)
 
     # ---- hyper-parameters
@@ -215,6 +221,19 @@ class Method:
                    batch: BatchInfo | None = None) -> Tensor | None:
         """A regulariser to add to the training loss (GradAlign); None for most methods."""
         return None
+
+    def train_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor,
+                   label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+        """(training loss, the logits its accuracy is counted on) for this batch, before `extra_loss`: by default
+        CE_mean(model(x_adv), y) on fp32 logits, and those logits. NuAT trains on the clean loss plus its
+        regulariser instead. Runs in the trainer's autocast context, the model in train mode."""
+        logits = model(x_adv)
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
+
+    def observe_train_grad(self, grad: Tensor) -> None:
+        """Called by the trainer after the training backward, when `needs_train_grad`, with ∇_{x_adv} of the
+        training loss (batch-mean form, unscaled, fp32): SORA estimates its linearity coefficient from it and
+        ``attack_grad``. No-op by default."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each epoch (counted from 1)."""

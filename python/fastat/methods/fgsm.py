@@ -21,6 +21,7 @@ def _one_step(method: Method, model: nn.Module, x: Tensor, y: Tensor, delta0: Te
     xf = x.detach().float()
     with method.attacking(model):
         grad = input_grad(model, leaf(xf + delta0), y)
+    method.attack_grad = grad
     delta = ops.pgd_step(delta0, grad, xf, eps, alpha)
     return to_unit_box(xf, delta).to(x.dtype)
 
@@ -35,6 +36,7 @@ class FGSM(Method):
 
     name = "fgsm"
     step_from_zero = True
+    keeps_attack_grad = True
     alpha: float
 
     def __init__(self, *, eps: float, alpha: float | None = None, attack_bn_mode: str | None = None) -> None:
@@ -58,6 +60,7 @@ class FGSMRS(Method):
     """
 
     name = "fgsm_rs"
+    keeps_attack_grad = True
     alpha: float
 
     def __init__(self, *, eps: float, alpha: float | None = None, attack_bn_mode: str | None = None) -> None:
@@ -83,6 +86,7 @@ class NFGSM(Method):
     """
 
     name = "n_fgsm"
+    keeps_attack_grad = True
     alpha: float
     noise_scale: float
     clip: float | None

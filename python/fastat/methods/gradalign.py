@@ -71,6 +71,7 @@ class GradAlign(Method):
     """
 
     name = "gradalign"
+    keeps_attack_grad = True
 
     alpha: float
     init: str
@@ -131,7 +132,7 @@ class GradAlign(Method):
             d = leaf(delta0)
             x_in = torch.maximum(torch.minimum(xf + d, xf.new_ones(())), xf.new_zeros(()))
             (grad,) = torch.autograd.grad(batch_mean_ce(model(x_in), y), d)
-        self._grad1 = grad.detach()
+        self._grad1 = self.attack_grad = grad.detach()
         delta = ops.pgd_step(delta0, grad, xf, self.eps, self.alpha)
         return to_unit_box(xf, delta).to(x.dtype)
 

@@ -23,6 +23,7 @@ class ZeroGrad(Method):
     """
 
     name = "zerograd"
+    keeps_attack_grad = True  # (the last iteration's with zero_iters > 1)
     alpha: float
     q: float
     zero_iters: int
@@ -45,6 +46,7 @@ class ZeroGrad(Method):
         for _ in range(self.zero_iters):
             with self.attacking(model):
                 grad = input_grad(model, leaf(xf + delta), y)
+            self.attack_grad = grad
             # torch.quantile (inside the op's contract) needs fp32 gradients; bf16 ones are upcast here.
             delta = ops.zerograd_step(delta, grad.float(), xf, self.eps, self.alpha, self.q)
         return to_unit_box(xf, delta).to(x.dtype)

@@ -79,7 +79,8 @@ class TrainConfig:
     """Everything a run needs. Each field is declared once, with its flag (`option`); None means "the recipe's"
     (`recipes`: filled in by `validate` or the trainer)."""
 
-    method: str = option("fgsm_rs", "fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, apart, pgd")
+    method: str = option("fgsm_rs", "fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, apart, pgd, nuat, "
+                         "sora")
     dataset: str = option("fashion-mnist", "fashion-mnist (default, embedded), mnist, cifar10, cifar100, svhn, "
                           "imagefolder")
     eps: float | str | None = option(None, "ε in pixel units: 0.2 or 8/255 (default: the data set's customary ε: "
@@ -138,10 +139,13 @@ class TrainConfig:
     eval_restarts: int = option(1, "PGD restarts of the per-epoch evaluation")
     co_batch: int = option(256, "test images of the catastrophic-overfitting check")
     co_steps: int = option(10, "PGD steps of the catastrophic-overfitting check")
-    co_drop: float = option(0.2, "CO when the check's PGD accuracy falls this much (absolute) below its best")
-    co_check: str = option("test", "the CO check: PGD on a fixed test batch vs its best (test), or WONG's "
-                           "--early-stop check, PGD on the epoch's first training batch in train mode vs the previous "
-                           "epoch (wong; WONG uses --co-steps 5)", choices=("test", "wong"))
+    co_drop: float = option(0.2, "CO when the check's PGD accuracy (or PertAlign) falls this much (absolute) below "
+                            "its best")
+    co_check: str = option("test", "the CO check: PGD on a fixed test batch vs its best (test), WONG's --early-stop "
+                           "check, PGD on the epoch's first training batch in train mode vs the previous epoch (wong; "
+                           "WONG uses --co-steps 5), or SORA's PertAlign, the cosine between the attack's and the "
+                           "training loss's input gradients, no attack at all (pertalign; single-step methods)",
+                           choices=("test", "wong", "pertalign"))
     on_co: str = option("log", "on catastrophic overfitting: log it, stop, or roll back to the last good epoch and "
                         "make the method more conservative (ZeroGrad q + --q-step, α × --alpha-factor, ...)",
                         choices=("log", "stop", "rollback"))
@@ -251,6 +255,13 @@ class TrainConfig:
                               f"training precision), got {self.attack_precision!r}")
         if self.co_check not in CO_CHECKS:
             raise ConfigError(f"argument 'co_check' must be one of {', '.join(CO_CHECKS)}, got {self.co_check!r}")
+        method_cls = METHODS.get(canonical_method(self.method))
+        if self.co_check == "pertalign" and method_cls is not None and not method_cls.keeps_attack_grad:
+            raise ConfigError(f"argument 'co_check' = 'pertalign' needs a single-step method (one attack gradient "
+                              f"per step); {method_cls.name} has none: use --co-check test")
+        if self.cuda_graph and method_cls is not None and method_cls.name == "nuat":
+            raise ConfigError("argument 'cuda_graph' does not combine with nuat (its attack loss alternates between "
+                              "batches in Python; a capture would keep one of the two)")
         if self.on_co not in CO_ACTIONS:
             raise ConfigError(f"argument 'on_co' must be one of {', '.join(CO_ACTIONS)}, got {self.on_co!r}")
         if self.on_diverge not in DIVERGE_ACTIONS:

@@ -9,6 +9,9 @@ CO shows as PGD accuracy collapsing while clean accuracy stays high (it usually 
 * `WongCODetector` ("wong"): WONG's ``--early-stop`` check (`train_fgsm.py:130-140`, methods.md §1, §10): PGD on the
   first training batch of the epoch with the model left in train mode; flags a drop of more than ``drop`` from the
   previous epoch. Usable on its own in any training loop.
+* `PertAlignDetector` ("pertalign"): SORA's PertAlign (Teymourian et al., ICML 2026), no attack at all: the cosine
+  between the attack's input gradient and the training loss's input gradient, which every step computes anyway,
+  averaged over the epoch; flags a fall of more than ``drop`` below its best epoch.
 
 Both flag a PGD collapse as CO only while the clean accuracy on the same images keeps at least half of its best gain
 over chance (`clean_held`): a model whose clean accuracy falls with its robust accuracy is unstable or dying, not
@@ -38,8 +41,8 @@ CO_ACTIONS = ("log", "stop", "rollback")
 DIVERGE_ACTIONS = ("stop", "log")
 CHANCE_MARGIN = 0.02  # accuracy within this of the best constant predictor's counts as chance level
 
-__all__ = ["CHANCE_MARGIN", "CO_ACTIONS", "CO_CHECKS", "COMonitor", "DIVERGE_ACTIONS", "WongCODetector", "chance_level",
-           "clean_held", "divergence", "make_monitor", "strengthen"]
+__all__ = ["CHANCE_MARGIN", "CO_ACTIONS", "CO_CHECKS", "COMonitor", "DIVERGE_ACTIONS", "PertAlignDetector",
+           "WongCODetector", "chance_level", "clean_held", "divergence", "make_monitor", "strengthen"]
 
 
 def chance_level(y: Tensor) -> float:
@@ -86,6 +89,8 @@ class COMonitor:
     best_clean: float = 0.0
     clean_history: list[float] = field(default_factory=list)
     needs_first_batch: ClassVar[bool] = False
+    needs_train_grad: ClassVar[bool] = False
+    metric: ClassVar[str] = "co_pgd_acc"  # the metrics row's name for the check's number
 
     @classmethod
     def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> COMonitor:
@@ -166,6 +171,8 @@ class WongCODetector:
     best_clean: float = 0.0
     clean_history: list[float] = field(default_factory=list)
     needs_first_batch: ClassVar[bool] = True
+    needs_train_grad: ClassVar[bool] = False
+    metric: ClassVar[str] = "co_pgd_acc"
 
     @classmethod
     def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> WongCODetector:
@@ -229,12 +236,85 @@ class WongCODetector:
         self.clean_history = list(state.get("clean_history", []))
 
 
+@dataclass
+class PertAlignDetector:
+    """SORA's PertAlign as a CO check (``--co-check pertalign``): after each step the trainer hands over the
+    attack's input gradient g₁ (at the attack's start point: `Method.attack_grad`) and the training loss's input
+    gradient g₂ (at x_adv, from the training backward, which computes it for the cost of one more input gradient
+    through the first layer); `observe` adds mean_i cos(g₁ᵢ, g₂ᵢ) (`gradient_alignment`: samples with a zero
+    gradient left out) to device sums, with no host sync. After the epoch the check reads the epoch's mean: CO when
+    it falls more than ``drop`` below the best epoch's (after a roll-back: below the restored epoch's).
+
+    The reasoning (the SORA paper): while the loss is close to linear inside the ε-ball both gradients point the same
+    way; catastrophic overfitting makes the loss surface curve sharply there, and the gradient at the attack's
+    start stops predicting the one at the adversarial point. Needs a method that keeps its attack gradient
+    (`Method.keeps_attack_grad`: the single-step methods).
+    """
+
+    drop: float = 0.2
+    best: float = -math.inf
+    history: list[float] = field(default_factory=list)
+    _sum: Tensor | None = None
+    _count: Tensor | None = None
+    needs_first_batch: ClassVar[bool] = False
+    needs_train_grad: ClassVar[bool] = True
+    metric: ClassVar[str] = "pertalign"
+
+    @classmethod
+    def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> PertAlignDetector:
+        """``co_drop`` as the fall in mean cosine that counts as CO."""
+        return cls(drop=cfg.co_drop)
+
+    def observe(self, attack_grad: Tensor, train_grad: Tensor) -> None:
+        """Add this step's mean cosine (a step whose gradients are all zero adds nothing)."""
+        from ..methods.gradalign import gradient_alignment
+
+        cos = gradient_alignment(attack_grad, train_grad)
+        valid = ~torch.isnan(cos)
+        if self._sum is None or self._sum.device != cos.device:
+            self._sum = torch.zeros((), device=cos.device)
+            self._count = torch.zeros((), device=cos.device)
+        self._sum += torch.where(valid, cos, 0.0)
+        self._count += valid.float()
+
+    def after_epoch(self, model: nn.Module, precision: str, first_batch: Any, distributed: bool) -> tuple[float, bool]:
+        """(the epoch's mean PertAlign, whether it signals CO); the sums start over. Under torchrun the ranks' sums
+        are added first, so every rank decides alike."""
+        from .. import distributed as dist_
+
+        if self._sum is None:
+            value = math.nan
+        else:
+            sums = torch.stack([self._sum, self._count])
+            if distributed:
+                sums = dist_.all_reduce_sum(sums)
+            value = float(sums[0] / sums[1]) if float(sums[1]) > 0 else math.nan
+            self._sum.zero_()
+            self._count.zero_()
+        co = math.isfinite(value) and math.isfinite(self.best) and value < self.best - self.drop
+        self.history.append(value)
+        if not co and math.isfinite(value):
+            self.best = max(self.best, value)
+        return value, co
+
+    def after_rollback(self) -> None:
+        """As `COMonitor.after_rollback`: later falls are measured from the restored epoch's value."""
+        if self.history and math.isfinite(self.history[-1]):
+            self.best = self.history[-1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.history = float(state["best"]), list(state["history"])
+
+
 # `--co-check` NAME -> detector class (each with `from_config`, `after_epoch`, `after_rollback`, `needs_first_batch`,
-# state_dict); a new CO detector is one class here and its entry in this table
-CO_CHECKS: dict[str, Any] = {"test": COMonitor, "wong": WongCODetector}
+# `needs_train_grad`, `metric`, state_dict); a new CO detector is one class here and its entry in this table
+CO_CHECKS: dict[str, Any] = {"test": COMonitor, "wong": WongCODetector, "pertalign": PertAlignDetector}
 
 
-def make_monitor(cfg: Any, x_eval: Tensor, y_eval: Tensor) -> COMonitor | WongCODetector:
+def make_monitor(cfg: Any, x_eval: Tensor, y_eval: Tensor) -> COMonitor | WongCODetector | PertAlignDetector:
     """The CO detector ``cfg.co_check`` names, built from the config and the trainer's evaluation slice."""
     return CO_CHECKS[cfg.co_check].from_config(cfg, x_eval, y_eval)
 

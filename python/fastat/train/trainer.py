@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_
@@ -111,6 +110,7 @@ class Trainer:
         self.x_eval = test.images[:n_eval].float().div(255).to(self.device)
         self.y_eval = test.labels[:n_eval].long().to(self.device)
         self.monitor = make_monitor(cfg, self.x_eval, self.y_eval)
+        self.wants_train_grad = self.method.needs_train_grad or self.monitor.needs_train_grad
         self.chance = chance_level(self.y_eval)  # a constant predictor's accuracy on the evaluation slice
         self.stopped: str | None = None  # why training stopped early (a diverged model), else None
         self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # this epoch's, if the monitor needs it
@@ -157,17 +157,23 @@ class Trainer:
         cfg, model = self.cfg, self.model
         with self._autocast(cfg.attack_precision), self.method.scaled_budget(self._budget):
             x_adv = self.method.perturb(self.attack_model, x, y, info)
+        if self.wants_train_grad:  # the training backward also leaves ∇_{x_adv} of the loss (SORA, PertAlign)
+            if x_adv.requires_grad:  # APART: x_adv carries a graph to its scalars
+                x_adv.retain_grad()
+            else:
+                x_adv = x_adv.detach().requires_grad_(True)
         with self._autocast():
-            logits = self.train_model(x_adv)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss, logits = self.method.train_loss(self.train_model, x, y, x_adv, cfg.label_smoothing)
             with self.method.scaled_budget(self._budget):  # eager: double backprop (pytorch#91469)
-                reg = self.method.extra_loss(model, x, y, x_adv, info)
+                reg = self.method.extra_loss(model, x, y, x_adv.detach(), info)
             total = loss if reg is None else loss + reg.float()
         share = self.replicas.share(y.shape[0], info)
         if share != 1.0:  # DDP averages the ranks' gradients: weight each rank's mean by its share of the batch
             total = total * share
         self._zero_grads()
         self.scaler.scale(total).backward()
+        if self.wants_train_grad:
+            self._hand_over_train_grad(x_adv.grad, share)
         self.replicas.average_method_grads()
         self.scaler.step(self.optimizer)
         if self.param_optimizer is not None:
@@ -182,6 +188,20 @@ class Trainer:
         add("pert", (x_adv.detach().float() - x.float()).abs().mean() * b)
         for k, v in self.method.stats().items():
             add(f"method_{k}", torch.as_tensor(v, device=self.device).float().mean() * b)
+
+    def _hand_over_train_grad(self, grad: torch.Tensor | None, share: float) -> None:
+        """∇_{x_adv} of the training loss, back in the batch-mean form (without the rank's share and fp16's loss
+        scale), to the method (SORA's linearity estimate) and the PertAlign check; nothing when the loss does not
+        reach x_adv (NuAT's first epoch trains on the clean loss alone)."""
+        if grad is None:
+            return
+        grad = grad.float() / share
+        if self.scaler.is_enabled():  # fp16 only (a host read of the scale; fp16 is never graph-captured)
+            grad = grad / self.scaler.get_scale()
+        if self.method.needs_train_grad:
+            self.method.observe_train_grad(grad)
+        if self.monitor.needs_train_grad:
+            self.monitor.observe(self.method.attack_grad, grad)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, info: Any, epoch: int) -> None:
         """One batch of `train_epoch`: `_step` replayed from the CUDA graph in graph mode (full batches outside the ε
@@ -268,12 +288,12 @@ class Trainer:
             dead = self._divergence(row)
             if dead:  # not CO: no roll-back, no last_good.pt, no best.pt
                 row["diverged"], co = dead, False
-            row.update({"co_pgd_acc": co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
+            row.update({self.monitor.metric: co_acc, "co": co, **{f"hp_{k}": v for k, v in self.method.hparams.items()
                                                            if isinstance(v, (int, float, str)) and k != "method"}})
             if self.dist.enabled:  # one decision for all ranks: rank 0's row (timings differ per rank)
                 row["world_size"] = self.dist.world_size
                 row = dist_.broadcast_object(row)
-                co_acc, co, dead = row["co_pgd_acc"], row["co"], row.get("diverged")
+                co_acc, co, dead = row[self.monitor.metric], row["co"], row.get("diverged")
             self.epoch = epoch
             self._print(row)
             if co and cfg.on_co == "rollback" and self.out is not None and self.rollbacks < cfg.max_rollbacks \
@@ -292,7 +312,7 @@ class Trainer:
                 self._log({"event": "diverged", "at_epoch": epoch, "reason": dead})
                 break
             if co and cfg.on_co == "stop":
-                self.say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): stopping")
+                self.say(f"CO at epoch {epoch} ({self._check_text(co_acc)}): stopping")
                 self._log({"event": "stop", "at_epoch": epoch})
                 break
         if cfg.final_eval != "none" and self.final is None:
@@ -306,6 +326,10 @@ class Trainer:
         at 0)."""
         loss = row["train_loss"] if self.cfg.precision != "fp16" else 0.0
         return divergence(row["clean_acc"] if row["epoch"] > 1 else 1.0, self.chance, loss, self.model)
+
+    def _check_text(self, value: float) -> str:
+        """The CO check's number as the CO messages print it."""
+        return f"check PGD acc {value:.3f}" if self.monitor.metric == "co_pgd_acc" else f"PertAlign {value:.3f}"
 
     def _roll_back(self, epoch: int, co_acc: float) -> bool:
         """Restore ``last_good.pt``, keep the hyper-parameters and roll-back events since, strengthen the method;
@@ -324,14 +348,14 @@ class Trainer:
         try:
             change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
         except StrengthenLimit as exc:
-            self.say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): rolled back to epoch {self.epoch} and "
+            self.say(f"CO at epoch {epoch} ({self._check_text(co_acc)}): rolled back to epoch {self.epoch} and "
                      f"stopped: {exc}")
             self._log({"event": "stop", "at_epoch": epoch, "to_epoch": self.epoch, "reason": str(exc)})
             self.save(self.out / state.CKPT)
             return False
-        self.say(f"CO at epoch {epoch} (check PGD acc {co_acc:.3f}): rolled back to epoch {self.epoch}, {change}")
+        self.say(f"CO at epoch {epoch} ({self._check_text(co_acc)}): rolled back to epoch {self.epoch}, {change}")
         self._log({"event": "rollback", "at_epoch": epoch, "to_epoch": self.epoch, "change": change,
-                   "co_pgd_acc": co_acc})
+                   self.monitor.metric: co_acc})
         self.save(self.out / state.CKPT)
         return True
 
@@ -348,7 +372,7 @@ class Trainer:
     def _print(self, r: dict[str, Any]) -> None:
         ema = f" ema clean {r['ema_clean_acc']:.3f} pgd {r['ema_pgd_acc']:.3f}" if "ema_pgd_acc" in r else ""
         self.say(f"epoch {r['epoch']:3d} loss {r['train_loss']:.4f} clean {r['clean_acc']:.3f} "
-                 f"pgd {r['pgd_acc']:.3f}{ema} co-check {r['co_pgd_acc']:.3f}{' CO!' if r['co'] else ''} "
+                 f"pgd {r['pgd_acc']:.3f}{ema} co-check {r[self.monitor.metric]:.3f}{' CO!' if r['co'] else ''} "
                  f"train {r['train_seconds']:.1f}s eval {r['eval_seconds']:.1f}s")
 
 
