@@ -1,7 +1,7 @@
 """Shared fixtures and markers.
 
-* `cuda` tests are skipped without a GPU, except those under tests/gpu in their CPU dry runs
-  (FASTAT_CUDA_TESTS_ON_CPU=1 on the CPU kernels, =emu on the CUDA kernels under the emulator; tests/gpu/_dryrun.py).
+* `cuda` tests are skipped without a GPU, except those under tests/gpu with FASTAT_CUDA_TESTS_ON_CPU=emu: the CUDA
+  kernels on the CPU emulator (tests/gpu/_dryrun.py, which also refuses any other value of the variable).
 * `triton` tests run in their own process with TRITON_INTERPRET=1 on CPU (the variable must be set before triton is
   imported): `TRITON_INTERPRET=1 pytest -m triton tests/ops`. Without it and without a GPU they are skipped.
 * `--subset` runs a representative slice of the big parametrized sweeps for quick local loops.
@@ -20,16 +20,25 @@ def pytest_addoption(parser):
     parser.addoption("--subset", action="store_true", help="run a small representative subset of the op sweeps")
 
 
+def pytest_configure(config):
+    from gpu._dryrun import mode_error
+
+    error = mode_error()
+    if error:  # e.g. the old FASTAT_CUDA_TESTS_ON_CPU=1
+        raise pytest.UsageError(error)
+
+
 def pytest_collection_modifyitems(config, items):
+    from gpu._dryrun import EMULATED
+
     has_cuda = torch.cuda.is_available()
-    dry_run = os.environ.get("FASTAT_CUDA_TESTS_ON_CPU", "0").strip().lower() not in ("", "0")  # _dryrun.py checks it
-    dry_run_dir = Path(__file__).parent / "gpu" if dry_run else None
+    emulated_dir = Path(__file__).parent / "gpu" if EMULATED else None
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_triton = pytest.mark.skip(reason="needs a CUDA GPU or TRITON_INTERPRET=1 (run in a separate process)")
     for item in items:
         # the markers, not item.keywords: those also hold parameter ids, and a case named "cuda" is not a GPU test
-        if item.get_closest_marker("cuda") and not has_cuda and dry_run_dir not in Path(item.path).parents:
+        if item.get_closest_marker("cuda") and not has_cuda and emulated_dir not in Path(item.path).parents:
             item.add_marker(skip_cuda)
         if item.get_closest_marker("triton") and not (has_cuda or interpret):
             item.add_marker(skip_triton)

@@ -1,11 +1,13 @@
 """The emulator reports the bugs it claims to catch (tests/cuda_emu/selftest.cu), and runs correct code right.
 
-Without these, a permissive emulator would let test_emulated_kernels.py pass whatever the kernels do."""
+Without these, a permissive emulator would let the emulated run of tests/gpu (FASTAT_CUDA_TESTS_ON_CPU=emu) pass
+whatever the kernels do."""
 
 from __future__ import annotations
 
 import ctypes
 import math
+import struct
 
 import pytest
 import torch
@@ -98,6 +100,22 @@ def test_shuffled_schedules_expose_a_missing_barrier(lib):
         wrong += not torch.equal(_run(lib, 9, n=64), torch.full((64,), 7.0))
     emu.configure(lib)
     assert wrong == 3
+
+
+def test_float16_and_bfloat16_round_like_torch(lib):
+    """The kernels' from_float<T>/to_float on the emulator's fp16/bf16 round like torch's .to(): nearest even,
+    overflow to inf, subnormals, NaN."""
+    special = [0.0, -0.0, 1.0, 65504.0, 65519.0, 65520.0, 1e-8, 2.9e-8, 3e-8, 6e-8, -3.14159, float("inf"),
+               float("-inf"), float("nan"), 3.0e38, -1.17549435e-38, 1.00048828125, 1.0009765625]
+    bits = [0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x00000001, 0x807FFFFF, 0x3F800001, 0x477FF000, 0x477FEFFF]
+    vals = torch.tensor(special + [struct.unpack("f", struct.pack("I", b))[0] for b in bits])
+    vals = torch.cat([vals, torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 10.0 ** torch.randint(
+        -9, 6, (5000,), generator=torch.Generator().manual_seed(1))])
+    for code, dtype in ((2, torch.float16), (1, torch.bfloat16)):
+        out = torch.empty_like(vals)
+        lib.emu_round_trip(vals.data_ptr(), out.data_ptr(), vals.numel(), code)
+        torch.testing.assert_close(out, vals.to(dtype).float(), rtol=0, atol=0, equal_nan=True,  # +0.0 = -0.0
+                                   msg=lambda m: f"{dtype}: {m}")
 
 
 # ------------------------------------------------------------------------ the guarded allocator (torch_shim.cpp)

@@ -1,19 +1,17 @@
-"""Dry runs of the CUDA tests on the CPU, for a machine without a GPU (FASTAT_CUDA_TESTS_ON_CPU):
+"""Where the CUDA tests run: on a GPU, or on the CPU emulator of the CUDA kernels (FASTAT_CUDA_TESTS_ON_CPU).
 
-* `1` (or `cpu`): tests/gpu run against fastat._C's CPU kernels, to catch bugs in the test code itself before a
-  (short) GPU session;
-* `emu`: tests/gpu run against the CUDA kernels themselves, csrc/cuda/*.cu and the real binding bindings.cpp, on the
-  CPU emulator of tests/cuda_emu (`torch.ops.fastat_emu`): every launch path the emulated H100-like device takes, the
-  binding's checks, layouts and allocations, the kernels' clamping of index/offsets (the CUDA stream, device guard
-  and generator are stand-ins there). Each test runs with the
-  emulator's guarded allocator armed (fresh tensors start as NaN, writes outside a tensor fail the test) and fails
-  on any kernel fault the emulator reports (tests/gpu/conftest.py). Use FASTAT_CUDA_TEST_SHAPES=sanitizer: the
-  full shapes take hours there (about 40 s per 512x3072 case on 2 cores).
+* unset (or `0`): on a GPU, through torch.ops.fastat on "cuda" tensors; without a GPU every test skips.
+* `emu`: the same tests on the CUDA kernels themselves, csrc/cuda/*.cu and the real binding bindings.cpp, built by
+  tests/cuda_emu for an emulated H100-like device on the CPU (`torch.ops.fastat_emu`, CPU tensors): every launch path,
+  the binding's checks, layouts and allocations, the kernels' clamping of index/offsets (the CUDA stream, device guard
+  and generator are stand-ins there). Each test runs with the emulator's guarded allocator armed (fresh tensors start
+  as NaN, writes outside a tensor fail the test) and fails on any kernel fault the emulator reports
+  (tests/gpu/conftest.py). Use FASTAT_CUDA_TEST_SHAPES=sanitizer: the full shapes take hours there (about 40 s per
+  512x3072 case on 2 cores).
 
-In both, DEV = "cpu", and what only exists on a GPU (graphs, streams, events, devices, CUDA generators) is skipped
-with `needs_gpu`; what needs the CUDA kernels' own semantics (launch-path choices, clamping instead of raising) is
-skipped with `needs_cuda_kernels` in the first mode only. Without the variable nothing changes: these tests skip
-without a GPU and run on "cuda" with one.
+What only a GPU has (graphs, streams, events, several devices, CUDA generators) is marked `needs_gpu`; what only the
+emulator has (a device configured to take another launch path, the launch log) `emulator_only`. Any other value of
+the variable, the old `1` (fastat._C's CPU kernels in place of the CUDA ones) included, is a usage error.
 """
 
 from __future__ import annotations
@@ -24,19 +22,25 @@ import os
 import pytest
 import torch
 
-_MODES = {"": None, "0": None, "1": "cpu", "cpu": "cpu", "emu": "emu"}
-_VALUE = os.environ.get("FASTAT_CUDA_TESTS_ON_CPU", "0").strip().lower()
-if _VALUE not in _MODES:
-    raise ValueError(f"FASTAT_CUDA_TESTS_ON_CPU={_VALUE!r}: expected 0, 1 (or cpu) or emu")
-MODE = _MODES[_VALUE]
-ON_CPU = MODE is not None
-EMULATED = MODE == "emu"
-DEV = "cpu" if ON_CPU else "cuda"
-needs_gpu = pytest.mark.skipif(ON_CPU, reason="dry run on CPU: needs the GPU")
-needs_cuda_kernels = pytest.mark.skipif(ON_CPU and not EMULATED,
-                                        reason="dry run on the CPU kernels: needs the CUDA kernels (a GPU, or "
-                                               "FASTAT_CUDA_TESTS_ON_CPU=emu)")
+VARIABLE = "FASTAT_CUDA_TESTS_ON_CPU"
 
+
+_VALUE = os.environ.get(VARIABLE, "").strip().lower()
+EMULATED = _VALUE == "emu"
+
+
+def mode_error() -> str | None:
+    """The one-line error for a value that is no mode (tests/conftest.py stops the run with it), or None."""
+    if _VALUE in ("", "0", "emu"):
+        return None
+    return (f"{VARIABLE}={_VALUE!r} is not a mode: use {VARIABLE}=emu (the CUDA kernels on the CPU emulator), or "
+            "leave it unset (a GPU)")
+
+
+DEV = "cpu" if EMULATED else "cuda"
+needs_gpu = pytest.mark.skipif(EMULATED, reason="emulated: needs the GPU")
+emulator_only = pytest.mark.skipif(not EMULATED, reason=f"emulator only: configures the emulated device or reads its "
+                                                        f"launch log ({VARIABLE}=emu)")
 too_slow_to_emulate = pytest.mark.skipif(EMULATED, reason="emulated: tens of thousands of blocks take too long")
 
 
@@ -61,11 +65,11 @@ def ops_under_test():
 
 
 def synchronize() -> None:
-    """torch.cuda.synchronize(), a no-op in the dry run (CPU ops are synchronous)."""
-    if not ON_CPU:
+    """torch.cuda.synchronize(), a no-op under the emulator (its ops are synchronous)."""
+    if not EMULATED:
         torch.cuda.synchronize()
 
 
 def manual_seed(seed: int) -> None:
     """Seeds DEV's default generator."""
-    (torch.manual_seed if ON_CPU else torch.cuda.manual_seed)(seed)
+    (torch.manual_seed if EMULATED else torch.cuda.manual_seed)(seed)

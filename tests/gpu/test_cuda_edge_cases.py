@@ -2,7 +2,8 @@
 
 * operands at storage offsets: misaligned for the 8/16-byte vector paths (all of them, or only one), or aligned but
   offset; the vector path must only be taken when every pointer allows it;
-* more than 65535 rows (the gridDim.y/z limit), with tiny rows so it stays cheap;
+* more than 65535 rows (the gridDim.y/z limit), with tiny rows so it stays cheap; an empty batch; images of no
+  elements;
 * launches on the caller's current stream (inputs that only become valid after a sleep queued on that stream) and on
   the tensors' device when another one is current (needs 2 GPUs; per-device launch caches, default generator);
 * mixed layouts (channels_last / contiguous / strided) and fp16/bf16 state;
@@ -19,7 +20,7 @@ from fastat.ops import reference
 from fastat.ops._specs import (EPS, sample_atas_gather, sample_atas_step, sample_multigrad_step, sample_pgd_step,
                                sample_zerograd_step)
 
-from ._dryrun import DEV, needs_gpu, too_slow_to_emulate
+from ._dryrun import DEV, needs_gpu, synchronize, too_slow_to_emulate
 from .test_cuda_ops import _cuda_kernels_built, atas_path  # noqa: F401  (fixtures used here)
 from .test_cuda_ops import (F, SMALL_CASES, _capture, _gen, _pick, _run_atas_step, _small_case, assert_exact,
                             check_capture_replays_eager)
@@ -115,6 +116,14 @@ def test_more_rows_than_a_grid_y_dimension(poisoned_allocations):
 def test_atas_step_more_rows_than_a_grid_y_dimension(warmup, poisoned_allocations):
     s = sample_atas_step(ROWS, 3, "random", _gen(ROWS, 3), DEV, warmup=warmup)
     _atas_step_both(s.args, dict(s.kwargs, **SATURATED))
+
+
+def test_an_empty_batch():
+    """No rows: an empty result, and no error (a launch of zero blocks would be an invalid configuration)."""
+    z = torch.zeros(0, 5, device=DEV)
+    for out in (F.zerograd_step(z, z, z, EPS, 2 * EPS, 0.5), F.pgd_step(z, z, z, EPS, EPS / 4)):
+        assert out.shape == (0, 5) and out.dtype == z.dtype and out.device == z.device
+    synchronize()  # a failed launch would surface here
 
 
 @pytest.mark.usefixtures("atas_path")

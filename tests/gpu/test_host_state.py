@@ -12,7 +12,7 @@ from torch import nn
 from fastat.batch import BatchInfo
 from fastat.methods import ATAS
 
-from ._dryrun import DEV, ON_CPU, needs_gpu
+from ._dryrun import DEV, EMULATED, needs_gpu
 
 pytestmark = pytest.mark.cuda
 
@@ -58,7 +58,7 @@ def test_host_state_follows_device_state_exactly(state_dtype):
         for x, y, info in _batches(epoch):
             want, got = device.perturb(model, x, y, info), host.perturb(model, x, y, info)
             assert got.device == want.device and torch.equal(got, want)
-            assert host._rows.pending != ON_CPU  # the write-back is deferred on the GPU, immediate on the CPU
+            assert host._rows.pending != EMULATED  # the write-back is deferred on the GPU, immediate on the CPU
             assert torch.equal(host.step_sizes(), device.step_sizes())
         assert torch.equal(host.v_buf, device.v_buf.cpu()) and not host._rows.pending  # reading finishes it
         assert torch.equal(host.delta_buf, device.delta_buf.cpu())

@@ -1,8 +1,9 @@
 // A CPU emulation of the subset of CUDA that fastat's kernels (csrc/cuda/*.cu) use, so that the kernels themselves,
 // not a re-implementation of them, can be run and checked on a machine without a GPU. Test infrastructure only:
-// tests/cuda_emu/build.py compiles the unmodified kernel sources with g++ against these headers (after a mechanical
+// tests/cuda_emu/emulator.py compiles the unmodified kernel sources with g++ against these headers (after a mechanical
 // rewrite of the three things C++ cannot parse: `k<<<grid, block, smem, stream>>>(args)` launches, `extern __shared__`
-// arrays and inline PTX), and tests/cuda_emu/test_emulated_kernels.py compares them with fastat.ops.reference.
+// arrays and inline PTX), and tests/gpu, run with FASTAT_CUDA_TESTS_ON_CPU=emu, compares them with
+// fastat.ops.reference.
 //
 // Model. Every CUDA thread is a fiber (its own stack, cooperative switches), so the threads of a block interleave only
 // at __syncthreads() and warp collectives, exactly where CUDA makes their effects visible to each other. A block runs
