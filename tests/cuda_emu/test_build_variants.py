@@ -1,4 +1,5 @@
-"""The emulated-kernel tests again, in child processes, with the emulator built two other ways.
+"""The emulated run of the CUDA tests (FASTAT_CUDA_TESTS_ON_CPU=emu pytest -m cuda tests/gpu, small shapes) again, in
+child processes, with the emulator built two other ways.
 
 * AddressSanitizer (FASTAT_EMU_ASAN=1, libasan preloaded; the interpreter itself is not instrumented), the CPU
   counterpart of compute-sanitizer's memcheck: any read or write of a kernel outside the tensors it was given, or past
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +21,8 @@ from . import emulator as emu
 
 pytestmark = [pytest.mark.emulated, pytest.mark.slow]
 
-HERE = Path(__file__).resolve().parent
+GPU_TESTS = str(emu.ROOT / "tests" / "gpu")
+EMULATED = {"FASTAT_CUDA_TESTS_ON_CPU": "emu", "FASTAT_CUDA_TEST_SHAPES": "sanitizer"}
 
 
 def _asan_env():
@@ -32,7 +33,7 @@ def _asan_env():
         lib = ""
     if not lib or not os.path.isabs(lib) or not os.path.exists(lib):
         pytest.skip(f"no libasan for {cxx}")
-    return dict(os.environ, FASTAT_EMU_ASAN="1", LD_PRELOAD=lib,
+    return dict(os.environ, **EMULATED, FASTAT_EMU_ASAN="1", LD_PRELOAD=lib,
                 ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0")
 
 
@@ -51,9 +52,9 @@ def _run(args, env, timeout=1800):
 def test_kernels_under_address_sanitizer():
     # every test but the benchmark sizes, and of the sample-table sweep only two variants (memory safety does not
     # depend on the values: the other variants take the same paths), to keep CI short
-    keep = "not full_sizes and (not test_kernel_matches_reference or random or channels_last)"
-    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", keep,
-                str(HERE / "test_emulated_kernels.py")], _asan_env())
+    keep = "not benchmark_sizes and (not test_sample_table_matches_reference or random or channels_last)"
+    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "cuda", "-k", keep, GPU_TESTS],
+               _asan_env())
     out = res.stdout + res.stderr
     assert res.returncode == 0 and "AddressSanitizer" not in out, out[-6000:]
 
@@ -86,9 +87,9 @@ def _has_fma() -> bool:
 def test_kernels_with_fma_contraction():
     if not _has_fma():
         pytest.skip("this CPU has no FMA instructions")
-    env = dict(os.environ, FASTAT_EMU_CONTRACT="1")
+    env = dict(os.environ, **EMULATED, FASTAT_EMU_CONTRACT="1")
     # the exact ops' value tests (the path and bookkeeping tests do not depend on rounding)
     keep = "matches_reference or random_cases or quantiles or ties or inf or one_half or philox or grid_stride"
-    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", "-k", keep,
-                str(HERE / "test_emulated_kernels.py")], env)
+    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "cuda and not slow", "-k", keep,
+                GPU_TESTS], env)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]

@@ -115,7 +115,7 @@ def test_float16_and_bfloat16_round_like_torch(lib):
         out = torch.empty_like(vals)
         lib.emu_round_trip(vals.data_ptr(), out.data_ptr(), vals.numel(), code)
         torch.testing.assert_close(out, vals.to(dtype).float(), rtol=0, atol=0, equal_nan=True,  # +0.0 = -0.0
-                                   msg=lambda m: f"{dtype}: {m}")
+                                   msg=lambda m, dtype=dtype: f"{dtype}: {m}")
 
 
 # ------------------------------------------------------------------------ the guarded allocator (torch_shim.cpp)
