@@ -5,7 +5,10 @@ row up to 16384 elements, a thread-block cluster up to 8·40960, a streaming blo
 accesses vs the scalar fallback for odd rows; ATAS: several norm chunks per row), out-of-range
 index/offsets (clamped, never a crash), uniform_init's generator protocol, opcheck, CUDA-graph capture and determinism.
 Storage offsets, >65535 rows, other devices and streams, mixed layouts and per-path graph capture are in
-test_cuda_edge_cases.py; the generic small-shape sweep over all backends is tests/ops/test_parity.py.
+test_cuda_edge_cases.py; the OpSpec sample table and the benchmark sizes in test_cuda_sample_table.py, the cases it
+misses in test_cuda_{zerograd,atas,random}_cases.py, uniform_init's Philox stream in test_cuda_philox.py, the launch
+paths an emulated device is configured to take in test_emulated_launch_paths.py; the generic small-shape sweep over
+all backends is tests/ops/test_parity.py.
 
 FASTAT_CUDA_TEST_SHAPES=sanitizer shrinks the shape sets (for compute-sanitizer runs, see bench/gpu_check.sh, and for
 the emulator). FASTAT_CUDA_TESTS_ON_CPU=emu runs these tests on the CUDA kernels under the CPU emulator, without the

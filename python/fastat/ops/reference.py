@@ -164,10 +164,10 @@ def atas_step(
     x_adv' = clip(clip(x_adv + α_i·sign(g), x − ε, x + ε), 0, 1),
     and x_adv' − x, un-flipped, is written into the crop window of δ_buf[index] (outside it the buffer keeps its values).
     ‖g_i‖² is accumulated in fp64 and rounded to fp32, so it rarely depends on the summation order (only when the fp64
-    sums of two orders round to different fp32 values: inputs built for it, see tests/cuda_emu); the kernels add their
-    partial sums in a fixed order, so a kernel is deterministic, and v_buf matches this reference. ``index`` must not
-    repeat within a batch (which write lands is unspecified otherwise). Mutates ``delta_buf`` and ``v_buf``; returns
-    x_adv'. Exact apart from the sqrt/divide in α (a few ulp).
+    sums of two orders round to different fp32 values: inputs built for it in tests/gpu/test_cuda_atas_cases.py); the
+    kernels add their partial sums in a fixed order, so a kernel is deterministic, and v_buf matches this reference.
+    ``index`` must not repeat within a batch (which write lands is unspecified otherwise). Mutates ``delta_buf`` and
+    ``v_buf``; returns x_adv'. Exact apart from the sqrt/divide in α (a few ulp).
 
     Traffic: reads g, x_adv, x and writes x_adv' and the windows (5·B·n·4 bytes).
     """
