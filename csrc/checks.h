@@ -70,7 +70,7 @@ inline void check_atas_common(const char* op, const at::Tensor& delta_buf, const
                      "must be (N, C, H+2p, W+2p) for x of (B, C, H, W) = ", x.sizes(), ", got ", delta_buf.sizes());
   FASTAT_CHECK_VALUE(op, delta_buf.size(0) >= 1 || batch == 0, delta_buf, "holds no examples (N = 0)");
   FASTAT_CHECK_VALUE(op, delta_buf.is_contiguous(), delta_buf,
-                     "must be contiguous (it is indexed, and written in place by atas_step)");
+                     "must be contiguous (it is indexed, and written in place by the step ops)");
   check_per_row(op, "index", index, batch, at::kLong);
   check_per_row(op, "offsets", offsets, batch, at::kLong, 2);
   check_per_row(op, "flips", flips, batch, at::kBool);
