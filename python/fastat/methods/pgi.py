@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed as dist_
 from .. import ops
 from ..batch import BatchInfo
 from ._frame import buffer_shape, crop_params
@@ -139,9 +140,21 @@ class FGSMPGI(Method):
             (grad,) = torch.autograd.grad(batch_mean_ce(logits0, y), x0_in, retain_graph=keep)
         self._logits0 = logits0 if keep else None
         self.attack_grad = grad
-        x_adv = ops.pgi_step(self.delta_buf, self.mom_buf, index, offsets, flips, grad, grad.float().abs().sum(),
+        x_adv = ops.pgi_step(self.delta_buf, self.mom_buf, index, offsets, flips, grad, self._batch_l1(grad),
                              x0, xf, eps=self.eps, decay=self.decay)
         return x_adv.detach().to(x.dtype)
+
+    @staticmethod
+    def _batch_l1(grad: Tensor) -> Tensor:
+        """‖g‖₁ of the whole batch, in the units of this process's g. Under torchrun each rank holds a share of the
+        global batch and its g carries 1/B_rank: Σ|B_rank·g| is summed over the ranks and brought back to this
+        rank's units, so the momentum is what one process computes."""
+        l1 = grad.float().abs().sum()
+        world = dist_.current()
+        if world.enabled:
+            b = float(grad.shape[0])
+            l1 = dist_.all_reduce_sum((l1 * b).reshape(1))[0] / b
+        return l1
 
     def train_loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor,
                    label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
