@@ -96,3 +96,22 @@ def test_pgi_trains_and_resumes_with_its_buffers(tmp_path):
     assert resumed.resume() and resumed.epoch == 2
     assert torch.equal(resumed.method.delta_buf, t.method.delta_buf)
     assert torch.equal(resumed.method.mom_buf, t.method.mom_buf)
+
+
+def test_pgi_host_state_matches_device_state():
+    """state_device="cpu": the batch's rows travel, the ops address them as 0..B-1, and the result is the same as
+    with the buffers beside the images (bit for bit on a CPU device)."""
+    model, (x, y) = tiny_net(), data()
+    runs = []
+    for placement in (None, "cpu"):
+        method = FGSMPGI(eps=EPS, state_device=placement)
+        method.generator = torch.Generator().manual_seed(4)
+        outs = [method.perturb(model, x, y, batch_info(crop=True, seed=s)) for s in (2, 5)]
+        runs.append((outs, method.delta_buf.clone(), method.mom_buf.clone(), method.host_state))
+    (a, da, ma, ha), (b, db, mb, hb) = runs
+    assert not ha and hb
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    assert torch.equal(da, db) and torch.equal(ma, mb)
+    with pytest.raises(ValueError, match="'state_device'"):
+        FGSMPGI(eps=EPS, state_device="cuda")
