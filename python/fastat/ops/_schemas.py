@@ -30,5 +30,6 @@ MUTATES: dict[str, tuple[str, ...]] = {name: () for name in SCHEMAS}
 MUTATES["atas_step"] = ("delta_buf", "v_buf")
 MUTATES["pgi_step"] = ("delta_buf", "mom_buf")
 
-# The four hot paths that have Triton kernels; uniform_init is a random draw plus a box projection.
-HOT_PATHS = ("zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgd_step")
+# The hot paths, each with a Triton kernel (benchmarked by `fastat bench ops`); uniform_init is a random draw plus a
+# box projection.
+HOT_PATHS = ("zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgi_step", "pgd_step")
