@@ -49,7 +49,8 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path[:0] = [str(REPO / "python"), str(REPO)]
 
-METHODS = ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign", "apart", "pgd", "nuat", "sora")
+METHODS = ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign", "apart", "pgd", "nuat", "sora",
+           "fgsm_pgi")
 # Fashion-MNIST settings that differ from the official CIFAR defaults (why: bench/acceptance.py's docstring)
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "zerograd": {"q": 0.7, "on_co": "rollback", "co_drop": 0.1},
@@ -62,7 +63,8 @@ YARDSTICK = {"fgsm": ("fgsm", 1.0, None), "fgsm_rs": ("fgsmrs", 1.25, None), "n_
              "atas": ("atas", 2.0, 0.01)}
 # training cost per step relative to FGSM-RS on the CPU (longest first; also the rough per-run estimate)
 COST = {"fgsm": 1.0, "fgsm_rs": 1.0, "n_fgsm": 1.0, "atas": 1.05, "zerograd": 1.4, "apart": 1.5, "multigrad": 2.0,
-        "gradalign": 3.0, "pgd": 5.5, "sora": 1.0, "nuat": 1.6}
+        "gradalign": 3.0, "pgd": 5.5, "sora": 1.0, "nuat": 1.6,
+        "fgsm_pgi": 1.4}
 YARDSTICK_PATH = REPO.parent / "shared" / "reference" / "fmnist_co_sweep.py"
 
 
@@ -81,7 +83,7 @@ class Task(NamedTuple):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all eleven)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all twelve)")
     p.add_argument("--eps", default="0.1,0.2,0.25,0.3", help="comma list of ε values (0.25: the CPU demo's)")
     p.add_argument("--demo-eps", type=float, default=0.25, help="the ε that gets --demo-seeds (the CPU demo's)")
     p.add_argument("--demo-seeds", type=int, default=3)

@@ -70,7 +70,7 @@ inline void check_atas_common(const char* op, const at::Tensor& delta_buf, const
                      "must be (N, C, H+2p, W+2p) for x of (B, C, H, W) = ", x.sizes(), ", got ", delta_buf.sizes());
   FASTAT_CHECK_VALUE(op, delta_buf.size(0) >= 1 || batch == 0, delta_buf, "holds no examples (N = 0)");
   FASTAT_CHECK_VALUE(op, delta_buf.is_contiguous(), delta_buf,
-                     "must be contiguous (it is indexed, and written in place by atas_step)");
+                     "must be contiguous (it is indexed, and written in place by the step ops)");
   check_per_row(op, "index", index, batch, at::kLong);
   check_per_row(op, "offsets", offsets, batch, at::kLong, 2);
   check_per_row(op, "flips", flips, batch, at::kBool);
@@ -153,6 +153,35 @@ inline void check_atas_step(const at::Tensor& delta_buf, const at::Tensor& v_buf
   FASTAT_CHECK_POSITIVE(op, step_min);
   FASTAT_CHECK_POSITIVE(op, step_max);
   FASTAT_CHECK_VALUE(op, step_min <= step_max, step_min, "(", step_min, ") must be <= 'step_max' (", step_max, ")");
+}
+
+inline void check_pgi_step(const at::Tensor& delta_buf, const at::Tensor& mom_buf, const at::Tensor& index,
+                           const at::Tensor& offsets, const at::Tensor& flips, const at::Tensor& grad,
+                           const at::Tensor& grad_l1, const at::Tensor& x_adv, const at::Tensor& x, double eps,
+                           double decay) {
+  const char* op = "pgi_step";
+  detail::check_atas_common(op, delta_buf, index, offsets, flips, x);
+  detail::check_float(op, "grad", grad);
+  detail::check_float(op, "x_adv", x_adv);
+  FASTAT_CHECK_SAME_SHAPE(op, grad, x);
+  FASTAT_CHECK_SAME_SHAPE(op, x_adv, x);
+  TORCH_CHECK_TYPE(x_adv.scalar_type() == x.scalar_type(), "fastat.", op, ": arguments 'x_adv' (", x_adv.scalar_type(),
+                   ") and 'x' (", x.scalar_type(), ") must have the same dtype");
+  detail::check_float(op, "mom_buf", mom_buf);
+  detail::check_ndim(op, "mom_buf", mom_buf, 4);
+  // One dtype for both buffers: the kernels are instantiated per buffer dtype, not per pair.
+  TORCH_CHECK_TYPE(mom_buf.scalar_type() == delta_buf.scalar_type(), "fastat.", op, ": arguments 'mom_buf' (",
+                   mom_buf.scalar_type(), ") and 'delta_buf' (", delta_buf.scalar_type(), ") must have the same dtype");
+  FASTAT_CHECK_SAME_SHAPE(op, mom_buf, delta_buf);
+  FASTAT_CHECK_VALUE(op, mom_buf.is_contiguous(), mom_buf, "must be contiguous (it is indexed, and written in place)");
+  detail::check_float(op, "grad_l1", grad_l1, 0);
+  detail::check_ndim(op, "grad_l1", grad_l1, 0);
+  FASTAT_CHECK_SAME_DEVICE(op, grad, x);
+  FASTAT_CHECK_SAME_DEVICE(op, x_adv, x);
+  FASTAT_CHECK_SAME_DEVICE(op, mom_buf, x);
+  FASTAT_CHECK_SAME_DEVICE(op, grad_l1, x);
+  FASTAT_CHECK_POSITIVE(op, eps);
+  FASTAT_CHECK_VALUE(op, decay >= 0.0 && decay <= 1.0, decay, "must be in [0.0, 1.0], got ", decay);  // rejects NaN
 }
 
 inline void check_uniform_init(const at::Tensor& x, double eps) {

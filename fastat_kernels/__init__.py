@@ -21,6 +21,7 @@ KERNEL_MODULES: dict[str, str] = {
     "multigrad_step": "multigrad_step",
     "atas_gather": "atas",
     "atas_step": "atas",
+    "pgi_step": "pgi",
     "pgd_step": "pgd_step",
 }
 

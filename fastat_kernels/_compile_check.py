@@ -5,18 +5,19 @@ the contracts need.
 
 The launchers themselves (`pgd_step.pgd_step`, ...) run on meta tensors of real sizes (MNIST, CIFAR and ImageNet
 batches, an odd size, one element, 70000 rows; fp32/bf16/fp16 and mixed dtypes; contiguous and channels_last; every
-ZeroGrad quantile plan; every ATAS path) while `JITFunction.run` only records each launch. Every recorded launch, plus
-each autotune config of the autotuned kernels, is then specialised by Triton's own binder exactly as a GPU launch would
-be (i32/i64 ints, ints equal to 1 as constexpr, 16-divisibility of ints and pointers). By default a covering subset
-is compiled (~90 variants, about a minute): per kernel, every pointer-dtype signature, every int specialisation, every
-constexpr flag set and every tile/num_warps config at least once. ``--all`` compiles every distinct variant (~720,
-about 7 minutes on one core; run it before a GPU session when a kernel changed). Triton ships ptxas, so this catches
+ZeroGrad quantile plan; every ATAS path; FGSM-PGI) while `JITFunction.run` only records each launch. Every recorded
+launch, plus each autotune config of the autotuned kernels, is then specialised by Triton's own binder exactly as a GPU
+launch would be (i32/i64 ints, ints equal to 1 as constexpr, 16-divisibility of ints and pointers). By default a
+covering subset is compiled (~90 variants, about a minute): per kernel, every pointer-dtype signature, every int
+specialisation, every constexpr flag set and every tile/num_warps config at least once. ``--all`` compiles every
+distinct variant (~720, about 7 minutes on one core; run it before a GPU session when a kernel changed). Triton ships ptxas, so this catches
 on a CPU-only machine what the interpreter cannot: code that fails only in the compiler, or only for some dtype,
 config or alignment.
 
 Checks: every launch disables FP contraction and its grid fits CUDA's limits (axes 1 and 2 at most 65535); in the PTX
 the only fp32 FMA is the one in ZeroGrad's quantile lerp, min/max are the NaN-propagating forms, nothing flushes
-subnormals, sqrt/division are IEEE (ATAS must use div.rn/sqrt.rn) and shared memory fits the target.
+subnormals, sqrt/division are IEEE (ATAS must use div.rn/sqrt.rn, FGSM-PGI div.rn) and shared memory fits the
+target.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _meta(shape, dtype, channels_last=False) -> torch.Tensor:
 
 def _calls() -> Iterator[tuple[str, Callable[[], object]]]:
     """(description, launcher call) for every scenario; the calls only record launches."""
-    from . import atas, multigrad_step, pgd_step, zerograd_step
+    from . import atas, multigrad_step, pgd_step, pgi, zerograd_step
 
     for size, (rows, shape, pad, examples) in SIZES.items():
         layouts = (False, True) if shape[0] > 1 else (False,)
@@ -97,6 +98,9 @@ def _calls() -> Iterator[tuple[str, Callable[[], object]]]:
                 for warmup in (False, True):
                     yield f"{where} warmup={warmup}", partial(atas.atas_step, buf, v_buf, index, offsets, flags, grad,
                                                               x_adv, x, warmup=warmup, **_ATAS_KW)
+                grad_l1 = torch.empty((), dtype=F32, device="meta")
+                yield where, partial(pgi.pgi_step, buf, _meta(buf.shape, dd), index, offsets, flags, grad, grad_l1,
+                                     x_adv, x, eps=_EPS, decay=0.3)
 
 
 @contextlib.contextmanager
@@ -125,14 +129,14 @@ def record_launches() -> list[Launch]:
     """Every launch of every scenario, plus the same launch under each autotune config of its kernel."""
     from triton.runtime.autotuner import Autotuner
 
-    from . import atas, multigrad_step, pgd_step, zerograd_step
+    from . import atas, multigrad_step, pgd_step, pgi, zerograd_step
 
     launches: list[Launch] = []
     where = [""]
     with _recording(launches, where):
         for where[0], call in _calls():
             call()
-    tuners = {id(t.fn): t for m in (atas, multigrad_step, pgd_step, zerograd_step) for t in vars(m).values()
+    tuners = {id(t.fn): t for m in (atas, multigrad_step, pgd_step, pgi, zerograd_step) for t in vars(m).values()
               if isinstance(t, Autotuner)}
     tuned = []
     for launch in launches:
@@ -169,6 +173,8 @@ def check_ptx(name: str, ptx: str, meta: dict) -> list[str]:
         problems.append("approximate sqrt/division")
     if name == "_atas_step_kernel" and not meta.get("WARMUP") and ("div.rn.f32" not in ptx or "sqrt.rn.f32" not in ptx):
         problems.append("IEEE div.rn/sqrt.rn missing")
+    if name == "_pgi_step_kernel" and "div.rn.f32" not in ptx:
+        problems.append("IEEE div.rn missing")
     return problems
 
 
@@ -201,10 +207,10 @@ def _unlaunched_kernels(launches: list[Launch]) -> list[str]:
     """Kernels defined in the op modules that no scenario launches (add a scenario to `_calls`)."""
     from triton.runtime.jit import JITFunction
 
-    from . import atas, multigrad_step, pgd_step, zerograd_step
+    from . import atas, multigrad_step, pgd_step, pgi, zerograd_step
 
     launched = {id(launch.kernel) for launch in launches}
-    return [f"{m.__name__}.{name} is never launched by the scenarios" for m in (atas, multigrad_step, pgd_step,
+    return [f"{m.__name__}.{name} is never launched by the scenarios" for m in (atas, multigrad_step, pgd_step, pgi,
             zerograd_step) for name, fn in vars(m).items() if isinstance(fn, JITFunction) and name.endswith("_kernel")
             and id(fn) not in launched]
 

@@ -166,6 +166,37 @@ at::Tensor atas_step_cuda(at::Tensor& delta_buf, at::Tensor& v_buf, const at::Te
   return res.finish();
 }
 
+// delta_buf and mom_buf are mutated: non-const references, as in the CPU kernel.
+at::Tensor pgi_step_cuda(at::Tensor& delta_buf, at::Tensor& mom_buf, const at::Tensor& index, const at::Tensor& offsets,
+                         const at::Tensor& flips, const at::Tensor& grad, const at::Tensor& grad_l1,
+                         const at::Tensor& x_adv, const at::Tensor& x, double eps, double decay) {
+  const char* op = "pgi_step";
+  check_pgi_step(delta_buf, mom_buf, index, offsets, flips, grad, grad_l1, x_adv, x, eps, decay);
+  check_cuda(op, "x", x);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const at::Tensor g = grad.contiguous(), xa = x_adv.contiguous(), xc = x.contiguous();
+  const at::Tensor idx = index.contiguous(), off = offsets.contiguous(), fl = flips.contiguous();
+  const at::Tensor l1 = grad_l1.to(at::kFloat);  // torch widens a 0-dim bf16/fp16 divisor to fp32 exactly, too
+  RowOutput res(x_adv, at::MemoryFormat::Contiguous);
+  cuda::PgiStepOperands operands;
+  operands.delta_buf = delta_buf.data_ptr();
+  operands.mom_buf = mom_buf.data_ptr();
+  operands.buf_dtype = dtype_of(delta_buf);
+  operands.index = idx.const_data_ptr<int64_t>();
+  operands.offsets = off.const_data_ptr<int64_t>();
+  operands.flips = fl.const_data_ptr<bool>();
+  operands.grad = g.const_data_ptr();
+  operands.grad_dtype = dtype_of(g);
+  operands.grad_l1 = l1.const_data_ptr<float>();
+  operands.x_adv = xa.const_data_ptr();
+  operands.x = xc.const_data_ptr();
+  operands.out = res.work.data_ptr();
+  operands.dtype = dtype_of(xc);
+  check_launch(op, cuda::launch_pgi_step(operands, atas_shape(xc, delta_buf), static_cast<float>(eps),
+                                         static_cast<float>(decay), current_stream()));
+  return res.finish();
+}
+
 at::Tensor pgd_step_cuda(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x, double eps,
                          double alpha, const std::optional<at::Tensor>& active) {
   const char* op = "pgd_step";
@@ -223,6 +254,7 @@ TORCH_LIBRARY_IMPL(fastat, CUDA, m) {
   m.impl("multigrad_step", &fastat::multigrad_step_cuda);
   m.impl("atas_gather", &fastat::atas_gather_cuda);
   m.impl("atas_step", &fastat::atas_step_cuda);
+  m.impl("pgi_step", &fastat::pgi_step_cuda);
   m.impl("pgd_step", &fastat::pgd_step_cuda);
   m.impl("uniform_init", &fastat::uniform_init_cuda);
 }

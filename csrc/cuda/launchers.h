@@ -94,6 +94,31 @@ int64_t atas_step_split_workspace_bytes(int64_t batch, int64_t row_numel, bool w
 cudaError_t launch_atas_step_split(const AtasStepOperands& op, AtasShape shape, AtasStepParams params,
                                    void* workspace, cudaStream_t stream);
 
+// --------------------------------------------------------------------------------------------------------- pgi_step
+// The operands of pgi_step: grad (grad_dtype), x_adv, x, out (dtype): NCHW-contiguous (batch, C, H, W); delta_buf and
+// mom_buf (buf_dtype): contiguous (num_examples, C, H+2p, W+2p), their windows written (mom's read first); grad_l1:
+// one fp32 on the device (the batch's ‖g‖₁); index/offsets/flips as atas_step's.
+struct PgiStepOperands {
+  void* delta_buf;
+  void* mom_buf;
+  DType buf_dtype;
+  const int64_t* index;
+  const int64_t* offsets;
+  const bool* flips;
+  const void* grad;
+  DType grad_dtype;
+  const float* grad_l1;
+  const void* x_adv;
+  const void* x;
+  void* out;
+  DType dtype;
+};
+
+// pgi_step: per window element, d0 = x_adv - x, m = g / l1 + decay·mom (IEEE division; each product and sum rounded
+// on its own), next = box(clamp(d0 + eps·sign(m), -eps, eps), x), out = clamp(min(max((x + d0) + eps·sign(g), x - eps),
+// x + eps), 0, 1); mom's window gets m and delta's window gets next. One launch, no scratch.
+cudaError_t launch_pgi_step(const PgiStepOperands& op, AtasShape shape, float eps, float decay, cudaStream_t stream);
+
 // --------------------------------------------------------------------------------------------------------- pgd_step
 // out = box(clamp(delta + alpha·sign(grad), -eps, eps), x) on rows with active[b] (all rows if active == nullptr);
 // other rows are a bit copy of delta. Shapes as zerograd_step; active: (batch,) bool or nullptr.

@@ -1,7 +1,8 @@
 """`Method.strengthen` (the CO roll-back's remedy): every method turns a knob that really changes what it does next.
 
 The check: perturb, restore the state, strengthen, perturb again from the same random numbers; the new x_adv (or,
-for GradAlign, whose knob is the regulariser's λ, the regulariser) must differ, and the log line must say what moved.
+for GradAlign, whose knob is the regulariser's λ, the regulariser; for FGSM-PGI the consistency term's λ) must
+differ, and the log line must say what moved.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def test_strengthen_changes_the_next_attack(name):
     assert change and change != "no hyper-parameter to change"
     if name == "gradalign":
         assert method.lam == pytest.approx(0.2 / 0.8) and reg_after > reg_before * 1.2
+    elif name == "fgsm_pgi":  # its knob weighs the consistency term of the training loss (test_pgi.py); the step is ε
+        assert method.lam == pytest.approx(10 / 0.8)
     else:
         assert not torch.equal(before, after), change
     # the change travels in the checkpointed state, so a resumed run keeps it

@@ -21,6 +21,8 @@ if _native.load_error() is not None:
 F = torch.ops.fastat
 EPS, ALPHA = 8 / 255, 10 / 255
 ATAS_KW = dict(eps=EPS, c=0.01, beta=0.5, gamma_over_c=16 / 255, step_min=4 / 255, step_max=14 / 255)
+PGI_KW = dict(eps=EPS, decay=0.3)
+MUTATING = ("atas_step", "pgi_step")  # both write their first two arguments
 
 
 def assert_exact(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -71,11 +73,23 @@ def atas_args(batch=4, n=6, chans=3, size=5, pad=2, buf_dtype=torch.float32, dty
     return delta_buf, v_buf, index, offsets, flips, grad, x_adv, x
 
 
+def pgi_args(batch=4, n=6, chans=3, size=5, pad=2, buf_dtype=torch.float32, dtype=torch.float32, grad_dtype=None,
+             layout="contiguous"):
+    """(delta_buf, mom_buf, index, offsets, flips, grad, grad_l1, x_adv, x): atas_args' windows and inputs, a momentum
+    of the size of g/‖g‖₁ (both terms of m decide its sign) and ‖g‖₁ of the batch."""
+    delta_buf, _, index, offsets, flips, grad, x_adv, x = atas_args(batch, n, chans, size, pad, buf_dtype, dtype,
+                                                                    grad_dtype, layout)
+    g = torch.Generator().manual_seed(batch * 1000 + n + 1)
+    mom_buf = (torch.randn(delta_buf.shape, generator=g) * 3 / max(1, x.numel())).to(buf_dtype)
+    return delta_buf, mom_buf, index, offsets, flips, grad, grad.float().abs().sum(), x_adv, x
+
+
 def samples() -> list[tuple[str, tuple, dict]]:
     shape = (4, 3, 5, 5)
     d, g, x = make(shape, kind="delta"), make(shape, kind="grad"), make(shape)
     dc, gc, xc = (t.contiguous(memory_format=torch.channels_last) for t in (d, g, x))
     atas = atas_args()
+    pgi = pgi_args()
     return [
         ("zerograd_step", (d, g, x, EPS, ALPHA, 0.35), {}),
         ("zerograd_step", (dc, gc.bfloat16(), xc, EPS, ALPHA, 1.0), {}),
@@ -86,6 +100,7 @@ def samples() -> list[tuple[str, tuple, dict]]:
         ("atas_gather", (atas[0], atas[2], atas[3], atas[4], atas[7]), {}),
         ("atas_step", atas, dict(ATAS_KW, warmup=False)),
         ("atas_step", atas, dict(ATAS_KW, warmup=True)),
+        ("pgi_step", pgi, PGI_KW),
         ("uniform_init", (xc, EPS), dict(generator=torch.Generator().manual_seed(0))),
     ]
 
@@ -164,18 +179,42 @@ def _atas_bad():
     ]
 
 
+def _pgi_bad():
+    buf, mom, idx, off, flp, g, l1, xa, x = pgi_args()
+    base = dict(delta_buf=buf, mom_buf=mom, index=idx, offsets=off, flips=flp, grad=g, grad_l1=l1, x_adv=xa, x=x)
+
+    def step(scalars=None, **kw):
+        return "pgi_step", tuple({**base, **kw}.values()), dict(PGI_KW, **(scalars or {}))
+
+    return [
+        (*step(index=idx.int()), TypeError, "'index'"),
+        (*step(delta_buf=buf.transpose(2, 3)), ValueError, "'delta_buf'"),
+        (*step(mom_buf=mom.transpose(2, 3)), ValueError, "'mom_buf'"),
+        (*step(mom_buf=mom[:, :, :8].contiguous()), ValueError, "'mom_buf'"),
+        (*step(mom_buf=mom.half()), TypeError, "'mom_buf'"),
+        (*step(grad_l1=l1[None]), ValueError, "'grad_l1'"),
+        (*step(grad_l1=l1.double()), TypeError, "'grad_l1'"),
+        (*step(grad=g[:, :, :4]), ValueError, "'grad'"),
+        (*step(x_adv=xa.half()), TypeError, "'x_adv'"),
+        (*step(dict(decay=-0.5)), ValueError, "'decay'"),
+        (*step(dict(decay=float("nan"))), ValueError, "'decay'"),
+        (*step(dict(eps=0.0)), ValueError, "'eps'"),
+    ]
+
+
 @pytest.mark.parametrize("name,args,kwargs,exc,arg",
-                         [(n, a, {}, e, m) for n, a, e, m in _BAD_METADATA] + _atas_bad(),
+                         [(n, a, {}, e, m) for n, a, e, m in _BAD_METADATA] + _atas_bad() + _pgi_bad(),
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_direct_call_bad_metadata_raises(name, args, kwargs, exc, arg):
     with pytest.raises(exc, match=f"^fastat.{name}: .*{arg}"):
         getattr(F, name)(*args, **kwargs)
 
 
-@pytest.mark.parametrize("op", ["atas_gather", "atas_step"])
+@pytest.mark.parametrize("op", ["atas_gather", "atas_step", "pgi_step"])
 @pytest.mark.parametrize("bad", ["index=N", "index=-1", "offsets=2p+1", "offsets=-1"])
 def test_out_of_range_index_and_offsets_raise(op, bad):
     buf, v, idx, off, flp, g, xa, x = atas_args()
+    mom = torch.rand(buf.shape)
     arg, value = bad.split("=")
     if arg == "index":
         idx = idx.clone()
@@ -183,26 +222,29 @@ def test_out_of_range_index_and_offsets_raise(op, bad):
     else:
         off = off.clone()
         off[3, 1] = buf.shape[2] - x.shape[2] + 1 if value == "2p+1" else -1
-    buf_before, v_before = buf.clone(), v.clone()
+    buf_before, v_before, mom_before = buf.clone(), v.clone(), mom.clone()
     with pytest.raises(ValueError, match=f"'{arg}'"):
         if op == "atas_gather":
             F.atas_gather(buf, idx, off, flp, x)
-        else:
+        elif op == "atas_step":
             F.atas_step(buf, v, idx, off, flp, g, xa, x, **ATAS_KW, warmup=False)
+        else:
+            F.pgi_step(buf, mom, idx, off, flp, g, g.abs().sum(), xa, x, **PGI_KW)
     assert torch.equal(buf, buf_before) and torch.equal(v, v_before)  # nothing was written before the check
+    assert torch.equal(mom, mom_before)
 
 
 # -------------------------------------------------------------------------------- determinism and thread count
 
 
 def _call(name, args, kwargs):
-    """Run the op on fresh copies of its tensor arguments (atas_step mutates two); return every output tensor."""
+    """Run the op on fresh copies of its tensor arguments (atas_step and pgi_step mutate two); return every output."""
     args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
     kwargs = dict(kwargs)
     if "generator" in kwargs:
         kwargs["generator"] = torch.Generator().manual_seed(1234)
     out = getattr(F, name)(*args, **kwargs)
-    return (out, args[0], args[1]) if name == "atas_step" else (out,)
+    return (out, args[0], args[1]) if name in MUTATING else (out,)
 
 
 def _big_samples():
@@ -210,12 +252,14 @@ def _big_samples():
     shape = (160, 3, 16, 16)
     d, g, x = make(shape, kind="delta"), make(shape, kind="grad"), make(shape)
     atas = atas_args(batch=96, n=128, size=16, pad=4)
+    pgi = pgi_args(batch=96, n=128, size=16, pad=4)
     return [
         ("zerograd_step", (d, g, x, EPS, ALPHA, 0.35), {}),
         ("multigrad_step", (make((3, *shape), kind="grad"), x, EPS, ALPHA, 2), {}),
         ("pgd_step", (d, g, x, EPS, ALPHA, torch.rand(160) < 0.5), {}),
         ("atas_gather", (atas[0], atas[2], atas[3], atas[4], atas[7]), {}),
         ("atas_step", atas, dict(ATAS_KW, warmup=False)),
+        ("pgi_step", pgi, PGI_KW),
         ("uniform_init", (x, EPS), dict(generator=None)),
     ]
 
@@ -348,6 +392,42 @@ def test_atas_step_matches_reference(warmup, buf_dtype, dtype, grad_dtype, layou
     assert_exact(ours[0], ref[0])  # delta_buf windows, and nothing outside them
     assert_exact(ours[1], ref[1])  # v_buf
     assert out.stride() == torch.empty_like(args[6]).stride()
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("buf_dtype,dtype,grad_dtype", [(torch.float32, torch.float32, torch.float32),
+                                                        (torch.bfloat16, torch.float32, torch.float16),
+                                                        (torch.float16, torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pgi_step_matches_reference(decay, buf_dtype, dtype, grad_dtype, layout):
+    args = list(pgi_args(batch=5, n=7, size=6, buf_dtype=buf_dtype, dtype=dtype, grad_dtype=grad_dtype,
+                         layout=layout))
+    args[5][1, 0, 0, :3] = 0.0  # sign(0) = 0: no move there
+    args[1][args[2][1], 0, :, :] = 0  # with a zero momentum too: no move of the prior either
+    args[6] = args[5].float().abs().sum()
+    ours = [a.clone() for a in args]
+    ref = [a.clone() for a in args]
+    out = F.pgi_step(*ours, eps=EPS, decay=decay)
+    assert_exact(out, reference.pgi_step(*ref, eps=EPS, decay=decay))
+    assert_exact(ours[0], ref[0])  # delta_buf windows, and nothing outside them
+    assert_exact(ours[1], ref[1])  # mom_buf windows
+    assert out.stride() == torch.empty_like(args[7]).stride()
+
+
+@pytest.mark.parametrize("batch_grad", ["zero", "nan", "bf16_l1"])
+def test_pgi_step_whole_batch_cases_match_reference(batch_grad):
+    """‖g‖₁ = 0 (0/0 = NaN momentum everywhere), a NaN in g (NaN ‖g‖₁), and a bf16 ‖g‖₁ (widened to fp32 first)."""
+    args = list(pgi_args(batch=3, n=5, size=4))
+    if batch_grad == "zero":
+        args[5] = torch.zeros_like(args[5])
+    elif batch_grad == "nan":
+        args[5][2, 1, 1, 1] = float("nan")
+    args[6] = args[5].abs().sum().to(torch.bfloat16 if batch_grad == "bf16_l1" else torch.float32)
+    ours = [a.clone() for a in args]
+    ref = [a.clone() for a in args]
+    assert_exact(F.pgi_step(*ours, **PGI_KW), reference.pgi_step(*ref, **PGI_KW))
+    assert_exact(ours[0], ref[0])
+    assert_exact(ours[1], ref[1])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -107,5 +107,8 @@ def test_empty_batch(backend):
         before = (buf.clone(), v.clone())
         outs.append(fastat.ops.atas_step(buf, v, index, offsets, flips, g, x, x, eps=0.1, c=0.01, beta=0.5,
                                          gamma_over_c=0.06, step_min=0.01, step_max=0.05, warmup=False))
+        mom = torch.rand(4, 3, 9, 9)
+        before += (mom.clone(),)
+        outs.append(fastat.ops.pgi_step(buf, mom, index, offsets, flips, g, g.abs().sum(), x, x, eps=0.1, decay=0.3))
     assert all(o.shape == (0, 3, 5, 5) for o in outs)
-    assert torch.equal(buf, before[0]) and torch.equal(v, before[1])
+    assert torch.equal(buf, before[0]) and torch.equal(v, before[1]) and torch.equal(mom, before[2])

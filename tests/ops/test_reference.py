@@ -113,6 +113,51 @@ def test_atas_step_warmup_uses_eps_and_keeps_v():
     assert torch.allclose(out, torch.full_like(x, 0.6))
 
 
+def _pgi_case():
+    buf, x = _atas_case()  # N=2, C=1, window 2x3 in a 4x5 frame
+    mom = torch.zeros_like(buf)
+    g = torch.tensor([[[[1.0, -1.0, 0.0], [2.0, 1.0, -3.0]]]])
+    x_adv = torch.tensor([[[[0.5, 0.625, 0.375], [0.5, 0.5, 0.5]]]])  # δ₀ = 0, +1/8, -1/8, 0, 0, 0 (exact)
+    return buf, mom, torch.tensor([1]), torch.tensor([[1, 2]]), torch.tensor([True]), g, x_adv, x
+
+
+def test_pgi_step_attack_prior_and_momentum_from_a_zero_momentum():
+    # Zero momentum: m = g/‖g‖₁, so sign(m) = sign(g); ‖g‖₁ = 8 over the batch.
+    buf, mom, index, offsets, flips, g, x_adv, x = _pgi_case()
+    before = buf.clone()
+    eps = 0.25
+    out = ref.pgi_step(buf, mom, index, offsets, flips, g, g.abs().sum(), x_adv, x, eps=eps, decay=0.5)
+    d0 = x_adv - x
+    assert torch.equal(out, (x_adv + eps * torch.sign(g)).clamp(x - eps, x + eps).clamp(0, 1))  # x + δ₀ = x_adv here
+    assert torch.equal(buf[1, :, 1:3, 2:5], (d0 + eps * torch.sign(g)).clamp(-eps, eps)[0].flip(-1))  # the next prior
+    assert torch.equal(mom[1, :, 1:3, 2:5], (g / 8)[0].flip(-1))  # m, un-flipped into the window
+    outside = torch.ones_like(buf, dtype=torch.bool)
+    outside[1, :, 1:3, 2:5] = False
+    assert torch.equal(buf[outside], before[outside]) and not mom[outside].any()  # nothing else is written
+
+
+def test_pgi_step_prior_follows_the_momentum_and_the_attack_only_the_gradient():
+    buf, mom, index, offsets, flips, g, x_adv, x = _pgi_case()
+    mom[1, :, 1:3, 2:5] = -torch.sign(g)[0].flip(-1)  # |decay·mom| = 1/2 outweighs every |g|/‖g‖₁ ≤ 3/8
+    out = ref.pgi_step(buf, mom, index, offsets, flips, g, g.abs().sum(), x_adv, x, eps=0.0625, decay=0.5)
+    prior = buf[1, :, 1:3, 2:5].flip(-1)[None]
+    d0 = x_adv - x
+    assert torch.equal(prior, torch.where(g == 0, d0.clamp(-0.0625, 0.0625), -0.0625 * torch.sign(g)))
+    fresh = _pgi_case()  # the same step from a zero momentum: the attack does not depend on the momentum
+    assert torch.equal(out, ref.pgi_step(*fresh[:6], g.abs().sum(), *fresh[6:], eps=0.0625, decay=0.5))
+    assert torch.equal(mom[1, :, 1:3, 2:5].flip(-1)[None], g / 8 - 0.5 * torch.sign(g))
+
+
+def test_pgi_step_zero_batch_gradient_gives_nan_momentum_and_no_move():
+    # ‖g‖₁ = 0: g/‖g‖₁ = 0/0 = NaN in every window; sign(NaN) = 0, so the prior is δ₀ re-projected and x_adv' = x_adv.
+    buf, mom, index, offsets, flips, g, x_adv, x = _pgi_case()
+    g = torch.zeros_like(g)
+    out = ref.pgi_step(buf, mom, index, offsets, flips, g, g.abs().sum(), x_adv, x, eps=0.0625, decay=0.5)
+    assert torch.equal(out, x_adv.clamp(x - 0.0625, x + 0.0625))
+    assert mom[1, :, 1:3, 2:5].isnan().all() and not mom[0].isnan().any()
+    assert torch.equal(buf[1, :, 1:3, 2:5].flip(-1)[None], (x_adv - x).clamp(-0.0625, 0.0625))
+
+
 def test_uniform_init_in_ball_and_box_and_seeded():
     x = torch.rand(8, 3, 4, 4)
     a = ref.uniform_init(x, 0.2, generator=torch.Generator().manual_seed(3))

@@ -42,7 +42,8 @@ pytestmark = [
 ]
 DEV = "cpu" if _triton.interpret() else "cuda"
 EXACT_STEP = DEV == "cpu"  # torch on CUDA divides by a scalar as a product with its reciprocal (ATAS α: a few ulp)
-OPS = ("zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgd_step")
+OPS = ("zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgi_step", "pgd_step")
+PGI_KW = dict(eps=8 / 255, decay=0.3)
 ATAS_KW = dict(eps=8 / 255, c=0.01, beta=0.5, gamma_over_c=16 / 255, step_min=4 / 255, step_max=14 / 255)
 cuda_only = pytest.mark.skipif(DEV != "cuda", reason="full-size rows need a GPU")
 
@@ -357,6 +358,69 @@ def test_atas_clamps_bad_indices_in_kernel():
         assert_same(b1, b2)
 
 
+# ------------------------------------------------------------------------------------------------------ FGSM-PGI
+
+
+def pgi_case(rows=3, chans=3, size=(5, 4), pad=2, n_buf=6, dtype=torch.float32, buf_dtype=torch.float32, seed=50):
+    """(delta_buf, mom_buf, index, offsets, flips, grad, grad_l1, x_adv, x): ATAS's windows, plus a momentum of the
+    size of g/‖g‖₁ so that both terms of m decide its sign. ‖g‖₁ is finite (test_pgi_parity adds NaN and zero)."""
+    buf, _, index, offsets, flips, grad, x_adv, x = atas_case(rows, chans, size, pad, n_buf, dtype, buf_dtype, seed)
+    grad[1:] = torch.where(torch.isfinite(grad[1:]), grad[1:], 0.0)
+    l1 = grad.float().abs().sum()
+    mom = (rand(buf.shape, -1, 1, seed + 7) * 3 / max(1, x.numel())).to(buf_dtype)
+    return buf, mom, index, offsets, flips, grad, l1, x_adv, x
+
+
+def check_pgi_step(case, **kw) -> None:
+    kw = {**PGI_KW, **kw}
+    d1, m1, d2, m2 = case[0].clone(), case[1].clone(), case[0].clone(), case[1].clone()
+    with poisoned_allocations():
+        out = op("pgi_step")(d1, m1, *case[2:], **kw)
+    expected = R.pgi_step(d2, m2, *case[2:], **kw)
+    assert_same(out, expected)  # exact on every device: the division by ‖g‖₁ is IEEE on both sides
+    assert_same(d1, d2)
+    assert_same(m1, m2)
+    assert out.stride() == torch.empty_like(case[7]).stride()
+
+
+@pytest.mark.parametrize("dtype,buf_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                             (torch.float16, torch.float32), (torch.float32, torch.float16)])
+def test_pgi_parity(dtype, buf_dtype):
+    case = pgi_case(dtype=dtype, buf_dtype=buf_dtype)
+    for decay in (0.0, 0.3, 1.0):
+        check_pgi_step(case, decay=decay)
+    grad = case[5].clone()
+    grad[0, 0, 0, 0] = float("nan")  # ‖g‖₁ = NaN: every momentum window NaN, the prior only re-projected
+    check_pgi_step(case[:5] + (grad, grad.abs().sum()) + case[7:])
+    zero = torch.zeros_like(grad)  # ‖g‖₁ = 0: 0/0
+    check_pgi_step(case[:5] + (zero, zero.abs().sum()) + case[7:])
+
+
+def test_pgi_layouts_and_shapes(small_tiles):
+    cl = torch.channels_last
+    for kw in ({"rows": 1, "chans": 1, "size": (1, 1), "pad": 0, "n_buf": 1}, {"size": (8, 8), "pad": 4},
+               {"rows": 2, "size": (7, 6), "pad": 1, "n_buf": 2}):
+        check_pgi_step(pgi_case(**kw))  # 3·8·8 = 192 > TILE_BLOCK: two tiles per row
+    buf, mom, index, offsets, flips, grad, l1, x_adv, x = pgi_case(size=(6, 6))
+    check_pgi_step((buf, mom, index, offsets, flips, grad.to(memory_format=cl), l1, x_adv.to(memory_format=cl),
+                    x.to(memory_format=cl)))
+    strided_index = torch.stack([index, index], 1)[:, 0]
+    check_pgi_step((buf, mom, strided_index, offsets.t().contiguous().t(), flips, grad.bfloat16(), l1.half(), x_adv,
+                    x))
+
+
+def test_pgi_clamps_bad_indices_in_kernel():
+    """Out-of-range index/offsets (the public wrapper rejects them on CPU) stay inside the buffers."""
+    buf, mom, index, offsets, flips, grad, l1, x_adv, x = pgi_case(rows=2, n_buf=4)
+    bad = (torch.tensor([-7, 99], device=DEV), torch.tensor([[-3, 50], [9, -1]], device=DEV))
+    d1, m1, d2, m2 = buf.clone(), mom.clone(), buf.clone(), mom.clone()
+    out = op("pgi_step")(d1, m1, *bad, flips, grad, l1, x_adv, x, **PGI_KW)
+    want = R.pgi_step(d2, m2, bad[0].clamp(0, 3), bad[1].clamp(0, 4), flips, grad, l1, x_adv, x, **PGI_KW)
+    assert_same(out, want)
+    assert_same(d1, d2)
+    assert_same(m1, m2)
+
+
 # ------------------------------------------------------------------------------------------------------ registration
 
 
@@ -369,6 +433,8 @@ def sample_args(name: str) -> tuple[tuple, dict]:
         return (delta, g, x, 8 / 255, 2 / 255, torch.tensor([True, False], device=DEV)), {}
     if name == "multigrad_step":
         return (torch.stack([g, -g.abs(), g]), x, 8 / 255, 16 / 255, 2), {}
+    if name == "pgi_step":
+        return pgi_case(rows=2, size=(4, 4), pad=1, n_buf=3), dict(PGI_KW)
     buf, v, index, offsets, flips, grad, x_adv, x = atas_case(rows=2, size=(4, 4), pad=1, n_buf=3)
     if name == "atas_gather":
         return (buf, index, offsets, flips, x), {}
@@ -393,7 +459,7 @@ def test_schema_matches_fastat(name):
 def test_compiled_public_op_equals_eager(name):
     args, kwargs = sample_args(name)
     public = getattr(fastat.ops, name)
-    mutated = (0, 1) if name == "atas_step" else ()
+    mutated = (0, 1) if name in ("atas_step", "pgi_step") else ()
 
     def call(*a):
         return public(*a, **kwargs)

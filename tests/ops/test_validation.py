@@ -24,6 +24,23 @@ def _atas(**over):
     return args, kw
 
 
+def _pgi(**over):
+    args, _ = _atas()
+    del args["v_buf"]
+    args = dict(delta_buf=args.pop("delta_buf"), mom_buf=torch.zeros(5, 1, 8, 8), **args)
+    args["grad_l1"] = args["grad"].abs().sum()
+    args = {k: args[k] for k in ("delta_buf", "mom_buf", "index", "offsets", "flips", "grad", "grad_l1", "x_adv", "x")}
+    kw = dict(eps=0.1, decay=0.3)
+    for k, v in over.items():
+        (args if k in args else kw)[k] = v
+    return args, kw
+
+
+def _pgi_call(**over):
+    args, kw = _pgi(**over)
+    return ops.pgi_step(**args, **kw)
+
+
 CASES = [
     # (callable, exception, argument name in the message)
     (lambda: ops.zerograd_step(_x(), _x(), _x(), 0.1, 0.2, 1.5), ValueError, "q"),
@@ -73,6 +90,22 @@ CASES = [
     (lambda: ops.atas_step(**_atas(delta_buf=torch.zeros(5, 1, 8, 8, requires_grad=True))[0], **_atas()[1]),
      ValueError, "delta_buf"),
     (lambda: ops.atas_step(**_atas(v_buf=torch.zeros(5, requires_grad=True))[0], **_atas()[1]), ValueError, "v_buf"),
+    (lambda: _pgi_call(grad_l1=torch.ones(1)), ValueError, "grad_l1"),  # 0-dim only
+    (lambda: _pgi_call(grad_l1=torch.tensor(3)), TypeError, "grad_l1"),
+    (lambda: _pgi_call(grad_l1=3.0), TypeError, "grad_l1"),
+    (lambda: _pgi_call(grad_l1=torch.tensor(3.0, device="meta")), ValueError, "grad_l1"),
+    (lambda: _pgi_call(mom_buf=torch.zeros(5, 1, 8, 6)), ValueError, "mom_buf"),
+    (lambda: _pgi_call(mom_buf=torch.zeros(5, 1, 8, 8, dtype=torch.bfloat16)), TypeError, "mom_buf"),
+    (lambda: _pgi_call(mom_buf=torch.zeros(5, 1, 8, 8).transpose(2, 3)), ValueError, "mom_buf"),
+    (lambda: _pgi_call(mom_buf=torch.zeros(5, 1, 8, 8, requires_grad=True)), ValueError, "mom_buf"),
+    (lambda: _pgi_call(delta_buf=torch.zeros(5, 1, 8, 8, requires_grad=True)), ValueError, "delta_buf"),
+    (lambda: _pgi_call(index=torch.tensor([0, 5])), ValueError, "index"),
+    (lambda: _pgi_call(offsets=torch.tensor([[0, 5], [0, 0]])), ValueError, "offsets"),
+    (lambda: _pgi_call(x_adv=_x().half()), TypeError, "x_adv"),
+    (lambda: _pgi_call(grad=_x(3)), ValueError, "grad"),
+    (lambda: _pgi_call(decay=1.5), ValueError, "decay"),
+    (lambda: _pgi_call(decay=float("nan")), ValueError, "decay"),
+    (lambda: _pgi_call(eps=0.0), ValueError, "eps"),
     (lambda: ops.atas_gather(torch.zeros(5, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([[0, 0], [9, 0]]),
                              torch.tensor([False, False]), _x()), ValueError, "offsets"),
     (lambda: ops.atas_gather(torch.zeros(5, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([[0, 0], [0, 0]]),
@@ -122,4 +155,7 @@ def test_meta_tensors_get_shapes_not_cuda_errors():
     assert ops.atas_gather(buf, idx, off, flips, x).shape == x.shape
     out = ops.atas_step(buf, torch.zeros(4, **meta), idx, off, flips, x, x, x, eps=0.1, c=0.01, beta=0.5,
                         gamma_over_c=0.06, step_min=0.01, step_max=0.05, warmup=False)
+    assert out.shape == x.shape and out.device.type == "meta"
+    out = ops.pgi_step(buf, torch.zeros_like(buf), idx, off, flips, x, torch.zeros((), **meta), x, x, eps=0.1,
+                       decay=0.3)
     assert out.shape == x.shape and out.device.type == "meta"

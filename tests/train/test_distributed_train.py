@@ -62,14 +62,15 @@ def assert_close_state(a: dict, b: dict, atol: float, sign_driven_buffers: bool 
 HP = {"atas": '{"warmup_epochs": 1, "relative_to_eps": true}', "gradalign": '{"lam": 0.5}'}
 
 
-@pytest.mark.parametrize("method", ["fgsm", "atas", "gradalign", "apart"])
+@pytest.mark.parametrize("method", ["fgsm", "atas", "gradalign", "apart", "fgsm_pgi"])
 def test_two_ranks_match_one_process(tmp_path, method):
     # batch 63 over 2 ranks: 31 + 32 per step (uneven shares), last global batch 61 = 30 + 31. GradAlign: its double-
     # backprop regulariser runs on the plain module and joins the DDP backward (pytorch#47562-style pitfalls). APART:
-    # ω rows exchanged after its backward hook wrote them, its scalars' gradients averaged outside DDP
+    # ω rows exchanged after its backward hook wrote them, its scalars' gradients averaged outside DDP. FGSM-PGI: its
+    # consistency term trains through the attack's forward on the plain module, its ‖g‖₁ is the global batch's
     args = ("--method", method, "--hp", HP.get(method, "{}")) + (("--fixed-noise",) if method == "gradalign" else ())
-    if method == "atas":  # a model the Trainer builds: its init consumes the global RNG before ATAS draws δ, and rank
-        args += ("--built",)  # 0 must continue that stream (not re-seed) to draw the δ one process draws
+    if method in ("atas", "fgsm_pgi"):  # a model the Trainer builds: its init consumes the global RNG before the
+        args += ("--built",)  # method draws δ, and rank 0 must continue that stream to draw the δ one process draws
     ref = one_process(tmp_path / "one", *args)
     r0, r1 = two_ranks(tmp_path / "two", *args)
     assert r0["world_size"] == 2 and r0["steps"] == ref["steps"] == 8  # 4 global batches x 2 epochs

@@ -21,6 +21,7 @@ from .fgsm import FGSM, FGSMRS, NFGSM
 from .gradalign import GradAlign, grad_align_lambda, gradient_alignment
 from .nuat import NuAT
 from .pgd import PGD
+from .pgi import FGSMPGI
 from .sora import SORA
 from .zerograd import MultiGrad, ZeroGrad
 
@@ -44,6 +45,7 @@ __all__ = [
     "PGD",
     "NuAT",
     "SORA",
+    "FGSMPGI",
     "attack_mode",
     "frozen_parameters",
     "input_grad",
@@ -52,7 +54,8 @@ __all__ = [
 ]
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FGSM, FGSMRS, NFGSM, ZeroGrad, MultiGrad, ATAS, GradAlign, APART, PGD, NuAT, SORA)
+    cls.name: cls for cls in (FGSM, FGSMRS, NFGSM, ZeroGrad, MultiGrad, ATAS, GradAlign, APART, PGD, NuAT, SORA,
+                              FGSMPGI)
 }
 
 # Other spellings users type; normalised names have '-' and ' ' replaced by '_' and are lower case.
@@ -65,6 +68,8 @@ ALIASES = {
     "grad_align": "gradalign",
     "pgd_at": "pgd",
     "nu_at": "nuat",
+    "pgi": "fgsm_pgi",
+    "fgsmpgi": "fgsm_pgi",
 }
 
 
@@ -89,7 +94,7 @@ def method_names() -> list[str]:
 
 def build_method(name: str, *, eps: float, run_epochs: int | None = None, **hparams: Any) -> Method:
     """Instantiate a method by name ("fgsm", "fgsm_rs", "n_fgsm", "zerograd", "multigrad", "atas", "gradalign",
-    "apart", "pgd", "nuat", "sora"; dashes and the aliases in `ALIASES` are accepted) with ε and its own hyper-parameters.
+    "apart", "pgd", "nuat", "sora", "fgsm_pgi"; dashes and the aliases in `ALIASES` are accepted) with ε and its own hyper-parameters.
     ``run_epochs``: the run's length, given as ``epochs`` to the methods that take it (ATAS, NuAT) unless ``hparams`` sets
     it.
 

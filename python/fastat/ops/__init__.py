@@ -37,6 +37,7 @@ __all__ = [
     "multigrad_step",
     "atas_gather",
     "atas_step",
+    "pgi_step",
     "pgd_step",
     "uniform_init",
     "use_backend",
@@ -115,6 +116,22 @@ def atas_step(delta_buf: Tensor, v_buf: Tensor, index: Tensor, offsets: Tensor, 
     return impl(delta_buf, v_buf, index, offsets, flips, grad.detach(), x_adv.detach(), x.detach(), eps=float(eps),
                 c=float(c), beta=float(beta), gamma_over_c=float(gamma_over_c), step_min=float(step_min),
                 step_max=float(step_max), warmup=bool(warmup))
+
+
+def pgi_step(delta_buf: Tensor, mom_buf: Tensor, index: Tensor, offsets: Tensor, flips: Tensor, grad: Tensor,
+             grad_l1: Tensor, x_adv: Tensor, x: Tensor, *, eps: float, decay: float) -> Tensor:
+    """FGSM-PGI step; updates the crop windows of ``mom_buf[index]`` and ``delta_buf[index]`` in place.
+
+    m = g / ‖g‖₁ + decay·mom (stored), next prior = Π_box(Π_ε(δ₀ + ε·sign(m))) (stored), with δ₀ = x_adv − x;
+    returns x_adv' = clip(Π_{x,ε}(x + δ₀ + ε·sign(g)), 0, 1). ``grad_l1`` is the 0-dim ‖g‖₁ of the whole batch (on
+    x's device); ``decay`` in [0, 1]. Buffers as atas_step's delta_buf: (N, C, H+2p, W+2p), contiguous, one dtype.
+    ``index`` must not repeat within a batch.
+    """
+    _validate.check_pgi_step(delta_buf, mom_buf, index, offsets, flips, grad, grad_l1, x_adv, x, eps=eps, decay=decay)
+    _validate.check_atas_values("pgi_step", delta_buf, index, offsets, x)
+    impl = resolve("pgi_step", delta_buf, grad, x)
+    return impl(delta_buf, mom_buf, index, offsets, flips, grad.detach(), grad_l1.detach(), x_adv.detach(), x.detach(),
+                eps=float(eps), decay=float(decay))
 
 
 def pgd_step(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: float, active: Tensor | None = None) -> Tensor:

@@ -42,6 +42,12 @@ def atas_step_fake(delta_buf: Tensor, v_buf: Tensor, index: Tensor, offsets: Ten
     return torch.empty_like(x_adv)
 
 
+def pgi_step_fake(delta_buf: Tensor, mom_buf: Tensor, index: Tensor, offsets: Tensor, flips: Tensor, grad: Tensor,
+                  grad_l1: Tensor, x_adv: Tensor, x: Tensor, *, eps: float, decay: float) -> Tensor:
+    _validate.check_pgi_step(delta_buf, mom_buf, index, offsets, flips, grad, grad_l1, x_adv, x, eps=eps, decay=decay)
+    return torch.empty_like(x_adv)
+
+
 def pgd_step_fake(delta: Tensor, grad: Tensor, x: Tensor, eps: float, alpha: float, active: Tensor | None = None) -> Tensor:
     _validate.check_pgd_step(delta, grad, x, eps, alpha, active)
     return torch.empty_like(delta)
@@ -57,6 +63,7 @@ FAKES = {
     "multigrad_step": multigrad_step_fake,
     "atas_gather": atas_gather_fake,
     "atas_step": atas_step_fake,
+    "pgi_step": pgi_step_fake,
     "pgd_step": pgd_step_fake,
     "uniform_init": uniform_init_fake,
 }

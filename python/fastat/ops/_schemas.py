@@ -16,6 +16,10 @@ SCHEMAS: dict[str, str] = {
         "Tensor x_adv, Tensor x, *, float eps, float c, float beta, float gamma_over_c, float step_min, "
         "float step_max, bool warmup) -> Tensor"
     ),
+    "pgi_step": (
+        "pgi_step(Tensor(a0!) delta_buf, Tensor(a1!) mom_buf, Tensor index, Tensor offsets, Tensor flips, Tensor grad, "
+        "Tensor grad_l1, Tensor x_adv, Tensor x, *, float eps, float decay) -> Tensor"
+    ),
     "pgd_step": "pgd_step(Tensor delta, Tensor grad, Tensor x, float eps, float alpha, Tensor? active=None) -> Tensor",
     # `Generator?` cannot be inferred from a Python annotation, so this one is checked by hand in the tests.
     "uniform_init": "uniform_init(Tensor x, float eps, *, Generator? generator=None) -> Tensor",
@@ -24,6 +28,8 @@ SCHEMAS: dict[str, str] = {
 # Arguments each op writes in place (the `Tensor(aN!)` ones above).
 MUTATES: dict[str, tuple[str, ...]] = {name: () for name in SCHEMAS}
 MUTATES["atas_step"] = ("delta_buf", "v_buf")
+MUTATES["pgi_step"] = ("delta_buf", "mom_buf")
 
-# The four hot paths that have Triton kernels; uniform_init is a random draw plus a box projection.
-HOT_PATHS = ("zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgd_step")
+# The hot paths, each with a Triton kernel (benchmarked by `fastat bench ops`); uniform_init is a random draw plus a
+# box projection.
+HOT_PATHS = ("zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgi_step", "pgd_step")

@@ -20,6 +20,7 @@ VARIANTS = ("random", "ties", "zeros", "nan", "grad_bf16", "grad_fp16", "all_bf1
 EPS = 0.1
 ATAS_PAD = 2
 _GRAD_DTYPES = {"grad_bf16": torch.bfloat16, "grad_fp16": torch.float16, "all_bf16": torch.bfloat16}
+PGI_DECAY = 0.3  # momentum decay of the samples (any value in [0, 1] is valid)
 ATAS_KWARGS = dict(eps=EPS, c=0.05, beta=0.5, gamma_over_c=0.2, step_min=0.001, step_max=0.15)
 
 
@@ -137,6 +138,21 @@ def sample_atas_step(rows, cols, variant, gen, device, warmup: bool = False) -> 
     return Sample(args, dict(ATAS_KWARGS, warmup=warmup), mutated=(0, 1))
 
 
+def sample_pgi_step(rows, cols, variant, gen, device, decay: float = PGI_DECAY) -> Sample:
+    x, delta_buf, index, offsets, flips = _atas_state(rows, cols, variant, gen, device)
+    g = _grad(x.shape, variant, gen, device)
+    grad_l1 = g.float().abs().sum()  # the caller's ‖g‖₁: NaN with the NaN variant, 0 for an all-zero batch
+    # Momentum of the size of g/‖g‖₁ entries, so that both terms decide signs of m.
+    mom_buf = torch.randn(delta_buf.shape, generator=gen, device=device) / max(1, x.numel())
+    if variant == "zeros":  # fresh (zero) momentum for every other example: sign(m) = 0 where g is zero too
+        mom_buf[index[::2]] = 0
+    x_adv = (x + _delta(x, gen)).clamp(0, 1)  # a start outside the ε-ball in places: both projections act
+    dt = _state_dtype(variant)
+    args = (delta_buf, mom_buf.to(dt), index, offsets, flips, _layout(g, variant), grad_l1,
+            _layout(x_adv.to(dt), variant), _layout(x.to(dt), variant))
+    return Sample(args, dict(eps=EPS, decay=decay), mutated=(0, 1))
+
+
 def sample_uniform_init(rows, cols, variant, gen, device) -> Sample:
     x = _images(rows, cols, gen, device)
     return Sample((_layout(x.to(_state_dtype(variant)), variant), EPS), {})
@@ -163,6 +179,12 @@ def _atas_step_bytes(s: Sample) -> int:
     return _nbytes(g, x_adv, x) + 2 * x_adv.numel() * x_adv.element_size() + 2 * index.numel() * 4
 
 
+def _pgi_step_bytes(s: Sample) -> int:
+    delta_buf, mom_buf, index, offsets, flips, g, grad_l1, x_adv, x = s.args
+    window = x.numel() * delta_buf.element_size()  # one buffer's B windows
+    return _nbytes(g, x_adv, x) + x_adv.numel() * x_adv.element_size() + 3 * window + _nbytes(index, offsets)
+
+
 SPECS: dict[str, OpSpec] = {
     "zerograd_step": OpSpec("zerograd_step", sample_zerograd_step,
                             lambda s: _nbytes(*s.args[:3]) + s.args[0].numel() * s.args[0].element_size(),
@@ -173,6 +195,7 @@ SPECS: dict[str, OpSpec] = {
     "atas_gather": OpSpec("atas_gather", sample_atas_gather, lambda s: 3 * _nbytes(s.args[4])),
     "atas_step": OpSpec("atas_step", sample_atas_step, _atas_step_bytes, exact=False, atol=2.5e-7,
                         params={"warmup": [False, True]}),
+    "pgi_step": OpSpec("pgi_step", sample_pgi_step, _pgi_step_bytes, params={"decay": [0.0, PGI_DECAY, 1.0]}),
     "pgd_step": OpSpec("pgd_step", sample_pgd_step,
                        lambda s: _nbytes(*s.args[:3]) + s.args[0].numel() * s.args[0].element_size(),
                        params={"active": [True, False]}),

@@ -142,9 +142,10 @@ def _check_atas_common(op: str, delta_buf: Tensor, index: Tensor, offsets: Tenso
     if n < 1 and batch > 0:
         _fail(op, ValueError, "argument 'delta_buf' holds no examples (N = 0)")
     if not delta_buf.is_contiguous():
-        _fail(op, ValueError, "argument 'delta_buf' must be contiguous (it is indexed, and written in place by atas_step)")
-    if delta_buf.requires_grad and op == "atas_step":
-        _fail(op, ValueError, "argument 'delta_buf' must not require grad (atas_step writes it in place)")
+        _fail(op, ValueError, "argument 'delta_buf' must be contiguous (it is indexed, and written in place by the "
+                              "step ops)")
+    if delta_buf.requires_grad and op in ("atas_step", "pgi_step"):
+        _fail(op, ValueError, f"argument 'delta_buf' must not require grad ({op} writes it in place)")
     _per_row(op, "index", index, batch, torch.int64)
     _per_row(op, "offsets", offsets, batch, torch.int64, (2,))
     _per_row(op, "flips", flips, batch, torch.bool)
@@ -183,6 +184,33 @@ def check_atas_step(delta_buf: Tensor, v_buf: Tensor, index: Tensor, offsets: Te
         _fail(op, ValueError, f"argument 'step_min' ({step_min}) must be <= 'step_max' ({step_max})")
     if not isinstance(warmup, bool):
         _fail(op, TypeError, f"argument 'warmup' must be a bool, got {type(warmup).__name__}")
+
+
+def check_pgi_step(delta_buf: Tensor, mom_buf: Tensor, index: Tensor, offsets: Tensor, flips: Tensor, grad: Tensor,
+                   grad_l1: Tensor, x_adv: Tensor, x: Tensor, *, eps: float, decay: float) -> None:
+    op = "pgi_step"
+    _check_atas_common(op, delta_buf, index, offsets, flips, x)
+    tensor(op, "grad", grad)
+    tensor(op, "x_adv", x_adv)
+    same_shape(op, "x", x, grad=grad, x_adv=x_adv)
+    if x_adv.dtype != x.dtype:
+        _fail(op, TypeError, f"arguments 'x_adv' ({x_adv.dtype}) and 'x' ({x.dtype}) must have the same dtype")
+    # One dtype for both buffers: the kernels are instantiated per buffer dtype, not per pair.
+    tensor(op, "mom_buf", mom_buf, ndim=4)
+    if mom_buf.dtype != delta_buf.dtype:
+        _fail(op, TypeError, f"arguments 'mom_buf' ({mom_buf.dtype}) and 'delta_buf' ({delta_buf.dtype}) must have the "
+                             "same dtype")
+    if mom_buf.shape != delta_buf.shape:
+        _fail(op, ValueError, f"argument 'mom_buf' has shape {tuple(mom_buf.shape)} but 'delta_buf' has "
+                              f"{tuple(delta_buf.shape)}")
+    if not mom_buf.is_contiguous():
+        _fail(op, ValueError, "argument 'mom_buf' must be contiguous (it is indexed, and written in place)")
+    if mom_buf.requires_grad:
+        _fail(op, ValueError, "argument 'mom_buf' must not require grad (it is written in place)")
+    tensor(op, "grad_l1", grad_l1, ndim=0, min_ndim=0)
+    same_device(op, x=x, grad=grad, x_adv=x_adv, mom_buf=mom_buf, grad_l1=grad_l1)
+    positive(op, "eps", eps)
+    in_range(op, "decay", decay, 0.0, 1.0)
 
 
 def check_uniform_init(x: Tensor, eps: float, *, generator: torch.Generator | None = None) -> None:

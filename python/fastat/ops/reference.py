@@ -12,7 +12,8 @@ Conventions shared by all ops (docs: ../shared/docs/methods.md §0, docs/ops.md 
   entry gives no step at that position (pgd_step, atas_step in warm-up) and counts as a zero vote in MultiGrad.
   Masked ops select with ``where``. A ZeroGrad row containing a NaN has τ = NaN (torch.quantile propagates it), keeps
   nothing and only re-projects δ. A NaN gradient entry outside warm-up makes that row's ‖g‖² NaN in atas_step, so
-  its v, x_adv' row and buffer window become NaN (garbage in, visible garbage out). NaN in δ or x propagates through
+  its v, x_adv' row and buffer window become NaN (garbage in, visible garbage out). In pgi_step a NaN anywhere in
+  the batch's gradient makes ‖g‖₁, and so every momentum window of the batch, NaN. NaN in δ or x propagates through
   clamp/min/max.
 
 None of these functions synchronizes with the host or has a data-dependent output shape. Memory traffic is noted per
@@ -27,8 +28,8 @@ import struct
 import torch
 from torch import Tensor
 
-__all__ = ["zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgd_step", "uniform_init", "box",
-           "QUANTILE_RANK_FP64", "quantile_rank"]
+__all__ = ["zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgi_step", "pgd_step", "uniform_init",
+           "box", "QUANTILE_RANK_FP64", "quantile_rank"]
 
 def _torch_quantile_rank_fp64() -> bool:
     """Asked of the running torch, not read from its version: in a row of 301 zeros then 700 values 1e6, the rank of
@@ -183,6 +184,51 @@ def atas_step(
     xa = x_adv.float() + _row_view(step, g) * torch.sign(g)
     xa = torch.clamp(torch.minimum(torch.maximum(xa, xf - eps), xf + eps), 0, 1)
     delta_buf[_window(delta_buf, index, offsets, flips, x.shape[2], x.shape[3])] = (xa - xf).to(delta_buf.dtype)
+    return xa.to(x_adv.dtype)
+
+
+def pgi_step(
+    delta_buf: Tensor,
+    mom_buf: Tensor,
+    index: Tensor,
+    offsets: Tensor,
+    flips: Tensor,
+    grad: Tensor,
+    grad_l1: Tensor,
+    x_adv: Tensor,
+    x: Tensor,
+    *,
+    eps: float,
+    decay: float,
+) -> Tensor:
+    """FGSM-PGI step: the attack from the prior, and the next prior from the momentum of the L1-normalised gradient.
+
+    With δ₀ = x_adv − x (x_adv = clip(x + prior, 0, 1): atas_gather's output) and w the batch's crop windows of the
+    per-example buffers (addressed as in atas_gather: flip(crop(buf[index]))):
+    m = g / ‖g‖₁ + decay·mom_buf[w]  (stored back into mom_buf's windows),
+    δ_next = Π_box(Π_ε(δ₀ + ε·sign(m)); x)  (stored back into delta_buf's windows: the next epoch's prior),
+    x_adv' = clip(min(max((x + δ₀) + ε·sign(g), x − ε), x + ε), 0, 1)  (returned: the attack of this step).
+    ``grad_l1`` is the 0-dim ‖g‖₁ over the whole batch (torch.norm(x_grad, p=1) in the official code), computed by
+    the caller, so the op itself needs no reduction. Official: fzjcdt/FastAT_Benchmark `fast_at/fgsm_pgi.py`
+    (~86-104: the momentum, next_delta and delta lines); buffers in the padded, un-augmented frame as in ATAS.
+    ``index`` must not repeat within a batch (which write lands is unspecified otherwise). Outside the windows the
+    buffers keep their values. Mutates ``delta_buf`` and ``mom_buf``; returns x_adv' in x_adv's dtype.
+
+    Exact: one IEEE division by ‖g‖₁ and separately rounded products and sums. ‖g‖₁ = 0 (an all-zero batch) gives
+    0/0 = NaN and a NaN in g a NaN ‖g‖₁: m is then NaN in every window (stored as is), sign(NaN) = 0, so δ_next is
+    δ₀ re-projected; x_adv' still moves by sign(g) where g is finite and non-zero.
+
+    Traffic: reads g, x_adv, x and the momentum windows, writes x_adv' and both windows (7·B·n·4 bytes).
+    """
+    g = grad.float()
+    xf = x.float()
+    d0 = x_adv.float() - xf
+    w = _window(delta_buf, index, offsets, flips, x.shape[2], x.shape[3])
+    m = g / grad_l1 + decay * mom_buf[w].float()
+    nxt = torch.clamp(torch.clamp(d0 + eps * torch.sign(m), -eps, eps), -xf, 1 - xf)
+    xa = torch.clamp(torch.minimum(torch.maximum(xf + d0 + eps * torch.sign(g), xf - eps), xf + eps), 0, 1)
+    mom_buf[w] = m.to(mom_buf.dtype)
+    delta_buf[w] = nxt.to(delta_buf.dtype)
     return xa.to(x_adv.dtype)
 
 

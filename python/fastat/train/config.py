@@ -80,7 +80,7 @@ class TrainConfig:
     (`recipes`: filled in by `validate` or the trainer)."""
 
     method: str = option("fgsm_rs", "fgsm, fgsm_rs, n_fgsm, zerograd, multigrad, atas, gradalign, apart, pgd, nuat, "
-                         "sora")
+                         "sora, fgsm_pgi")
     dataset: str = option("fashion-mnist", "fashion-mnist (default, embedded), mnist, cifar10, cifar100, svhn, "
                           "imagefolder")
     eps: float | str | None = option(None, "ε in pixel units: 0.2 or 8/255 (default: the data set's customary ε: "
