@@ -323,7 +323,7 @@ def headline(args: argparse.Namespace, cells: dict[str, Any]) -> list[str]:
     """Five lines for the README: per ε, which methods collapsed and which held, and the yardstick's agreement."""
     lines = []
     for eps in args.eps:
-        held, fell, dead = [], [], []
+        held, fell, never, dead = [], [], [], []
         for method in args.methods:
             runs = cells[f"{method}@{eps:g}"]["fastat"]
             if not runs:
@@ -332,16 +332,22 @@ def headline(args: argparse.Namespace, cells: dict[str, Any]) -> list[str]:
             co, died = sum(r["co"] for r in runs), sum(r["diverged"] for r in runs)
             if died * 2 > len(runs):  # most seeds at chance: neither CO nor a remedy
                 dead.append(f"{method} ({died}/{len(runs)})")
+            elif pgd < 10:  # collapsed (the check saw robustness fall), or never robust at all
+                (fell if co * 2 > len(runs) else never).append((pgd, method, co, len(runs)))
             else:
-                (fell if co * 2 > len(runs) and pgd < 10 else held).append((pgd, method, co, len(runs)))
-        if not (held or fell or dead):
+                held.append((pgd, method, co, len(runs)))
+        measured = len(held) + len(fell) + len(never) + len(dead)
+        if not measured:
             lines.append(f"- ε = {eps:g}: not run yet")
             continue
+        part = "" if measured == len(args.methods) else f" ({measured} of {len(args.methods)} methods so far)"
         fell_txt = ", ".join(f"{m} ({c}/{n} CO, {p:.0f}%)" for p, m, c, n in sorted(fell)) or "none"
         best = sorted(held, reverse=True)[:3]
         best_txt = ", ".join(f"{m} {p:.0f}%" for p, m, _, _ in best) or "none"
+        never_txt = f"; never robust: {', '.join(f'{m} {p:.0f}%' for p, m, _, _ in sorted(never))}" if never else ""
         dead_txt = f"; at chance (diverged): {', '.join(dead)}" if dead else ""
-        lines.append(f"- ε = {eps:g}: collapsed: {fell_txt}; best final PGD-50-10: {best_txt}{dead_txt}")
+        lines.append(f"- ε = {eps:g}{part}: collapsed: {fell_txt}; best final PGD-50-10: {best_txt}{never_txt}"
+                     f"{dead_txt}")
     checked = [c for c in cells.values() if c["fastat"] and c["yardstick"]]
     agree = sum(_agrees(c) for c in checked)
     lines.append(f"- fastat vs the independent yardstick: {agree} of {len(checked)} method × ε cells agree "
