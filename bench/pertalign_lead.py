@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "docs" / "results"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timing-steps", type=int, default=40, help="training steps timed per setting (0: skip)")
+    p.add_argument("--atlas-flags", default="", help="the atlas's own flags when its runs used other settings than "
+                                                     "its defaults (e.g. \"--subset 128 --epochs 1\")")
     args = p.parse_args(argv)
     cells = []
     for item in args.cells.split(","):
@@ -48,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError:
             p.error(f"--cells: expected method:eps:seed, got {item!r}")
     args.cells = cells
-    args.atlas = co_atlas.parse_args(["--runs", args.runs, "--no-yardstick"])
+    args.atlas = co_atlas.parse_args(["--runs", args.runs, "--no-yardstick", *shlex.split(args.atlas_flags)])
     return args
 
 
@@ -125,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     jobs = [(args, m, e, s) for m, e, s in args.cells]
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for folder in pool.imap_unordered(_train, jobs):
-            print("done", folder, flush=True)
+    if args.workers == 1:  # in this process (no pool to spawn)
+        for job in jobs:
+            print("done", _train(job), flush=True)
+    else:
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for folder in pool.imap_unordered(_train, jobs):
+                print("done", folder, flush=True)
     runs = compare(args)
     cost = step_cost(args) if args.timing_steps else None
     env = co_atlas.environment(args.atlas)

@@ -170,3 +170,21 @@ def test_co_atlas_plan_seeds():
     order = [(t.method, t.eps, t.seed) for t in atlas.plan(args)]  # seed 0: the cheap methods at every ε first
     assert order == [("fgsm", 0.1, 0), ("fgsm", 0.2, 0), ("pgd", 0.1, 0), ("pgd", 0.2, 0),
                      ("fgsm", 0.1, 1), ("fgsm", 0.2, 1), ("pgd", 0.1, 1), ("pgd", 0.2, 1)]
+
+
+def test_pertalign_lead_retraces_an_atlas_run(tmp_path, capsys):
+    """bench/pertalign_lead.py on a tiny atlas run: the run trained again with the PertAlign check follows the same
+    trajectory (the checks do not change training), and the page, JSON and step cost are written."""
+    atlas = _load("co_atlas")
+    flags = ["--subset", "128", "--epochs", "2", "--eval-n", "32", "--final-n", "32", "--batch-size", "64"]
+    runs = str(tmp_path / "runs")
+    assert atlas.main(["--methods", "fgsm", "--eps", "0.2", "--demo-eps", "0.2", "--demo-seeds", "1", "--workers", "1",
+                       "--threads", "1", "--no-yardstick", "--runs", runs, "--results", str(tmp_path / "res"),
+                       *flags]) == 0
+    lead = _load("pertalign_lead")
+    assert lead.main(["--cells", "fgsm:0.2:0", "--runs", runs, "--out", str(tmp_path / "pa"), "--workers", "1",
+                      "--results", str(tmp_path / "res"), "--timing-steps", "2", "--atlas-flags", " ".join(flags)]) == 0
+    doc = json.loads((tmp_path / "res" / "pertalign.json").read_text())
+    (run,) = doc["runs"]
+    assert run["same_trajectory"] and len(run["pertalign"]) == 2 and doc["step_cost"]["median_s_with"] > 0
+    assert "| fgsm ε=0.2 s0 | yes |" in (tmp_path / "res" / "pertalign.md").read_text()
