@@ -86,7 +86,7 @@ def test_sora_trains_resumes_and_keeps_its_rho(tmp_path):
     assert resumed.monitor.history == t.monitor.history
 
 
-@pytest.mark.parametrize("method", ["sora", "nuat"])
+@pytest.mark.parametrize("method", ["sora", "nuat", "fgsm_pgi"])
 def test_cli_trains_the_frontier_methods_with_the_pertalign_check(tmp_path, capsys, method):
     args = ["train", "--method", method, "--co-check", "pertalign", "--epochs", "1", "--subset", "128",
             "--batch-size", "64", "--device", "cpu", "--model", "small-cnn", "--eval-n", "32", "--eval-steps", "2",
