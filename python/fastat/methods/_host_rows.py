@@ -23,7 +23,32 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HostRows", "fill_uniform_on"]
+__all__ = ["HostPlacement", "HostRows", "fill_uniform_on"]
+
+
+class HostPlacement:
+    """The ``state_device`` option of the methods with per-example buffers that may live in host memory (ATAS,
+    FGSM-PGI): None keeps them beside the images, "cpu" in host memory (rows served by `HostRows`)."""
+
+    state_device: str | None
+
+    @staticmethod
+    def check_state_device(owner: str, value: object) -> str | None:
+        """``value`` if it is None or "cpu", else a one-line ValueError naming the argument."""
+        if value not in (None, "cpu"):
+            from .base import fail
+
+            fail(owner, ValueError, f"argument 'state_device' must be None (the images' device) or 'cpu' (host "
+                                    f"memory), got {value!r}")
+        return value
+
+    @property
+    def host_state(self) -> bool:
+        return self.state_device is not None
+
+    def _home(self, device: torch.device) -> torch.device:
+        """Where the state lives when the kernels run on ``device``: there, or on the host (``state_device``)."""
+        return torch.device(self.state_device) if self.host_state else device
 
 
 class HostRows:

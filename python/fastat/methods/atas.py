@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..batch import BatchInfo
 from ._frame import buffer_shape, crop_params
-from ._host_rows import HostRows, fill_uniform_on
+from ._host_rows import HostPlacement, HostRows, fill_uniform_on
 from .base import Method, check_int, check_positive, check_range, fail, input_grad, leaf
 
 __all__ = ["ATAS"]
@@ -20,7 +20,7 @@ __all__ = ["ATAS"]
 STATE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class ATAS(Method):
+class ATAS(HostPlacement, Method):
     """ATAS: x_adv₀ = clip(x + flip(crop(δ_buf[i])), 0, 1), one signed step with a per-example size, write-back.
 
     Per batch (crop offsets and flips from `BatchInfo`, the same as the image's):
@@ -120,18 +120,8 @@ class ATAS(Method):
         if hp["state_dtype"] not in STATE_DTYPES:
             fail("ATAS", ValueError, f"argument 'state_dtype' must be one of {tuple(STATE_DTYPES)}, got "
                                      f"{hp['state_dtype']!r}")
-        if hp["state_device"] not in (None, "cpu"):
-            fail("ATAS", ValueError, f"argument 'state_device' must be None (the images' device) or 'cpu' (host "
-                                     f"memory), got {hp['state_device']!r}")
+        self.check_state_device("ATAS", hp["state_device"])
         return out
-
-    @property
-    def host_state(self) -> bool:
-        return self.state_device is not None
-
-    def _home(self, device: torch.device) -> torch.device:
-        """Where the state lives when the kernels run on ``device``: there, or on the host (``state_device``)."""
-        return torch.device(self.state_device) if self.host_state else device
 
     @property
     def delta_buf(self) -> Tensor | None:

@@ -14,13 +14,13 @@ from .. import distributed as dist_
 from .. import ops
 from ..batch import BatchInfo
 from ._frame import buffer_shape, crop_params
-from ._host_rows import HostRows, fill_uniform_on
+from ._host_rows import HostPlacement, HostRows, fill_uniform_on
 from .base import Method, attack_mode, batch_mean_ce, check_int, check_positive, check_range, fail, leaf
 
 __all__ = ["FGSMPGI"]
 
 
-class FGSMPGI(Method):
+class FGSMPGI(HostPlacement, Method):
     """FGSM-PGI: start from the stored prior, x₀ = clip(x + flip(crop(δ_buf[i])), 0, 1); one FGSM step of size ε
     from it; the next prior from the momentum; a consistency term in the training loss.
 
@@ -73,20 +73,11 @@ class FGSMPGI(Method):
         lam = hp["lam"]
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
             fail("FGSMPGI", ValueError, f"argument 'lam' must be a number >= 0, got {lam!r}")
-        if hp["state_device"] not in (None, "cpu"):
-            fail("FGSMPGI", ValueError, f"argument 'state_device' must be None (the images' device) or 'cpu' (host "
-                                        f"memory), got {hp['state_device']!r}")
+        self.check_state_device("FGSMPGI", hp["state_device"])
         return {**hp, "decay": check_range("FGSMPGI", "decay", hp["decay"], 0.0, 1.0), "lam": float(lam),
                 "epochs_reset": check_int("FGSMPGI", "epochs_reset", hp["epochs_reset"], 1)}
 
     # ---- state
-    @property
-    def host_state(self) -> bool:
-        return self.state_device is not None
-
-    def _home(self, device: torch.device) -> torch.device:
-        return torch.device(self.state_device) if self.host_state else device
-
     @property
     def delta_buf(self) -> Tensor | None:
         """The per-example prior δ (N, C, H+2p, W+2p), current (a host write-back in flight is finished first)."""

@@ -152,6 +152,15 @@ def _check_atas_common(op: str, delta_buf: Tensor, index: Tensor, offsets: Tenso
     same_device(op, delta_buf=delta_buf, index=index, offsets=offsets, flips=flips, x=x)
 
 
+def _check_step_inputs(op: str, grad: Tensor, x_adv: Tensor, x: Tensor) -> None:
+    """The step ops' gradient and start point (atas_step, pgi_step): float tensors of x's shape, x_adv in x's dtype."""
+    tensor(op, "grad", grad)
+    tensor(op, "x_adv", x_adv)
+    same_shape(op, "x", x, grad=grad, x_adv=x_adv)
+    if x_adv.dtype != x.dtype:
+        _fail(op, TypeError, f"arguments 'x_adv' ({x_adv.dtype}) and 'x' ({x.dtype}) must have the same dtype")
+
+
 def check_atas_gather(delta_buf: Tensor, index: Tensor, offsets: Tensor, flips: Tensor, x: Tensor) -> None:
     _check_atas_common("atas_gather", delta_buf, index, offsets, flips, x)
 
@@ -161,11 +170,7 @@ def check_atas_step(delta_buf: Tensor, v_buf: Tensor, index: Tensor, offsets: Te
                     step_min: float, step_max: float, warmup: bool) -> None:
     op = "atas_step"
     _check_atas_common(op, delta_buf, index, offsets, flips, x)
-    tensor(op, "grad", grad)
-    tensor(op, "x_adv", x_adv)
-    same_shape(op, "x", x, grad=grad, x_adv=x_adv)
-    if x_adv.dtype != x.dtype:
-        _fail(op, TypeError, f"arguments 'x_adv' ({x_adv.dtype}) and 'x' ({x.dtype}) must have the same dtype")
+    _check_step_inputs(op, grad, x_adv, x)
     tensor(op, "v_buf", v_buf, dtypes=(torch.float32,), ndim=1)
     if v_buf.shape[0] != delta_buf.shape[0]:
         _fail(op, ValueError, f"argument 'v_buf' must have shape (N,) = ({delta_buf.shape[0]},), got {tuple(v_buf.shape)}")
@@ -190,11 +195,7 @@ def check_pgi_step(delta_buf: Tensor, mom_buf: Tensor, index: Tensor, offsets: T
                    grad_l1: Tensor, x_adv: Tensor, x: Tensor, *, eps: float, decay: float) -> None:
     op = "pgi_step"
     _check_atas_common(op, delta_buf, index, offsets, flips, x)
-    tensor(op, "grad", grad)
-    tensor(op, "x_adv", x_adv)
-    same_shape(op, "x", x, grad=grad, x_adv=x_adv)
-    if x_adv.dtype != x.dtype:
-        _fail(op, TypeError, f"arguments 'x_adv' ({x_adv.dtype}) and 'x' ({x.dtype}) must have the same dtype")
+    _check_step_inputs(op, grad, x_adv, x)
     # One dtype for both buffers: the kernels are instantiated per buffer dtype, not per pair.
     tensor(op, "mom_buf", mom_buf, ndim=4)
     if mom_buf.dtype != delta_buf.dtype:
