@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastat.methods import METHODS
-from fastat.train.monitor import strengthen
+from fastat.train.co_response import strengthen
 
 from ._helpers import batch_info, data, tiny_net
 from .test_common import make

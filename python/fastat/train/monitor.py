@@ -22,7 +22,7 @@ that usually fix it instead of rolling back.
 Actions (`--on-co`): "log" (record only), "stop" (end training), "rollback" (the ZeroGrad paper's §6.2 procedure:
 restore the last good checkpoint, make the method less prone to CO — q + q_step for ZeroGrad, α × alpha_factor for
 FGSM-style methods, λ / alpha_factor for GradAlign, smaller step bounds for ATAS and APART (`Method.strengthen`) —
-and continue).
+and continue: `co_response`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ DIVERGE_ACTIONS = ("stop", "log")
 CHANCE_MARGIN = 0.02  # accuracy within this of the best constant predictor's counts as chance level
 
 __all__ = ["CHANCE_MARGIN", "CO_ACTIONS", "CO_CHECKS", "COMonitor", "DIVERGE_ACTIONS", "PertAlignDetector",
-           "WongCODetector", "chance_level", "clean_held", "divergence", "make_monitor", "strengthen"]
+           "WongCODetector", "chance_level", "clean_held", "divergence", "make_monitor"]
 
 
 def chance_level(y: Tensor) -> float:
@@ -317,12 +317,3 @@ CO_CHECKS: dict[str, Any] = {"test": COMonitor, "wong": WongCODetector, "pertali
 def make_monitor(cfg: Any, x_eval: Tensor, y_eval: Tensor) -> COMonitor | WongCODetector | PertAlignDetector:
     """The CO detector ``cfg.co_check`` names, built from the config and the trainer's evaluation slice."""
     return CO_CHECKS[cfg.co_check].from_config(cfg, x_eval, y_eval)
-
-
-def strengthen(method: Any, *, q_step: float = 0.1, alpha_factor: float = 0.8) -> str:
-    """Make ``method`` less prone to CO after a roll-back (`Method.strengthen`: each method turns its own knob);
-    returns what changed, for the log."""
-    change = method.strengthen(q_step=q_step, alpha_factor=alpha_factor)
-    return change or "no hyper-parameter to change"
-
-

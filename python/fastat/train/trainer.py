@@ -6,12 +6,12 @@ Per step: x_adv = method.perturb(model, x, y, batch) (the model's passes inside 
 CE(model(x_adv).float(), y) (+ method.extra_loss), SGD (momentum 0.9, wd 5e-4) with a per-batch lr schedule; fp16
 uses a GradScaler; during an ε warm-up ε and α are scaled per step (`budget_scale`). After each epoch: the CO check
 (`monitor`), clean + PGD accuracy on the evaluation slice (`evaluation`), the divergence check, metrics files and the
-checkpoints (`state`); a CO epoch may roll back to ``last_good.pt`` (`_roll_back`), a dead model stops the run.
+checkpoints (`state`); a CO epoch may roll back to ``last_good.pt`` (`co_response`), a dead model stops the run.
 
 Where the rest lives: `replicas` (several processes under torchrun: DDP and what the ranks keep equal), `graphs`
 (``cuda_graph=True``: the whole step captured once per epoch and replayed), `state` (checkpoints, resume, run.json),
-`evaluation` (per-epoch and final evaluation settings), `monitor` (CO detectors, divergence), `recipes` (defaults),
-`optimizers` (SGD, lr schedules, GradScaler, EMA).
+`evaluation` (per-epoch and final evaluation settings), `monitor` (CO detectors, divergence), `co_response` (the
+roll-back and its messages), `recipes` (defaults), `optimizers` (SGD, lr schedules, GradScaler, EMA).
 
 ``compile="default"`` (or another `torch.compile` mode): the attacks' forwards and backwards and the training forward
 and backward run through ``torch.compile(model)`` (under torchrun, the training forward through the compiled DDP
@@ -33,9 +33,9 @@ from .. import distributed as dist_
 from ..eval import autocast
 from . import evaluation, state
 from .config import ConfigError, TrainConfig
-from ..methods.base import StrengthenLimit
 from .graphs import EpochSums, GraphedStep
-from .monitor import chance_level, divergence, make_monitor, strengthen
+from .co_response import check_text, roll_back
+from .monitor import chance_level, divergence, make_monitor
 from .recipes import default_model, divergence_hint
 from .records import MetricsWriter
 from .replicas import Replicas, join_processes
@@ -270,6 +270,7 @@ class Trainer:
     resume = state.resume                           # continue from out/checkpoint.pt if there is one
     check_resumable = state.check_resumable         # refuse a checkpoint whose settings change the training
     write_manifest = state.write_manifest           # run.json
+    _roll_back = roll_back                          # a CO epoch under on_co='rollback' (`co_response`)
 
     # ------------------------------------------------------------------------------------------------ loop
     def fit(self) -> list[dict[str, Any]]:
@@ -312,7 +313,7 @@ class Trainer:
                 self._log({"event": "diverged", "at_epoch": epoch, "reason": dead})
                 break
             if co and cfg.on_co == "stop":
-                self.say(f"CO at epoch {epoch} ({self._check_text(co_acc)}): stopping")
+                self.say(f"CO at epoch {epoch} ({check_text(self.monitor, co_acc)}): stopping")
                 self._log({"event": "stop", "at_epoch": epoch})
                 break
         if cfg.final_eval != "none" and self.final is None:
@@ -326,38 +327,6 @@ class Trainer:
         at 0)."""
         loss = row["train_loss"] if self.cfg.precision != "fp16" else 0.0
         return divergence(row["clean_acc"] if row["epoch"] > 1 else 1.0, self.chance, loss, self.model)
-
-    def _check_text(self, value: float) -> str:
-        """The CO check's number as the CO messages print it."""
-        return f"check PGD acc {value:.3f}" if self.monitor.metric == "co_pgd_acc" else f"PertAlign {value:.3f}"
-
-    def _roll_back(self, epoch: int, co_acc: float) -> bool:
-        """Restore ``last_good.pt``, keep the hyper-parameters and roll-back events since, strengthen the method;
-        False (training stops at the restored epoch, saying why) when the method cannot be made more conservative."""
-        cfg = self.cfg
-        hparams = dict(self.method.state_dict()["hparams"])  # keep earlier roll-backs' changes
-        rollbacks, history = self.rollbacks, list(self.history)
-        self.load(self.out / state.GOOD)
-        self.monitor.after_rollback()
-        self.method.set_hparams(**hparams)
-        # the count and the events of roll-backs since the good checkpoint survive the load
-        self.history += [r for r in history[len(self.history):] if r.get("event") == "rollback"]
-        if self.writer is not None:
-            self.writer.rows = list(self.history)
-        self.rollbacks = rollbacks + 1
-        try:
-            change = strengthen(self.method, q_step=cfg.q_step, alpha_factor=cfg.alpha_factor)
-        except StrengthenLimit as exc:
-            self.say(f"CO at epoch {epoch} ({self._check_text(co_acc)}): rolled back to epoch {self.epoch} and "
-                     f"stopped: {exc}")
-            self._log({"event": "stop", "at_epoch": epoch, "to_epoch": self.epoch, "reason": str(exc)})
-            self.save(self.out / state.CKPT)
-            return False
-        self.say(f"CO at epoch {epoch} ({self._check_text(co_acc)}): rolled back to epoch {self.epoch}, {change}")
-        self._log({"event": "rollback", "at_epoch": epoch, "to_epoch": self.epoch, "change": change,
-                   self.monitor.metric: co_acc})
-        self.save(self.out / state.CKPT)
-        return True
 
     def _log(self, row: dict[str, Any]) -> None:
         self.history.append(row)
