@@ -129,3 +129,16 @@ def test_compare_flags_regressions(tmp_path, capsys):
     assert main([*TINY, "--backend", "torch", "--out", "", "--compare", str(tmp_path / "slow.json")]) == 0
     assert main([*TINY, "--compare", str(tmp_path / "missing")]) == 2
     assert "no benchmark results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op", benchmark.HOT_PATHS)
+def test_copy_floor_clones_the_per_batch_tensor(op):
+    """The copy floor is a clone of the batch's gradient (or x), never of ATAS's or PGI's whole-data-set buffer."""
+    import torch
+
+    from fastat.ops._specs import SPECS
+
+    sample = SPECS[op].make(4, 12, "random", torch.Generator().manual_seed(0), torch.device("cpu"))
+    floor = sample.args[benchmark._grad_position(op)]
+    batch = 3 * 4 * 12 if op == "multigrad_step" else 4 * 12  # MultiGrad's grads: S = 3 starts of the batch
+    assert floor.is_floating_point() and floor.numel() == batch

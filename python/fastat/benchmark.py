@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .ops import _dispatch, reference
-from .ops._schemas import HOT_PATHS
+from .ops._schemas import HOT_PATHS, SCHEMAS
 from .ops._specs import SPECS
 
 CUDA_SHAPES = ((512, 3072), (128, 3072), (64, 150528))
@@ -91,6 +91,19 @@ def _cuda_events(fn, reps: int) -> tuple[float, float, float]:
     return statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8)
 
 
+def _grad_position(op: str) -> int:
+    """Where ``op``'s per-batch tensor sits in its schema, hence in a sample's args: the gradient (``grad``, or
+    MultiGrad's ``grads``), else ``x`` (``atas_gather``). The copy floor is that tensor's clone, not one of a
+    whole-data-set buffer's."""
+    params = SCHEMAS[op].split("(", 1)[1].rsplit(") ->", 1)[0].split(",")
+    names = [p.split("=")[0].split()[-1] for p in params if p.strip() != "*"]
+    for wanted in (("grad", "grads"), ("x",)):
+        for i, name in enumerate(names):
+            if name in wanted:
+                return i
+    raise KeyError(f"{op}: no grad or x argument in its schema")
+
+
 def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dtypes=("fp32", "bf16"),
               reps: int = 100, progress: bool = True) -> list[Row]:
     """Time every (op, backend, shape, grad dtype) that can run here; the torch reference is always included."""
@@ -109,7 +122,7 @@ def bench_ops(device: str = "cpu", shapes=None, ops=None, backends=None, grad_dt
         spec = SPECS[op]
         variant = "random" if dt == "fp32" else "grad_bf16"
         sample = spec.make(r, c, variant, torch.Generator(dev).manual_seed(0), dev)
-        grad = next(a for a in sample.args if isinstance(a, torch.Tensor) and a.is_floating_point())
+        grad = sample.args[_grad_position(op)]  # per batch: not a whole-data-set buffer (ATAS, PGI)
         copy_ms = time_ms(lambda: grad.clone(), dev, reps)[0]
         floor_ms = copy_ms * spec.bytes_moved(sample) / (2 * grad.numel() * grad.element_size())
         timings = {}
