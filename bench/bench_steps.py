@@ -63,6 +63,7 @@ from fastat.data import FASHION_MNIST_ROOT, SPECS
 from fastat.methods import Method
 from fastat.models import build_model
 from fastat.ops._dispatch import auto_order
+from fastat.ops._schemas import RANDOM_OPS
 from fastat.train import TrainConfig, Trainer, parse_value
 
 # shape name -> (C, H, W, ε, crop pad, flips, dataset whose normalisation the model uses)
@@ -125,8 +126,8 @@ def hp_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def backend_problems(name: str, device: torch.device) -> list[str]:
-    """Why ``name`` cannot run here (under "triton", uniform_init has no kernel by design and follows "auto")."""
-    ops = [op for op in fops.SCHEMAS if name != "auto" and not (name == "triton" and op == "uniform_init")]
+    """Why ``name`` cannot run here (under "triton", the random ops have no kernel by design and follow "auto")."""
+    ops = [op for op in fops.SCHEMAS if name != "auto" and not (name == "triton" and op in RANDOM_OPS)]
     return sorted({r for op in ops for r in fops.not_supported_reasons(name, op, device)})
 
 

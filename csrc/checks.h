@@ -189,4 +189,22 @@ inline void check_uniform_init(const at::Tensor& x, double eps) {
   FASTAT_CHECK_POSITIVE("uniform_init", eps);
 }
 
+// Elementwise, any shape (0-D and empty included); alpha a 0-dim float tensor on x's device (its value is not read).
+inline void check_sora_step(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                            const at::Tensor& alpha) {
+  const char* op = "sora_step";
+  detail::check_float(op, "delta", delta, 0);
+  detail::check_float(op, "grad", grad, 0);
+  detail::check_float(op, "x", x, 0);
+  FASTAT_CHECK_SAME_SHAPE(op, grad, delta);
+  FASTAT_CHECK_SAME_SHAPE(op, x, delta);
+  TORCH_CHECK_TYPE(x.scalar_type() == delta.scalar_type(), "fastat.", op, ": arguments 'x' (", x.scalar_type(),
+                   ") and 'delta' (", delta.scalar_type(), ") must have the same dtype");
+  detail::check_float(op, "alpha", alpha, 0);
+  detail::check_ndim(op, "alpha", alpha, 0);
+  FASTAT_CHECK_SAME_DEVICE(op, delta, x);
+  FASTAT_CHECK_SAME_DEVICE(op, grad, x);
+  FASTAT_CHECK_SAME_DEVICE(op, alpha, x);
+}
+
 }  // namespace fastat

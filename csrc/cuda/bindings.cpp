@@ -64,6 +64,31 @@ cuda::AtasShape atas_shape(const at::Tensor& x, const at::Tensor& delta_buf) {
   return s;
 }
 
+// The random ops' Philox state: `increment` offsets of the generator (default: that of `device`) reserved for this
+// call, the same protocol as ATen's random kernels (under the generator's lock). Under graph capture the state refers
+// to the device-side seed/offset that each replay advances.
+cuda::PhiloxArgs reserve_philox(const std::optional<at::Generator>& generator, const c10::Device& device,
+                                uint64_t increment) {
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));
+  at::PhiloxCudaState state;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    state = gen->philox_cuda_state(increment);
+  }
+  cuda::PhiloxArgs philox;
+  if (state.captured_) {
+    philox.captured = true;
+    philox.seed_ptr = state.seed_.ptr;
+    philox.offset_ptr = state.offset_.ptr;
+    philox.offset_intragraph = static_cast<uint64_t>(state.offset_intragraph_);
+  } else {
+    philox.seed = state.seed_.val;
+    philox.offset = state.offset_.val;
+  }
+  return philox;
+}
+
 }  // namespace
 
 at::Tensor zerograd_step_cuda(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x, double eps,
@@ -223,27 +248,27 @@ at::Tensor uniform_init_cuda(const at::Tensor& x, double eps, std::optional<at::
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());  // contiguous, like the fake
   if (xc.numel() == 0) return out;
-  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-      generator, at::cuda::detail::getDefaultCUDAGenerator(x.device().index()));
-  at::PhiloxCudaState state;
-  {
-    // Same protocol as ATen's random kernels: reserve this call's Philox offsets under the generator's lock. Under
-    // graph capture the state refers to device-side seed/offset that each replay advances.
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    state = gen->philox_cuda_state(cuda::kUniformInitPhiloxIncrement);
-  }
-  cuda::PhiloxArgs philox;
-  if (state.captured_) {
-    philox.captured = true;
-    philox.seed_ptr = state.seed_.ptr;
-    philox.offset_ptr = state.offset_.ptr;
-    philox.offset_intragraph = static_cast<uint64_t>(state.offset_intragraph_);
-  } else {
-    philox.seed = state.seed_.val;
-    philox.offset = state.offset_.val;
-  }
+  const cuda::PhiloxArgs philox = reserve_philox(generator, x.device(), cuda::kUniformInitPhiloxIncrement);
   check_launch(op, cuda::launch_uniform_init(xc.const_data_ptr(), out.data_ptr(), dtype_of(xc), xc.numel(),
                                              static_cast<float>(eps), philox, current_stream()));
+  return out;
+}
+
+at::Tensor sora_step_cuda(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                          const at::Tensor& alpha, std::optional<at::Generator> generator) {
+  const char* op = "sora_step";
+  check_sora_step(delta, grad, x, alpha);
+  check_cuda(op, "x", x);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  // u is drawn per element in logical (row-major) order, so every operand and the result are contiguous, like the fake.
+  const at::Tensor d = delta.contiguous(), g = grad.contiguous(), xc = x.contiguous();
+  const at::Tensor a = alpha.to(at::kFloat);  // a 0-dim bf16/fp16 α widens exactly, on the stream (no host read)
+  at::Tensor out = at::empty(delta.sizes(), delta.options());
+  if (d.numel() == 0) return out;
+  const cuda::PhiloxArgs philox = reserve_philox(generator, x.device(), cuda::kSoraStepPhiloxIncrement);
+  check_launch(op, cuda::launch_sora_step(d.const_data_ptr(), g.const_data_ptr(), xc.const_data_ptr(),
+                                          a.const_data_ptr<float>(), out.data_ptr(), dtype_of(d), dtype_of(g),
+                                          d.numel(), philox, current_stream()));
   return out;
 }
 
@@ -257,4 +282,5 @@ TORCH_LIBRARY_IMPL(fastat, CUDA, m) {
   m.impl("pgi_step", &fastat::pgi_step_cuda);
   m.impl("pgd_step", &fastat::pgd_step_cuda);
   m.impl("uniform_init", &fastat::uniform_init_cuda);
+  m.impl("sora_step", &fastat::sora_step_cuda);
 }

@@ -148,5 +148,17 @@ constexpr uint64_t kUniformInitPhiloxIncrement = 4;
 cudaError_t launch_uniform_init(const void* x, void* out, DType dtype, int64_t numel, float eps, PhiloxArgs philox,
                                 cudaStream_t stream);
 
+// ------------------------------------------------------------------------------------------------------- sora_step
+// How far one sora_step call advances the generator's Philox offset (the counter scheme of uniform_init, philox.cuh).
+constexpr uint64_t kSoraStepPhiloxIncrement = 4;
+
+// out = box(delta + (alpha·u)·sign(grad), x), u ~ U[0, 1) drawn in fp32 from Philox: u = (word >> 8)·2^-24 with the
+// word of uniform_init's scheme (element e: word e % 4 of the block at counter (offset / 4, e / 4)); each product and
+// the sum rounded on their own. delta, x, out: (numel,) contiguous in `dtype`; grad: (numel,) in `grad_dtype`;
+// alpha: one fp32 in device memory, read by the kernel (never by the host). Element e's value depends only on
+// (seed, offset, e) and the operands, not on the launch configuration. alpha == nullptr: cudaErrorInvalidValue.
+cudaError_t launch_sora_step(const void* delta, const void* grad, const void* x, const float* alpha, void* out,
+                             DType dtype, DType grad_dtype, int64_t numel, PhiloxArgs philox, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fastat

@@ -4,7 +4,9 @@
 // (seed, offset) come from torch's CUDA generator (the binding advances it by kUniformInitPhiloxIncrement per call,
 // under the generator's mutex). Results therefore depend only on the generator state and e: reproducible for a seed,
 // independent of the launch configuration, and CUDA-graph safe (under capture seed/offset are read on the device).
+// The generator and the counter scheme are shared with sora_step.cu (philox.cuh).
 #include "kernel_utils.cuh"
+#include "philox.cuh"
 
 namespace fastat {
 namespace cuda {
@@ -12,26 +14,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ uint4 philox4x32_10(uint4 ctr, uint2 key) {
-  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;    // round multipliers
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;  // key schedule increments
-#pragma unroll
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      key.x += kWeyl0;
-      key.y += kWeyl1;
-    }
-    const uint32_t hi0 = __umulhi(kMul0, ctr.x), lo0 = kMul0 * ctr.x;
-    const uint32_t hi1 = __umulhi(kMul1, ctr.z), lo1 = kMul1 * ctr.z;
-    ctr = make_uint4(hi1 ^ ctr.y ^ key.x, lo1, hi0 ^ ctr.w ^ key.y, lo0);
-  }
-  return ctr;
-}
-
 // 24 random bits -> [0, 1 - 2^-24] -> [-eps, eps].
 __device__ __forceinline__ float uniform_pm(uint32_t bits, float eps) {
-  const float u = static_cast<float>(bits >> 8) * 5.9604644775390625e-8f;  // 2^-24
-  return __fmaf_rn(u, eps + eps, -eps);
+  return __fmaf_rn(uniform01(bits), eps + eps, -eps);
 }
 
 template <typename D>
@@ -39,18 +24,11 @@ __global__ void __launch_bounds__(kThreads)
     uniform_init_kernel(const D* __restrict__ x,  // (numel,)
                         D* __restrict__ out,      // (numel,)
                         int64_t numel, float eps, PhiloxArgs philox) {
-  const uint64_t seed = philox.captured ? static_cast<uint64_t>(*philox.seed_ptr) : philox.seed;
-  const uint64_t offset =
-      philox.captured ? static_cast<uint64_t>(*philox.offset_ptr) + philox.offset_intragraph : philox.offset;
-  const uint2 key = make_uint2(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  const uint64_t block = offset / 4;
+  const PhiloxStream rng = philox_stream(philox);
   const int64_t groups = (numel + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; j < groups; j += stride) {
-    const uint64_t sub = static_cast<uint64_t>(j);
-    const uint4 r = philox4x32_10(make_uint4(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
-                                             static_cast<uint32_t>(sub), static_cast<uint32_t>(sub >> 32)),
-                                  key);
+    const uint4 r = philox_group(rng, static_cast<uint64_t>(j));
     const uint32_t words[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
     for (int l = 0; l < 4; ++l) {

@@ -26,7 +26,7 @@ from .test_cuda_ops import F, _gen, assert_close_atas, assert_exact
 pytestmark = pytest.mark.cuda
 
 SHAPES = [(1, 1), (3, 3), (2, 7), (7, 784), (3, 3072)]
-OPS = [name for name, spec in SPECS.items() if not spec.random]  # uniform_init: test_cuda_philox.py
+OPS = [name for name, spec in SPECS.items() if not spec.random]  # the random ops: test_cuda_{philox,sora_step}.py
 BENCHMARK_SIZES = [("zerograd_step", 512, 3072), ("zerograd_step", 64, 150528), ("atas_step", 64, 150528),
                    ("atas_gather", 64, 150528), ("pgd_step", 512, 3072), ("multigrad_step", 128, 3072)]
 

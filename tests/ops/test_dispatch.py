@@ -137,9 +137,9 @@ def test_bench_results_choose_and_install_auto(tmp_path, monkeypatch):
     assert _dispatch._load_auto_preference(str(target)) == {"zerograd_step": "native", "pgd_step": "native"}
 
 
-def test_forced_triton_runs_uniform_init_through_auto():
-    """uniform_init has no Triton kernel by design: forcing triton must not break every random-start method."""
+@pytest.mark.parametrize("op", ["uniform_init", "sora_step"])
+def test_forced_triton_runs_the_random_ops_through_auto(op):
+    """The random ops have no Triton kernel by design: forcing triton must not break every random-start method."""
     with fastat.ops.use_backend("triton"):
-        impl = _dispatch.resolve("uniform_init", torch.zeros(1))
-    assert impl in (_dispatch.implementation("native", "uniform_init"), _dispatch.implementation("torch",
-                                                                                                 "uniform_init"))
+        impl = _dispatch.resolve(op, torch.zeros(1))
+    assert impl in (_dispatch.implementation("native", op), _dispatch.implementation("torch", op))

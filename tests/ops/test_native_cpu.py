@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastat.ops import _native, reference
-from fastat.ops._schemas import SCHEMAS
+from fastat.ops._schemas import RANDOM_OPS, SCHEMAS
 
 if _native.load_error() is not None:
     pytest.skip(f"fastat._C is unavailable: {_native.load_error()}", allow_module_level=True)
@@ -102,6 +102,9 @@ def samples() -> list[tuple[str, tuple, dict]]:
         ("atas_step", atas, dict(ATAS_KW, warmup=True)),
         ("pgi_step", pgi, PGI_KW),
         ("uniform_init", (xc, EPS), dict(generator=torch.Generator().manual_seed(0))),
+        ("sora_step", (d, g, x, torch.tensor(ALPHA)), dict(generator=torch.Generator().manual_seed(0))),
+        ("sora_step", (dc.half(), gc.bfloat16(), xc.half(), torch.tensor(ALPHA, dtype=torch.bfloat16)),
+         dict(generator=torch.Generator().manual_seed(0))),
     ]
 
 
@@ -116,9 +119,9 @@ def test_cpu_kernel_registered(op):
 
 @pytest.mark.parametrize("name,args,kwargs", samples(), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args, kwargs):
-    # uniform_init is random: the AOT test compares two calls that draw different numbers, so it is left out there.
+    # The random ops: the AOT test compares two calls that draw different numbers, so they are left out there.
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-    if name != "uniform_init":
+    if name not in RANDOM_OPS:
         utils += ("test_aot_dispatch_dynamic",)
     torch.library.opcheck(getattr(F, name), args, kwargs, test_utils=utils)
 
@@ -146,6 +149,15 @@ _BAD_METADATA = [
     ("multigrad_step", (make((2, *_S)).int(), _T, EPS, ALPHA, None), TypeError, "'grads'"),
     ("uniform_init", (_T, -1.0), ValueError, "'eps'"),
     ("uniform_init", (_T.int(), EPS), TypeError, "'x'"),
+    ("sora_step", (_T, make((4, 3, 5, 4)), _T, torch.tensor(ALPHA)), ValueError, "'grad'"),
+    ("sora_step", (_T, _T, _T[:3], torch.tensor(ALPHA)), ValueError, "'x'"),
+    ("sora_step", (_T, _T, _T.half(), torch.tensor(ALPHA)), TypeError, "'x'"),
+    ("sora_step", (_T.int(), _T, _T, torch.tensor(ALPHA)), TypeError, "'delta'"),
+    ("sora_step", (_T, _T.double(), _T, torch.tensor(ALPHA)), TypeError, "'grad'"),
+    ("sora_step", (_T, _T, _T, torch.tensor([ALPHA])), ValueError, "'alpha'"),  # 0-dim only
+    ("sora_step", (_T, _T, _T, torch.tensor(ALPHA, dtype=torch.float64)), TypeError, "'alpha'"),
+    ("sora_step", (_T, _T, _T, torch.tensor(1)), TypeError, "'alpha'"),
+    ("sora_step", (_T, _T, _T, torch.tensor(ALPHA, device="meta")), ValueError, "'alpha'"),
 ]
 
 
@@ -261,6 +273,7 @@ def _big_samples():
         ("atas_step", atas, dict(ATAS_KW, warmup=False)),
         ("pgi_step", pgi, PGI_KW),
         ("uniform_init", (x, EPS), dict(generator=None)),
+        ("sora_step", (d, g, x, torch.tensor(ALPHA)), dict(generator=None)),
     ]
 
 
@@ -441,3 +454,73 @@ def test_uniform_init_matches_reference_draw(layout, dtype):
     ours = F.uniform_init(x[0], EPS)  # the global generator
     torch.manual_seed(3)
     assert_exact(ours, reference.uniform_init(x[0], EPS))
+
+
+# ------------------------------------------------------------------------------------------------------ sora_step
+
+
+def _sora_both(delta, grad, x, alpha, seed=7):
+    """(C++ kernel, reference) drawn from two generators in the same state; both advance it alike."""
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    ours = F.sora_step(delta, grad, x, alpha, generator=g1)
+    want = reference.sora_step(delta, grad, x, alpha, generator=g2)
+    assert torch.equal(g1.get_state(), g2.get_state())  # the same numbers drawn
+    return ours, want
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype,grad_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                              (torch.bfloat16, torch.float16), (torch.float16, torch.float32)])
+def test_sora_step_matches_reference_draw(layout, dtype, grad_dtype):
+    """Bit for bit the reference for the same generator state, in every layout (u follows the logical order: the
+    result is contiguous) and dtype pair; also from the global generator."""
+    shape = (3, 3, 4, 5)
+    x = make(shape, layout, dtype)
+    x[0, 0, 0, :2] = torch.tensor([0.0, 1.0])  # the box's edges
+    d = make(shape, layout, dtype, kind="delta")
+    g = _zerograd_grad(shape, grad_dtype, layout)  # ties, an all-zero row, NaN and inf entries
+    for alpha in (torch.tensor(2 * EPS), torch.tensor(0.0), torch.tensor(2 * EPS, dtype=torch.float16)):
+        ours, want = _sora_both(d, g, x, alpha)
+        assert_exact(ours, want)
+        assert ours.is_contiguous()
+    torch.manual_seed(3)
+    ours = F.sora_step(d[0], g[0], x[0], torch.tensor(ALPHA))  # the global generator
+    torch.manual_seed(3)
+    assert_exact(ours, reference.sora_step(d[0], g[0], x[0], torch.tensor(ALPHA)))
+
+
+def test_sora_step_edge_cases():
+    """Zero and NaN gradients give no step (δ only re-projected), α = 0 gives box(δ), x at 0 and 1 bound the box,
+    NaN in δ propagates; 0-D and empty tensors."""
+    x = torch.tensor([[0.0, 1.0, 0.5, 0.5, 0.0, 1.0, 0.5, 0.25]])
+    d = torch.tensor([[-0.1, 0.1, 0.05, -0.05, 0.1, -0.1, float("nan"), 0.2]])
+    g = torch.tensor([[-1.0, 1.0, 0.0, float("nan"), 1.0, -1.0, 1.0, -0.0]])
+    a = torch.tensor(0.3)
+    ours, want = _sora_both(d, g, x, a)
+    assert_exact(ours, want)
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(7))  # the same draw
+    box = torch.minimum(torch.maximum(d, -x), 1 - x)
+    assert ours[0, 0] == 0 and ours[0, 1] == 0  # stepped out of the box at x = 0 and x = 1
+    assert torch.equal(ours[0, 2:4], box[0, 2:4])  # sign(0) = sign(NaN) = 0: δ stays
+    assert torch.equal(ours[0, 7:], box[0, 7:])  # sign(-0) = 0
+    assert ours[0, 4] == d[0, 4] + a * u[0, 4] and ours[0, 5] == d[0, 5] - a * u[0, 5]  # inside the box
+    assert ours[0, 6].isnan()
+    zero_alpha, _ = _sora_both(d, g, x, torch.tensor(0.0))
+    assert_exact(zero_alpha, box)
+    for shape in ((), (0,), (0, 3, 4, 4), (5, 0)):
+        t = torch.full(shape, 0.5)
+        ours, want = _sora_both(t, t, t, a)
+        assert_exact(ours, want)
+        assert ours.shape == shape
+
+
+def test_sora_step_draw_order_is_torch_rand():
+    """u is torch.rand's draw: the op equals box(δ + α·torch.rand(x.shape)·sign(g)) written out in torch (as SORA
+    wrote its step before the op) and leaves the generator where torch.rand leaves it."""
+    x, d, g = make((4, 3, 5, 5)), make((4, 3, 5, 5), kind="delta"), make((4, 3, 5, 5), kind="grad")
+    alpha = torch.tensor(2 * EPS)
+    gen, ref_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    out = F.sora_step(d, g, x, alpha, generator=gen)
+    u = torch.rand(x.shape, generator=ref_gen)
+    assert_exact(out, torch.clamp(d + alpha * u * g.sign(), -x, 1 - x))
+    assert torch.equal(gen.get_state(), ref_gen.get_state())

@@ -104,6 +104,8 @@ def test_empty_batch(backend):
                 fastat.ops.atas_gather(buf, index, offsets, flips, x)]
         if not fastat.ops.not_supported_reasons(backend, "uniform_init", "cpu"):
             outs.append(fastat.ops.uniform_init(x, 0.1))
+        if not fastat.ops.not_supported_reasons(backend, "sora_step", "cpu"):
+            outs.append(fastat.ops.sora_step(d, g, x, torch.tensor(0.2)))
         before = (buf.clone(), v.clone())
         outs.append(fastat.ops.atas_step(buf, v, index, offsets, flips, g, x, x, eps=0.1, c=0.01, beta=0.5,
                                          gamma_over_c=0.06, step_min=0.01, step_max=0.05, warmup=False))

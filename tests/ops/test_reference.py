@@ -163,3 +163,42 @@ def test_uniform_init_in_ball_and_box_and_seeded():
     a = ref.uniform_init(x, 0.2, generator=torch.Generator().manual_seed(3))
     b = ref.uniform_init(x, 0.2, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and (a.abs() <= 0.2).all() and ((x + a) >= 0).all() and ((x + a) <= 1).all()
+
+
+def test_sora_step_is_the_official_formula():
+    """SecondOrderAT/SORA `src/attacks/sora.py`: delta = eta + alpha·rand_like(grad)·grad.sign(), clamped into
+    [−x, 1 − x] (no ε-projection); u drawn as torch.rand draws it."""
+    x = torch.rand(4, 3, 5, 5)
+    x.view(-1)[:2] = torch.tensor([0.0, 1.0])
+    eta = (torch.rand(x.shape) * 2 - 1) * EPS
+    g = torch.randn(x.shape)
+    g.view(-1)[2:4] = torch.tensor([0.0, float("nan")])
+    alpha = torch.tensor(2 * EPS)
+    out = ref.sora_step(eta, g, x, alpha, generator=torch.Generator().manual_seed(4))
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(out, torch.clamp(eta + alpha * u * g.sign(), -x, 1 - x))
+    assert (out - eta).abs().max() <= 2 * EPS and ((x + out) >= 0).all() and ((x + out) <= 1).all()
+    assert (out - eta).abs().max() > EPS  # no ε-projection: a step of up to α from η
+    assert torch.equal(out.view(-1)[2:4], eta.view(-1)[2:4].clamp(-x.view(-1)[2:4], 1 - x.view(-1)[2:4]))
+    assert torch.equal(ref.sora_step(eta, g, x, torch.tensor(0.0)), torch.clamp(eta, -x, 1 - x))
+
+
+def test_sora_step_scale_is_uniform_in_zero_one():
+    """At x = 0.5 with η = 0 and g > 0 the result is α·u: u covers [0, 1) uniformly (mean 1/2, variance 1/12)."""
+    n = 1 << 16
+    x, eta, g = torch.full((n,), 0.5), torch.zeros(n), torch.ones(n)
+    u = ref.sora_step(eta, g, x, torch.tensor(0.25), generator=torch.Generator().manual_seed(0)) / 0.25
+    assert 0 <= u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sora_step_low_precision_state(dtype):
+    """fp16/bf16 δ and x: math in fp32, one rounding to δ's dtype; the result is contiguous."""
+    x = torch.rand(2, 3, 4, 4).to(dtype).contiguous(memory_format=torch.channels_last)
+    eta = ((torch.rand(x.shape) * 2 - 1) * EPS).to(dtype)
+    g = torch.randn(x.shape, dtype=torch.bfloat16)
+    out = ref.sora_step(eta, g, x, torch.tensor(EPS), generator=torch.Generator().manual_seed(1))
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    want = torch.clamp(eta.float() + EPS * u * g.float().sign(), -x.float(), 1 - x.float()).to(dtype)
+    assert out.dtype == dtype and out.is_contiguous() and torch.equal(out, want)

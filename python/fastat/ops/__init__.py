@@ -40,6 +40,7 @@ __all__ = [
     "pgi_step",
     "pgd_step",
     "uniform_init",
+    "sora_step",
     "use_backend",
     "set_backend",
     "get_backend",
@@ -146,3 +147,19 @@ def uniform_init(x: Tensor, eps: float, *, generator: torch.Generator | None = N
     _validate.check_uniform_init(x, eps, generator=generator)
     impl = resolve("uniform_init", x)
     return impl(x.detach(), float(eps), generator=generator)
+
+
+def sora_step(delta: Tensor, grad: Tensor, x: Tensor, alpha: Tensor, *,
+              generator: torch.Generator | None = None) -> Tensor:
+    """SORA step: δ' = Π_box(δ + α·u·sign(g); x), u ~ U[0, 1) per element from ``generator``; no ε-projection.
+
+    Args:
+        delta: SORA's start η (B, ...) (any shape), fp32/bf16/fp16; the result has its dtype and is contiguous.
+        grad: input gradient at x + δ, same shape, fp32/bf16/fp16.
+        x: clean inputs in [0, 1], same shape and dtype as ``delta``.
+        alpha: the step α ≥ 0, a 0-dim float tensor on x's device (read on the device: no host sync).
+        generator: the draw's generator (default: torch's default generator of x's device).
+    """
+    _validate.check_sora_step(delta, grad, x, alpha, generator=generator)
+    impl = resolve("sora_step", delta, grad, x)
+    return impl(delta.detach(), grad.detach(), x.detach(), alpha.detach(), generator=generator)

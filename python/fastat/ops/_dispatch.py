@@ -6,7 +6,8 @@ PyTorch). "auto" walks native -> triton -> torch on CUDA tensors (per op, the fa
 GPU goes first: `auto_order`, auto_cuda.json) and native -> torch on CPU tensors, and takes the first backend with no
 reasons against it. An explicitly requested backend that cannot run raises NotImplementedError with its
 reasons; it never falls back silently. The one exception is by design: an op a backend has no kernel for at all
-(uniform_init under "triton": a torch RNG draw plus a projection) follows the auto order.
+(the random ops, uniform_init and sora_step, under "triton": draws from a torch generator plus elementwise math;
+`_schemas.RANDOM_OPS`) follows the auto order.
 
 Reasons look only at metadata (device, dtype), never at values. The choice is a plain module-global dict, which Dynamo
 guards (a ContextVar would break `torch.compile(fullgraph=True)`); nothing is chosen at import time beyond reading
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from . import _native, reference
+from ._schemas import RANDOM_OPS
 
 BACKENDS = ("native", "triton", "torch")
 CHOICES = BACKENDS + ("auto",)
@@ -163,5 +165,6 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 
 
 def _applies(backend: str, op: str) -> bool:
-    """uniform_init has no Triton kernel by design (it is a torch RNG draw plus a projection)."""
-    return not (backend == "triton" and op == "uniform_init")
+    """The random ops have no Triton kernel by design (a draw from a torch generator plus elementwise math; see
+    `_schemas.RANDOM_OPS`)."""
+    return not (backend == "triton" and op in RANDOM_OPS)

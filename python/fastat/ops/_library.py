@@ -58,6 +58,12 @@ def uniform_init_fake(x: Tensor, eps: float, *, generator: torch.Generator | Non
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
+def sora_step_fake(delta: Tensor, grad: Tensor, x: Tensor, alpha: Tensor, *,
+                   generator: torch.Generator | None = None) -> Tensor:
+    _validate.check_sora_step(delta, grad, x, alpha, generator=generator)
+    return torch.empty(delta.shape, dtype=delta.dtype, device=delta.device)
+
+
 FAKES = {
     "zerograd_step": zerograd_step_fake,
     "multigrad_step": multigrad_step_fake,
@@ -66,6 +72,7 @@ FAKES = {
     "pgi_step": pgi_step_fake,
     "pgd_step": pgd_step_fake,
     "uniform_init": uniform_init_fake,
+    "sora_step": sora_step_fake,
 }
 
 

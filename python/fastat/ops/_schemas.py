@@ -21,8 +21,9 @@ SCHEMAS: dict[str, str] = {
         "Tensor grad_l1, Tensor x_adv, Tensor x, *, float eps, float decay) -> Tensor"
     ),
     "pgd_step": "pgd_step(Tensor delta, Tensor grad, Tensor x, float eps, float alpha, Tensor? active=None) -> Tensor",
-    # `Generator?` cannot be inferred from a Python annotation, so this one is checked by hand in the tests.
+    # `Generator?` cannot be inferred from a Python annotation, so these two are checked by hand in the tests.
     "uniform_init": "uniform_init(Tensor x, float eps, *, Generator? generator=None) -> Tensor",
+    "sora_step": "sora_step(Tensor delta, Tensor grad, Tensor x, Tensor alpha, *, Generator? generator=None) -> Tensor",
 }
 
 # Arguments each op writes in place (the `Tensor(aN!)` ones above).
@@ -30,6 +31,12 @@ MUTATES: dict[str, tuple[str, ...]] = {name: () for name in SCHEMAS}
 MUTATES["atas_step"] = ("delta_buf", "v_buf")
 MUTATES["pgi_step"] = ("delta_buf", "mom_buf")
 
-# The hot paths, each with a Triton kernel (benchmarked by `fastat bench ops`); uniform_init is a random draw plus a
-# box projection.
+# The ops that draw random numbers from a torch generator. They have no Triton kernel by design: the draw must come
+# from the generator's own protocol (on CPU torch's stream itself; on CUDA a Philox offset reserved under the
+# generator's lock, read on the device under graph capture), which the C++ kernels follow, and each is one elementwise
+# pass that the CUDA kernel already does in one launch. Under the "triton" backend they follow the auto order.
+RANDOM_OPS = ("uniform_init", "sora_step")
+
+# The hot paths, each with a Triton kernel (benchmarked by `fastat bench ops`); the random ops are a draw plus a few
+# elementwise operations.
 HOT_PATHS = ("zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgi_step", "pgd_step")

@@ -158,6 +158,16 @@ def sample_uniform_init(rows, cols, variant, gen, device) -> Sample:
     return Sample((_layout(x.to(_state_dtype(variant)), variant), EPS), {})
 
 
+def sample_sora_step(rows, cols, variant, gen, device, alpha: float = 2 * EPS) -> Sample:
+    # SORA's start η is uniform_init's output; a poisoned one (outside the ε-ball in places) is as valid: the op does
+    # not project onto the ε-ball, only into the box. α is a 0-dim fp32 device tensor, as SORA passes it.
+    x = _images(rows, cols, gen, device)
+    delta, g = _delta(x, gen), _grad(x.shape, variant, gen, device)
+    dt = _state_dtype(variant)
+    a = torch.tensor(alpha, dtype=torch.float32, device=device)
+    return Sample((_layout(delta.to(dt), variant), _layout(g, variant), _layout(x.to(dt), variant), a), {})
+
+
 def _nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
 
@@ -200,4 +210,7 @@ SPECS: dict[str, OpSpec] = {
                        lambda s: _nbytes(*s.args[:3]) + s.args[0].numel() * s.args[0].element_size(),
                        params={"active": [True, False]}),
     "uniform_init": OpSpec("uniform_init", sample_uniform_init, lambda s: 2 * _nbytes(s.args[0]), random=True),
+    "sora_step": OpSpec("sora_step", sample_sora_step,
+                        lambda s: _nbytes(*s.args[:3]) + s.args[0].numel() * s.args[0].element_size(),
+                        params={"alpha": [0.0, 2 * EPS]}, random=True),
 }

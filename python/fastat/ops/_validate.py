@@ -214,16 +214,37 @@ def check_pgi_step(delta_buf: Tensor, mom_buf: Tensor, index: Tensor, offsets: T
     in_range(op, "decay", decay, 0.0, 1.0)
 
 
+def _generator(op: str, generator: torch.Generator | None, x: Tensor) -> None:
+    """The random ops' ``generator``: None (the default generator of x's device) or a torch.Generator of x's device."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        _fail(op, TypeError, f"argument 'generator' must be a torch.Generator, got {type(generator).__name__}")
+    g = generator.device
+    if g.type != x.device.type or (g.index is not None and x.device.index is not None and g.index != x.device.index):
+        _fail(op, ValueError, f"argument 'generator' is on {g} but 'x' is on {x.device}: pass a generator of x's "
+                              "device")
+
+
 def check_uniform_init(x: Tensor, eps: float, *, generator: torch.Generator | None = None) -> None:
     tensor("uniform_init", "x", x, min_ndim=0)
     positive("uniform_init", "eps", eps)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        _fail("uniform_init", TypeError, f"argument 'generator' must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None:
-        g = generator.device
-        if g.type != x.device.type or (g.index is not None and x.device.index is not None and g.index != x.device.index):
-            _fail("uniform_init", ValueError, f"argument 'generator' is on {g} but 'x' is on {x.device}: pass a "
-                  "generator of x's device")
+    _generator("uniform_init", generator, x)
+
+
+def check_sora_step(delta: Tensor, grad: Tensor, x: Tensor, alpha: Tensor, *,
+                    generator: torch.Generator | None = None) -> None:
+    """Elementwise, any shape (0-D and empty included), like uniform_init; α a 0-dim float tensor on x's device."""
+    op = "sora_step"
+    tensor(op, "delta", delta, min_ndim=0)
+    tensor(op, "grad", grad, min_ndim=0)
+    tensor(op, "x", x, min_ndim=0)
+    same_shape(op, "delta", delta, grad=grad, x=x)
+    if x.dtype != delta.dtype:
+        _fail(op, TypeError, f"arguments 'x' ({x.dtype}) and 'delta' ({delta.dtype}) must have the same dtype")
+    tensor(op, "alpha", alpha, ndim=0, min_ndim=0)
+    same_device(op, x=x, delta=delta, grad=grad, alpha=alpha)
+    _generator(op, generator, x)
 
 
 # ----------------------------------------------------------------------------------------------------- value checks

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["zerograd_step", "multigrad_step", "atas_gather", "atas_step", "pgi_step", "pgd_step", "uniform_init",
-           "box", "QUANTILE_RANK_FP64", "quantile_rank"]
+           "sora_step", "box", "QUANTILE_RANK_FP64", "quantile_rank"]
 
 def _torch_quantile_rank_fp64() -> bool:
     """Asked of the running torch, not read from its version: in a row of 301 zeros then 700 values 1e6, the rank of
@@ -255,3 +255,28 @@ def uniform_init(x: Tensor, eps: float, *, generator: torch.Generator | None = N
     """
     u = torch.empty(x.shape, dtype=torch.float32, device=x.device).uniform_(-eps, eps, generator=generator)
     return box(u, x.float()).to(x.dtype)
+
+
+def sora_step(delta: Tensor, grad: Tensor, x: Tensor, alpha: Tensor, *,
+              generator: torch.Generator | None = None) -> Tensor:
+    """SORA's random-scaled step: δ' = Π_box(δ + (α·u)·sign(g); x), u ~ U[0, 1) per element, drawn in fp32 with
+    ``generator`` — no ε-projection (SecondOrderAT/SORA `src/attacks/sora.py`, "Second Order Theory Sign":
+    ``delta = eta + alpha * interpolation_coeff * grad.sign()`` with ``interpolation_coeff = torch.rand_like(grad)``,
+    then the clamp to [lower_limit − x, upper_limit − x]).
+
+    ``delta`` is SORA's start η (uniform_init's output), ``alpha`` a 0-dim float tensor on x's device (SORA's α
+    follows a device-side running estimate; it is read on the device, never on the host, and widened to fp32
+    exactly); α ≥ 0 is expected but not checked (a check would read the value). u is drawn exactly as
+    ``torch.rand(x.shape, dtype=float32)`` draws it (the same numbers for the same generator state), one value per
+    element in x's logical (row-major) order. Products and the sum are rounded one at a time, as written: (α·u),
+    then ·sign(g) (exact: ±α·u or 0), then δ + that. sign(0) = sign(NaN) = 0, so a zero or NaN gradient entry leaves
+    δ there and only re-projects it; NaN in δ, x or α propagates. Returned contiguous in δ's dtype.
+
+    Backends that use their own random stream (the CUDA Philox kernel, the counter scheme of uniform_init) are
+    reproducible for a given generator state but not equal to this draw.
+
+    Traffic: reads δ, g, x and writes δ' (4·B·n·4 bytes); this reference also writes and reads u and the temporaries.
+    """
+    u = torch.empty(x.shape, dtype=torch.float32, device=x.device).uniform_(0, 1, generator=generator)
+    step = alpha.float() * u * torch.sign(grad.float())
+    return box(delta.float() + step, x.float()).contiguous().to(delta.dtype)
