@@ -46,8 +46,9 @@ class SORA(Method):
     mode). Deviations: ρ is updated right after each step's backward rather than before the next attack (the same
     numbers); it stays on the device (the official code reads it on the host every step); the attack builds no
     weight gradients; under torchrun each step's ℓ is averaged over the ranks so every replica keeps the same ρ.
-    The step is written with the fused ops (`uniform_init`, then one elementwise expression): a fused draw-scale-
-    step-clamp op is owed (issue 22) and has no GPU measurement yet.
+    The step is two fused ops: `uniform_init` draws η, `sora_step` draws u and takes the step into the box (one
+    launch on CUDA: draw, scale, step, clamp; issue 22). On CPU u is torch.rand's draw; sora_step's CUDA kernel
+    draws its own Philox stream and has no GPU measurement yet.
     """
 
     name = "sora"
@@ -96,8 +97,7 @@ class SORA(Method):
         with self.attacking(model):
             grad = input_grad(model, leaf(xf + eta), y)
         self.attack_grad = grad
-        u = torch.rand(xf.shape, dtype=torch.float32, device=xf.device, generator=self.generator)
-        delta = torch.clamp(eta + alpha * u * grad.float().sign(), -xf, 1 - xf)  # the box only: no ε-projection
+        delta = ops.sora_step(eta, grad, xf, alpha, generator=self.generator)  # the box only: no ε-projection
         return to_unit_box(xf, delta).to(x.dtype)
 
     def observe_train_grad(self, grad: Tensor) -> None:
