@@ -80,6 +80,19 @@ inline void check_atas_common(const char* op, const at::Tensor& delta_buf, const
   FASTAT_CHECK_SAME_DEVICE(op, x, delta_buf);
 }
 
+// What atas_step and pgi_step take alike besides the buffers (the C++ twin of _validate._check_step_inputs): the
+// batch's gradient and adversarial input, float, shaped and placed as x, x_adv in x's dtype.
+inline void check_step_inputs(const char* op, const at::Tensor& grad, const at::Tensor& x_adv, const at::Tensor& x) {
+  check_float(op, "grad", grad);
+  check_float(op, "x_adv", x_adv);
+  FASTAT_CHECK_SAME_SHAPE(op, grad, x);
+  FASTAT_CHECK_SAME_SHAPE(op, x_adv, x);
+  TORCH_CHECK_TYPE(x_adv.scalar_type() == x.scalar_type(), "fastat.", op, ": arguments 'x_adv' (", x_adv.scalar_type(),
+                   ") and 'x' (", x.scalar_type(), ") must have the same dtype");
+  FASTAT_CHECK_SAME_DEVICE(op, grad, x);
+  FASTAT_CHECK_SAME_DEVICE(op, x_adv, x);
+}
+
 }  // namespace detail
 
 inline void check_zerograd_step(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x, double eps,
@@ -132,19 +145,12 @@ inline void check_atas_step(const at::Tensor& delta_buf, const at::Tensor& v_buf
                             double gamma_over_c, double step_min, double step_max) {
   const char* op = "atas_step";
   detail::check_atas_common(op, delta_buf, index, offsets, flips, x);
-  detail::check_float(op, "grad", grad);
-  detail::check_float(op, "x_adv", x_adv);
-  FASTAT_CHECK_SAME_SHAPE(op, grad, x);
-  FASTAT_CHECK_SAME_SHAPE(op, x_adv, x);
-  TORCH_CHECK_TYPE(x_adv.scalar_type() == x.scalar_type(), "fastat.", op, ": arguments 'x_adv' (", x_adv.scalar_type(),
-                   ") and 'x' (", x.scalar_type(), ") must have the same dtype");
+  detail::check_step_inputs(op, grad, x_adv, x);
   FASTAT_CHECK_DTYPE(op, v_buf, at::kFloat);
   detail::check_ndim(op, "v_buf", v_buf, 1);
   FASTAT_CHECK_VALUE(op, v_buf.size(0) == delta_buf.size(0), v_buf, "must have shape (N,) = (", delta_buf.size(0),
                      ",), got ", v_buf.sizes());
   FASTAT_CHECK_VALUE(op, v_buf.is_contiguous(), v_buf, "must be contiguous (it is written in place)");
-  FASTAT_CHECK_SAME_DEVICE(op, grad, x);
-  FASTAT_CHECK_SAME_DEVICE(op, x_adv, x);
   FASTAT_CHECK_SAME_DEVICE(op, v_buf, x);
   FASTAT_CHECK_POSITIVE(op, eps);
   FASTAT_CHECK_POSITIVE(op, c);
@@ -161,12 +167,7 @@ inline void check_pgi_step(const at::Tensor& delta_buf, const at::Tensor& mom_bu
                            double decay) {
   const char* op = "pgi_step";
   detail::check_atas_common(op, delta_buf, index, offsets, flips, x);
-  detail::check_float(op, "grad", grad);
-  detail::check_float(op, "x_adv", x_adv);
-  FASTAT_CHECK_SAME_SHAPE(op, grad, x);
-  FASTAT_CHECK_SAME_SHAPE(op, x_adv, x);
-  TORCH_CHECK_TYPE(x_adv.scalar_type() == x.scalar_type(), "fastat.", op, ": arguments 'x_adv' (", x_adv.scalar_type(),
-                   ") and 'x' (", x.scalar_type(), ") must have the same dtype");
+  detail::check_step_inputs(op, grad, x_adv, x);
   detail::check_float(op, "mom_buf", mom_buf);
   detail::check_ndim(op, "mom_buf", mom_buf, 4);
   // One dtype for both buffers: the kernels are instantiated per buffer dtype, not per pair.
@@ -176,8 +177,6 @@ inline void check_pgi_step(const at::Tensor& delta_buf, const at::Tensor& mom_bu
   FASTAT_CHECK_VALUE(op, mom_buf.is_contiguous(), mom_buf, "must be contiguous (it is indexed, and written in place)");
   detail::check_float(op, "grad_l1", grad_l1, 0);
   detail::check_ndim(op, "grad_l1", grad_l1, 0);
-  FASTAT_CHECK_SAME_DEVICE(op, grad, x);
-  FASTAT_CHECK_SAME_DEVICE(op, x_adv, x);
   FASTAT_CHECK_SAME_DEVICE(op, mom_buf, x);
   FASTAT_CHECK_SAME_DEVICE(op, grad_l1, x);
   FASTAT_CHECK_POSITIVE(op, eps);
