@@ -81,6 +81,24 @@ def _epochs(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("event") == "epoch"]
 
 
+RELATIVE = 0.5  # the relative rule read off the first ε = 0.25 runs: CO once PertAlign < RELATIVE × its best so far
+KEEP = "<!-- written by hand below this line: pertalign_lead.py keeps it when it rewrites the page -->"
+
+
+def relative_flags(values: list[float | None], ratio: float = RELATIVE) -> list[int]:
+    """Epochs (from 1) at which PertAlign is below ``ratio`` × the best of the epochs before it: the scale-free rule
+    the first runs suggested (a cosine's level depends on the method), evaluated post hoc, not a detector fastat
+    runs."""
+    flags, best = [], None
+    for epoch, v in enumerate(values, start=1):
+        if v is None:
+            continue
+        if best is not None and best > 0 and v < ratio * best:
+            flags.append(epoch)
+        best = v if best is None else max(best, v)
+    return flags
+
+
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for method, eps, seed in args.cells:
@@ -89,7 +107,10 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
         same = all(math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-5) for a, b in zip(atlas, mine))
         pgd_flag = next((r["epoch"] for r in atlas if r.get("co")), None)
         pa_flag = next((r["epoch"] for r in mine if r.get("co")), None)
+        rel = relative_flags([r.get("pertalign") for r in mine])
         out.append({"method": method, "eps": eps, "seed": seed, "same_trajectory": same and len(atlas) == len(mine),
+                    "relative_flags": rel,
+                    "relative_lead_epochs": None if pgd_flag is None or not rel else pgd_flag - rel[0],
                     "pgd_check_first_co": pgd_flag, "pertalign_first_co": pa_flag,
                     "lead_epochs": None if pgd_flag is None or pa_flag is None else pgd_flag - pa_flag,
                     "pertalign_flags": [r["epoch"] for r in mine if r.get("co")],
@@ -149,19 +170,25 @@ def main(argv: list[str] | None = None) -> int:
              "check's flags are the atlas run's (PGD-10 on 256 test images, CO at a fall of more than `--co-drop` "
              "below its best); PertAlign's: the epoch's mean cosine between the attack's and the training loss's "
              "input gradients falling more than `--co-drop` below its best epoch.", "",
-             "| run | same trajectory | PGD check flags | PertAlign flags | lead (epochs) | PertAlign by epoch | "
-             "PGD-20 % by epoch |", "|---|---|---|---|---|---|---|"]
+             f"The relative rule (a hypothesis, computed from the same numbers, not run by fastat): CO once PertAlign "
+             f"falls below {RELATIVE:g} × its best earlier epoch.", "",
+             "| run | same trajectory | PGD check flags | PertAlign flags | lead (epochs) | relative rule flags | "
+             "lead (epochs) | PertAlign by epoch | PGD-20 % by epoch |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         pa = " ".join("–" if v is None else f"{v:.2f}" for v in r["pertalign"])
         pgd = " ".join(f"{100 * v:.0f}" for v in r["pgd20"])
         lines.append(f"| {r['method']} ε={r['eps']:g} s{r['seed']} | {'yes' if r['same_trajectory'] else 'no'} | "
                      f"{r['pgd_check_flags'] or 'none'} | {r['pertalign_flags'] or 'none'} | "
-                     f"{'–' if r['lead_epochs'] is None else r['lead_epochs']} | {pa} | {pgd} |")
+                     f"{'–' if r['lead_epochs'] is None else r['lead_epochs']} | {r['relative_flags'] or 'none'} | "
+                     f"{'–' if r['relative_lead_epochs'] is None else r['relative_lead_epochs']} | {pa} | {pgd} |")
     if cost:
         lines += ["", f"Step cost ({cost['method']}, batch {cost['batch']}, {cost['steps_each']} steps each, "
                       f"alternating): {1e3 * cost['median_s_without']:.1f} ms without, "
                       f"{1e3 * cost['median_s_with']:.1f} ms with the hand-over ({100 * cost['overhead']:+.1f} %)."]
-    (res / "pertalign.md").write_text("\n".join(lines) + "\n")
+    page = res / "pertalign.md"
+    kept = page.read_text().split(KEEP, 1)[1] if page.is_file() and KEEP in page.read_text() else "\n"
+    lines += ["", KEEP]
+    page.write_text("\n".join(lines) + kept)
     print("\n".join(lines))
     return 0
 

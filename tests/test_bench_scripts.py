@@ -187,4 +187,17 @@ def test_pertalign_lead_retraces_an_atlas_run(tmp_path, capsys):
     doc = json.loads((tmp_path / "res" / "pertalign.json").read_text())
     (run,) = doc["runs"]
     assert run["same_trajectory"] and len(run["pertalign"]) == 2 and doc["step_cost"]["median_s_with"] > 0
-    assert "| fgsm ε=0.2 s0 | yes |" in (tmp_path / "res" / "pertalign.md").read_text()
+    page = tmp_path / "res" / "pertalign.md"
+    assert "| fgsm ε=0.2 s0 | yes |" in page.read_text() and isinstance(run["relative_flags"], list)
+    # a reading written by hand below the marker survives the next rewrite (the runs are reused, nothing retrains)
+    page.write_text(page.read_text() + "\n## Reading\n\nby hand\n")
+    assert lead.main(["--cells", "fgsm:0.2:0", "--runs", runs, "--out", str(tmp_path / "pa"), "--workers", "1",
+                      "--results", str(tmp_path / "res"), "--timing-steps", "0", "--atlas-flags", " ".join(flags)]) == 0
+    text = page.read_text()
+    assert text.endswith("\n## Reading\n\nby hand\n") and text.count(lead.KEEP) == 1 and "Step cost" not in text
+
+
+def test_relative_rule_flags_a_fall_below_half_the_best_earlier_epoch():
+    lead = _load("pertalign_lead")
+    assert lead.relative_flags([0.06, 0.33, 0.27, 0.18, 0.16, None, 0.2]) == [5]
+    assert lead.relative_flags([0.87, 0.80, 0.63]) == [] and lead.relative_flags([-0.1, -0.3, 0.2]) == []
