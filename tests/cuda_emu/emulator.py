@@ -122,10 +122,22 @@ def asan_enabled() -> bool:
     return os.environ.get("FASTAT_EMU_ASAN", "0") == "1"
 
 
+def cpu_has_fma() -> bool:
+    """Whether this CPU has FMA instructions (x86 ``fma`` flag in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " fma " in f" {line.split(':', 1)[1]} " for line in f)
+    except OSError:
+        return False
+
+
 def contract_enabled() -> bool:
-    """FASTAT_EMU_CONTRACT=1: let g++ fuse a*b+c into FMAs (-ffp-contract=fast -mfma) as nvcc does by default, so
-    that an unprotected product-sum in an exact kernel shows as a mismatch (see test_build_variants.py)."""
-    return os.environ.get("FASTAT_EMU_CONTRACT", "0") == "1"
+    """Let g++ fuse a*b+c into FMAs (-ffp-contract=fast -mfma) as nvcc does by default, so that an unprotected
+    product-sum in an exact kernel shows as a mismatch against the reference. FASTAT_EMU_CONTRACT: "auto" (default: on
+    where the CPU has FMA instructions), "1" on, "0" off. On by default so every emulated test runs the kernels as
+    nvcc would compile them, not only a rerun of some (the separate FMA build this replaced)."""
+    mode = os.environ.get("FASTAT_EMU_CONTRACT", "auto")
+    return mode == "1" or (mode == "auto" and cpu_has_fma())
 
 
 def _flags() -> list[str]:

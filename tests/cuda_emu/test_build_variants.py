@@ -1,12 +1,12 @@
 """The emulated run of the CUDA tests (FASTAT_CUDA_TESTS_ON_CPU=emu pytest -m cuda tests/gpu, small shapes) again, in
-child processes, with the emulator built two other ways.
+a child process, with the emulator built under AddressSanitizer (FASTAT_EMU_ASAN=1, libasan preloaded; the interpreter
+itself is not instrumented), the CPU counterpart of compute-sanitizer's memcheck: any read or write of a kernel outside
+the tensors it was given, or past the dynamic shared memory it was launched with, aborts the child with a report.
 
-* AddressSanitizer (FASTAT_EMU_ASAN=1, libasan preloaded; the interpreter itself is not instrumented), the CPU
-  counterpart of compute-sanitizer's memcheck: any read or write of a kernel outside the tensors it was given, or past
-  the dynamic shared memory it was launched with, aborts the child with a report.
-* FMA contraction (FASTAT_EMU_CONTRACT=1: -ffp-contract=fast -mfma), as nvcc contracts a*b+c by default: an exact op
-  whose result depends on an unprotected product-sum (one not written with __fmul_rn/__fadd_rn/__fmaf_rn) would
-  then differ from the reference.
+FMA contraction needs no build of its own: the emulator contracts a*b+c by default where the CPU has FMA, as nvcc does
+(`emulator.contract_enabled`), so every emulated test already checks that no exact op depends on an unprotected
+product-sum (one not written with __fmul_rn/__fadd_rn/__fmaf_rn); `test_the_default_build_contracts_like_nvcc` checks
+that default.
 """
 
 from __future__ import annotations
@@ -87,20 +87,14 @@ def test_address_sanitizer_reports_an_out_of_bounds_read():
     assert "no report" not in res.stdout
 
 
-def _has_fma() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " fma " in f" {line.split(':', 1)[1]} " for line in f)
-    except OSError:
-        return False
-
-
-def test_kernels_with_fma_contraction():
-    if not _has_fma():
-        pytest.skip("this CPU has no FMA instructions")
-    env = dict(os.environ, **EMULATED, FASTAT_EMU_CONTRACT="1")
-    # the exact ops' value tests (the path and bookkeeping tests do not depend on rounding)
-    keep = "matches_reference or random_cases or quantiles or ties or inf or one_half or philox or grid_stride"
-    res = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "cuda and not slow", "-k", keep,
-                GPU_TESTS], env)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+def test_the_default_build_contracts_like_nvcc(monkeypatch):
+    """The emulated run is the FMA-contraction check (see the module docstring): on a CPU with FMA instructions the
+    default build fuses a*b+c as nvcc does; FASTAT_EMU_CONTRACT=0 turns it off, =1 on."""
+    monkeypatch.delenv("FASTAT_EMU_CONTRACT", raising=False)
+    if not emu.cpu_has_fma():
+        pytest.skip("this CPU has no FMA instructions: the default build cannot contract")
+    assert emu.contract_enabled() and {"-ffp-contract=fast", "-mfma"} <= set(emu._flags())
+    monkeypatch.setenv("FASTAT_EMU_CONTRACT", "0")
+    assert not emu.contract_enabled() and "-ffp-contract=off" in emu._flags()
+    monkeypatch.setenv("FASTAT_EMU_CONTRACT", "1")
+    assert emu.contract_enabled()
