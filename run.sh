@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fastat's entry points on a fresh machine.
 #   ./run.sh setup   create .venv, install the dependencies and fastat (builds the C++/CUDA extension), fetch the data
-#   ./run.sh test    the test suite (CPU tests, then the Triton kernels under TRITON_INTERPRET=1 in their own process)
+#   ./run.sh test    the test suite (CPU tests; the emulated CUDA, Triton and AddressSanitizer runs, two at a time)
 #   ./run.sh demo    the main job: catastrophic overfitting and two remedies on Fashion-MNIST, plot + table (scripts/demo.sh)
 #   ./run.sh bench   `fastat bench ops`: each op x backend against pure PyTorch on this machine
 # Environment: VENV (default .venv), PYTHON (default python3), TORCH_SPEC (default torch==2.13.0; on a CUDA machine
@@ -24,17 +24,34 @@ setup() {
 }
 
 run_tests() {
-  # -m "not triton": Triton tests need TRITON_INTERPRET=1 set before triton is imported, so they get their own process.
-  # Run from tests/' parent with the installed package (not the source tree) on the path.
-  "$PY" -m pytest -q -m "not triton" tests "$@"
-  # Without a GPU the CUDA tests skip; all but the GPU-only ones then run once more, small shapes, on the CUDA kernels
-  # and their real binding under the CPU emulator (tests/gpu/_dryrun.py), so a GPU session meets neither test-code
-  # nor binding bugs first.
+  # Run from tests/' parent with the installed package (not the source tree) on the path. Four pytest processes:
+  # 1. the CPU tests, but for the Triton and AddressSanitizer ones;
+  # 2. without a GPU, the CUDA tests but the GPU-only ones once more, small shapes, on the CUDA kernels and their real
+  #    binding under the CPU emulator (tests/gpu/_dryrun.py), so a GPU session meets neither test-code nor binding
+  #    bugs first;
+  # 3. the Triton tests, which need TRITON_INTERPRET=1 set before triton is imported;
+  # 4. the emulated kernel tests rebuilt under AddressSanitizer (tests/cuda_emu/test_build_variants.py).
+  # 2 and 3-then-4 run side by side (each is one process that keeps one core busy; together about 3 minutes less on 2
+  # cores); the second pair's output is printed when it ends, and any failure fails the whole.
+  "$PY" -m pytest -q -m "not triton and not sanitizer" tests "$@"
+  local log rc=0
+  log=$(mktemp)
+  {
+    TRITON_INTERPRET=1 FASTAT_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -m triton tests "$@" || {
+      r=$?; [ "$r" -eq 5 ] && echo "run.sh: no Triton tests collected" || exit "$r"; }
+    "$PY" -m pytest -q -m sanitizer tests/cuda_emu "$@" || {
+      r=$?; [ "$r" -eq 5 ] && echo "run.sh: no AddressSanitizer tests collected" || exit "$r"; }
+  } > "$log" 2>&1 &
+  local side=$!
   if "$PY" -c "import sys, torch; sys.exit(1 if torch.cuda.is_available() else 0)"; then
-    FASTAT_CUDA_TESTS_ON_CPU=emu FASTAT_CUDA_TEST_SHAPES=sanitizer "$PY" -m pytest -q -m cuda tests/gpu "$@"
+    FASTAT_CUDA_TESTS_ON_CPU=emu FASTAT_CUDA_TEST_SHAPES=sanitizer "$PY" -m pytest -q -m cuda tests/gpu "$@" || rc=$?
   fi
-  TRITON_INTERPRET=1 FASTAT_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -m triton tests "$@" || {
-    rc=$?; [ "$rc" -eq 5 ] && echo "run.sh: no Triton tests collected" || exit "$rc"; }
+  local side_rc=0
+  wait "$side" || side_rc=$?
+  echo "run.sh: the Triton tests, then the AddressSanitizer rerun (run beside the emulated tests):"
+  cat "$log"; rm -f "$log"
+  [ "$rc" -ne 0 ] && return "$rc"
+  return "$side_rc"
 }
 
 case "${1:-}" in

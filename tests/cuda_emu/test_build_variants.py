@@ -20,6 +20,7 @@ import pytest
 from . import emulator as emu
 
 pytestmark = [pytest.mark.emulated, pytest.mark.slow]
+sanitizer = pytest.mark.sanitizer  # `./run.sh test` runs these in their own process, beside the emulated run
 
 GPU_TESTS = str(emu.ROOT / "tests" / "gpu")
 EMULATED = {"FASTAT_CUDA_TESTS_ON_CPU": "emu", "FASTAT_CUDA_TEST_SHAPES": "sanitizer"}
@@ -59,6 +60,7 @@ ASAN_FILES = ("test_emulated_launch_paths.py", "test_cuda_sample_table.py", "tes
               "test_cuda_ops.py::test_out_of_range_index_and_offsets_are_clamped_never_crash")
 
 
+@sanitizer
 def test_kernels_under_address_sanitizer():
     # the kernel-case files but the benchmark sizes, and of the sample-table sweep only two variants (memory safety
     # does not depend on the values: the other variants take the same paths), to keep CI short
@@ -81,6 +83,7 @@ print("no report")
 """
 
 
+@sanitizer
 def test_address_sanitizer_reports_an_out_of_bounds_read():
     res = _run(["-c", _OOB], _asan_env(), timeout=600)
     assert "heap-buffer-overflow" in res.stderr and "READ of size 4" in res.stderr and "global_overread" in res.stderr
