@@ -138,3 +138,18 @@ def test_a_resume_refused_over_a_changed_default_names_it(tmp_path):
     t = Trainer(TrainConfig(method="fgsm", epochs=1, out=str(tmp_path), **cfg))
     with pytest.raises(ConfigError, match=r"eps=0\.2 \(now eps=0\.1\).*the default of eps changed from 0\.2"):
         t.resume()
+
+
+def test_the_dead_model_line_names_a_method_knob_where_it_has_one():
+    """FGSM-PGI's consistency weight kept the atlas's runs at chance at ε = 0.25 (λ = 0 trained): its line says so;
+    a method without such a knob adds nothing."""
+    from fastat.train.recipes import divergence_hint
+
+    kw = dict(epoch=2, reason="clean accuracy 10.4% is at chance level", model="small-cnn", batch_size=64,
+              lr_max=0.05, eps=0.25, epochs=10, eps_warmup=0.0)
+    pgi = build_method("fgsm_pgi", eps=0.25)
+    line = divergence_hint(**kw, method_hint=pgi.divergence_hint())
+    assert "or the consistency weight λ = 10 (--hp lam=1)" in line and "--lr-max 0.025" in line
+    assert build_method("fgsm_pgi", eps=0.25, lam=0.0).divergence_hint() is None
+    assert build_method("fgsm_rs", eps=0.25).divergence_hint() is None
+    assert divergence_hint(**kw) == divergence_hint(**kw, method_hint=None) and "λ" not in divergence_hint(**kw)

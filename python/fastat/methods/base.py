@@ -304,6 +304,11 @@ class Method:
         self.set_hparams(**{k: v for k, v in hparams.items() if k not in self.placement_hparams})
         self._load_state({k: v for k, v in state.items() if k != "hparams"})
 
+    def divergence_hint(self) -> str | None:
+        """A hyper-parameter of this method that can keep a model at chance, for the line a dead run stops with (the
+        trainer names the learning rate and the ε warm-up anyway), or None."""
+        return None
+
     def _state(self) -> dict[str, Any]:
         return {}
 

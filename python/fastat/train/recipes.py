@@ -59,14 +59,16 @@ def default_eps_warmup(dataset: str, model: str | None = None) -> float:
 
 
 def divergence_hint(*, epoch: int, reason: str, model: str, batch_size: int, lr_max: float, eps: float, epochs: int,
-                    eps_warmup: float) -> str:
-    """The one line a dead run stops with: what was seen, the likely cause, and the recipe flags to change."""
+                    eps_warmup: float, method_hint: str | None = None) -> str:
+    """The one line a dead run stops with: what was seen, the likely cause, and the recipe flags to change
+    (``method_hint``: the method's own knob, `Method.divergence_hint`)."""
     k = eps * 255
     shown = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
     if eps_warmup:
         cause, warm = f"eps {shown} reached too soon (warmed up over {eps_warmup:g} epochs)", "a longer --eps-warmup"
     else:
         cause, warm = f"the full eps {shown} from scratch", f"--eps-warmup {max(1, epochs // 5)}"
+    own = f", or {method_hint}" if method_hint else ""
     return (f"fastat train: stopped at epoch {epoch}, the model is dead: {reason}. Likely cause: a learning rate too "
-            f"high for {model} at batch {batch_size} (--lr-max {lr_max:g}), or {cause}; try --lr-max {lr_max / 2:g} "
-            f"or {warm} (--on-diverge log trains on)")
+            f"high for {model} at batch {batch_size} (--lr-max {lr_max:g}), or {cause}{own}; try --lr-max "
+            f"{lr_max / 2:g} or {warm} (--on-diverge log trains on)")

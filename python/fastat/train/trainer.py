@@ -309,7 +309,7 @@ class Trainer:
                 self.stopped = dead
                 self.say(divergence_hint(epoch=epoch, reason=dead, model=self.model_name, batch_size=cfg.batch_size,
                                          lr_max=self.lr_max, eps=cfg.eps, epochs=cfg.epochs,
-                                         eps_warmup=self.eps_warmup))
+                                         eps_warmup=self.eps_warmup, method_hint=self.method.divergence_hint()))
                 self._log({"event": "diverged", "at_epoch": epoch, "reason": dead})
                 break
             if co and cfg.on_co == "stop":
