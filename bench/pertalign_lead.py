@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "docs" / "results"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timing-steps", type=int, default=40, help="training steps timed per setting (0: skip)")
+    p.add_argument("--ratio", type=float, default=0.5, help="the relative rule's fraction (`--pertalign-ratio`)")
     p.add_argument("--atlas-flags", default="", help="the atlas's own flags when its runs used other settings than "
                                                      "its defaults (e.g. \"--subset 128 --epochs 1\")")
     args = p.parse_args(argv)
@@ -81,22 +82,31 @@ def _epochs(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("event") == "epoch"]
 
 
-RELATIVE = 0.5  # the relative rule read off the first ε = 0.25 runs: CO once PertAlign < RELATIVE × its best so far
+ABSOLUTE = 0.2  # the first rule fastat's PertAlign check had (`--co-drop`'s default): CO at a fall of this much
 KEEP = "<!-- written by hand below this line: pertalign_lead.py keeps it when it rewrites the page -->"
 
 
-def relative_flags(values: list[float | None], ratio: float = RELATIVE) -> list[int]:
-    """Epochs (from 1) at which PertAlign is below ``ratio`` × the best of the epochs before it: the scale-free rule
-    the first runs suggested (a cosine's level depends on the method), evaluated post hoc, not a detector fastat
-    runs."""
-    flags, best = [], None
+def replay(values: list[float | None], is_co) -> list[int]:
+    """Epochs (from 1) a PertAlign check flags, replayed on an epoch series as `PertAlignDetector.after_epoch` runs
+    it: ``is_co(value, best)`` with ``best`` the best earlier epoch that was not flagged. Both rules are computed
+    from the same numbers, however the run itself was configured."""
+    flags, best = [], -math.inf
     for epoch, v in enumerate(values, start=1):
-        if v is None:
+        if v is None or not math.isfinite(v):
             continue
-        if best is not None and best > 0 and v < ratio * best:
+        if is_co(v, best):
             flags.append(epoch)
-        best = v if best is None else max(best, v)
+        else:
+            best = max(best, v)
     return flags
+
+
+def rules(ratio: float) -> dict[str, Any]:
+    """The two PertAlign rules: the absolute fall it started with and fastat's relative one (`relative_fall`)."""
+    from fastat.train.monitor import relative_fall
+
+    return {"absolute": lambda v, best: math.isfinite(best) and v < best - ABSOLUTE,
+            "relative": lambda v, best: relative_fall(v, best, ratio)}
 
 
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -106,16 +116,14 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
         mine = _epochs(Path(args.out) / f"eps{eps:g}" / f"{method}-s{seed}" / "metrics.jsonl")
         same = all(math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-5) for a, b in zip(atlas, mine))
         pgd_flag = next((r["epoch"] for r in atlas if r.get("co")), None)
-        pa_flag = next((r["epoch"] for r in mine if r.get("co")), None)
-        rel = relative_flags([r.get("pertalign") for r in mine])
-        out.append({"method": method, "eps": eps, "seed": seed, "same_trajectory": same and len(atlas) == len(mine),
-                    "relative_flags": rel,
-                    "relative_lead_epochs": None if pgd_flag is None or not rel else pgd_flag - rel[0],
-                    "pgd_check_first_co": pgd_flag, "pertalign_first_co": pa_flag,
-                    "lead_epochs": None if pgd_flag is None or pa_flag is None else pgd_flag - pa_flag,
-                    "pertalign_flags": [r["epoch"] for r in mine if r.get("co")],
-                    "pgd_check_flags": [r["epoch"] for r in atlas if r.get("co")],
-                    "pertalign": [r.get("pertalign") for r in mine], "pgd20": [r["pgd_acc"] for r in atlas],
+        values = [r.get("pertalign") for r in mine]
+        row = {"method": method, "eps": eps, "seed": seed, "same_trajectory": same and len(atlas) == len(mine),
+               "pgd_check_first_co": pgd_flag, "pgd_check_flags": [r["epoch"] for r in atlas if r.get("co")]}
+        for rule, is_co in rules(args.ratio).items():
+            flags = replay(values, is_co)
+            row[f"{rule}_flags"] = flags
+            row[f"{rule}_lead_epochs"] = None if pgd_flag is None or not flags else pgd_flag - flags[0]
+        out.append({**row, "pertalign": values, "pgd20": [r["pgd_acc"] for r in atlas],
                     "clean": [r["clean_acc"] for r in atlas]})
     return out
 
@@ -168,19 +176,24 @@ def main(argv: list[str] | None = None) -> int:
              f"--cells {','.join(f'{m}:{e:g}:{s}' for m, e, s in args.cells)}`. Each run is the CO atlas's "
              "(co_atlas.md: same settings and seed) trained again with `--co-check pertalign --on-co log`; the PGD "
              "check's flags are the atlas run's (PGD-10 on 256 test images, CO at a fall of more than `--co-drop` "
-             "below its best); PertAlign's: the epoch's mean cosine between the attack's and the training loss's "
-             "input gradients falling more than `--co-drop` below its best epoch.", "",
-             f"The relative rule (a hypothesis, computed from the same numbers, not run by fastat): CO once PertAlign "
-             f"falls below {RELATIVE:g} × its best earlier epoch.", "",
-             "| run | same trajectory | PGD check flags | PertAlign flags | lead (epochs) | relative rule flags | "
-             "lead (epochs) | PertAlign by epoch | PGD-20 % by epoch |", "|---|---|---|---|---|---|---|---|---|"]
+             "below its best). PertAlign, the epoch's mean cosine between the attack's and the training loss's input "
+             "gradients, is judged by two rules replayed on the same numbers: fastat's (`--pertalign-ratio`: CO "
+             f"once it falls below {args.ratio:g} × its best earlier epoch) and the absolute fall of "
+             f"{ABSOLUTE:g} below its best it started with. Lead: the PGD check's first flag minus the rule's.", "",
+             f"| run | same trajectory | PGD check flags | relative ({args.ratio:g} × best) flags | lead (epochs) | "
+             f"absolute (best − {ABSOLUTE:g}) flags | lead (epochs) | PertAlign by epoch | PGD-20 % by epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def lead(v: int | None) -> str:
+        return "–" if v is None else str(v)
+
     for r in runs:
         pa = " ".join("–" if v is None else f"{v:.2f}" for v in r["pertalign"])
         pgd = " ".join(f"{100 * v:.0f}" for v in r["pgd20"])
         lines.append(f"| {r['method']} ε={r['eps']:g} s{r['seed']} | {'yes' if r['same_trajectory'] else 'no'} | "
-                     f"{r['pgd_check_flags'] or 'none'} | {r['pertalign_flags'] or 'none'} | "
-                     f"{'–' if r['lead_epochs'] is None else r['lead_epochs']} | {r['relative_flags'] or 'none'} | "
-                     f"{'–' if r['relative_lead_epochs'] is None else r['relative_lead_epochs']} | {pa} | {pgd} |")
+                     f"{r['pgd_check_flags'] or 'none'} | {r['relative_flags'] or 'none'} | "
+                     f"{lead(r['relative_lead_epochs'])} | {r['absolute_flags'] or 'none'} | "
+                     f"{lead(r['absolute_lead_epochs'])} | {pa} | {pgd} |")
     if cost:
         lines += ["", f"Step cost ({cost['method']}, batch {cost['batch']}, {cost['steps_each']} steps each, "
                       f"alternating): {1e3 * cost['median_s_without']:.1f} ms without, "

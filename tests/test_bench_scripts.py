@@ -188,7 +188,7 @@ def test_pertalign_lead_retraces_an_atlas_run(tmp_path, capsys):
     (run,) = doc["runs"]
     assert run["same_trajectory"] and len(run["pertalign"]) == 2 and doc["step_cost"]["median_s_with"] > 0
     page = tmp_path / "res" / "pertalign.md"
-    assert "| fgsm ε=0.2 s0 | yes |" in page.read_text() and isinstance(run["relative_flags"], list)
+    assert "| fgsm ε=0.2 s0 | yes |" in page.read_text() and isinstance(run["relative_flags"], list) and "absolute_flags" in run
     # a reading written by hand below the marker survives the next rewrite (the runs are reused, nothing retrains)
     page.write_text(page.read_text() + "\n## Reading\n\nby hand\n")
     assert lead.main(["--cells", "fgsm:0.2:0", "--runs", runs, "--out", str(tmp_path / "pa"), "--workers", "1",
@@ -197,7 +197,11 @@ def test_pertalign_lead_retraces_an_atlas_run(tmp_path, capsys):
     assert text.endswith("\n## Reading\n\nby hand\n") and text.count(lead.KEEP) == 1 and "Step cost" not in text
 
 
-def test_relative_rule_flags_a_fall_below_half_the_best_earlier_epoch():
+def test_the_two_pertalign_rules_replayed_on_an_epoch_series():
     lead = _load("pertalign_lead")
-    assert lead.relative_flags([0.06, 0.33, 0.27, 0.18, 0.16, None, 0.2]) == [5]
-    assert lead.relative_flags([0.87, 0.80, 0.63]) == [] and lead.relative_flags([-0.1, -0.3, 0.2]) == []
+    relative, absolute = lead.rules(0.5)["relative"], lead.rules(0.5)["absolute"]
+    assert lead.replay([0.06, 0.33, 0.27, 0.18, 0.16, None, 0.2], relative) == [5]
+    assert lead.replay([0.87, 0.80, 0.63], relative) == [] and lead.replay([-0.1, -0.3, 0.2], relative) == []
+    # the absolute fall flags a high level drifting down and cannot see a collapse from a low one; the ratio the reverse
+    assert lead.replay([0.87, 0.80, 0.63], absolute) == [3] and lead.replay([0.2, 0.05, 0.01], absolute) == []
+    assert lead.replay([0.2, 0.05, 0.01], relative) == [2, 3]

@@ -49,13 +49,18 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fastat.cli_reference", description="Write the CLI reference "
+                                "(docs/cli.md) from fastat's argparse parsers.")
+    p.add_argument("out", nargs="?", help="the file to write (default: print it)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     text = render()
-    if not args:
+    if args.out is None:
         print(text)
         return 0
-    Path(args[0]).write_text(text)
-    print(f"wrote {args[0]}")
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -17,8 +17,8 @@ TINY = dict(dataset="fashion-mnist", eps=0.2, subset=128, batch_size=64, device=
             progress=False, plot=False, lr_max=0.05, on_diverge="log")
 
 
-def test_pertalign_detector_averages_each_epoch_and_flags_a_fall_below_its_best():
-    det = PertAlignDetector(drop=0.2)
+def test_pertalign_detector_averages_each_epoch_and_flags_a_fall_below_half_its_best():
+    det = PertAlignDetector(ratio=0.5)
     g = torch.randn(4, 1, 3, 3)
     other = torch.randn(4, 1, 3, 3)
 
@@ -30,10 +30,12 @@ def test_pertalign_detector_averages_each_epoch_and_flags_a_fall_below_its_best(
     assert epoch([(g, g), (g, g)]) == (pytest.approx(1.0), False)  # aligned: cos 1
     mixed = float(torch.nn.functional.cosine_similarity(g.flatten(1), other.flatten(1)).mean())
     value, co = epoch([(g, g), (g, other)])
-    assert value == pytest.approx((1 + mixed) / 2) and co == ((1 + mixed) / 2 < 0.8)
+    assert value == pytest.approx((1 + mixed) / 2) and co == ((1 + mixed) / 2 < 0.5)
+    value, co = epoch([(g, g), (g, g), (g, -g)])
+    assert value == pytest.approx(1 / 3) and co  # below half the best (1)
     value, co = epoch([(g, -g)])
-    assert value == pytest.approx(-1.0) and co  # 2 below the best
-    assert det.best == pytest.approx(max(1.0, 1.0)) and len(det.history) == 3
+    assert value == pytest.approx(-1.0) and co
+    assert det.best == pytest.approx(1.0) and len(det.history) == 4
     det.after_rollback()  # the restored epoch's value becomes the reference (here the collapsed one, as a check)
     assert det.best == pytest.approx(-1.0)
     value, co = epoch([(torch.zeros_like(g), g)])  # zero gradients: nothing to average
@@ -41,7 +43,7 @@ def test_pertalign_detector_averages_each_epoch_and_flags_a_fall_below_its_best(
     state = det.state_dict()
     fresh = PertAlignDetector()
     fresh.load_state_dict(state)
-    assert fresh.best == det.best and fresh.history[:3] == det.history[:3]
+    assert fresh.best == det.best and fresh.history[:4] == det.history[:4]
 
 
 def test_the_trainer_hands_over_the_training_loss_input_gradient(monkeypatch):

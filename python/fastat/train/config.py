@@ -139,8 +139,9 @@ class TrainConfig:
     eval_restarts: int = option(1, "PGD restarts of the per-epoch evaluation")
     co_batch: int = option(256, "test images of the catastrophic-overfitting check")
     co_steps: int = option(10, "PGD steps of the catastrophic-overfitting check")
-    co_drop: float = option(0.2, "CO when the check's PGD accuracy (or PertAlign) falls this much (absolute) below "
-                            "its best")
+    co_drop: float = option(0.2, "CO when the check's PGD accuracy falls this much (absolute) below its best")
+    pertalign_ratio: float = option(0.5, "--co-check pertalign: CO when the epoch's PertAlign falls below this "
+                                    "fraction of its best epoch's (its level depends on the method)")
     co_check: str = option("test", "the CO check: PGD on a fixed test batch vs its best (test), WONG's --early-stop "
                            "check, PGD on the epoch's first training batch in train mode vs the previous epoch (wong; "
                            "WONG uses --co-steps 5), or SORA's PertAlign, the cosine between the attack's and the "
@@ -270,7 +271,8 @@ class TrainConfig:
         if self.on_co == "rollback" and self.out is None:
             raise ConfigError("argument 'on_co' = 'rollback' needs 'out' (a run folder for the checkpoint it rolls "
                               "back to)")
-        for name, lo, hi in (("co_drop", 0.0, 1.0), ("q_step", 0.0, 1.0), ("alpha_factor", 0.0, 1.0)):
+        for name, lo, hi in (("co_drop", 0.0, 1.0), ("pertalign_ratio", 0.0, 1.0), ("q_step", 0.0, 1.0),
+                             ("alpha_factor", 0.0, 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
                 raise ConfigError(f"argument '{name}' must be in ({lo:g}, {hi:g}], got {v!r}")
