@@ -506,6 +506,16 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
             "commit": commit}
 
 
+KEEP = "<!-- written by hand below this line: the script keeps it when it rewrites the page -->"
+
+
+def write_keeping(page: Path, text: str) -> None:
+    """Write a results page: ``text``, then the marker `KEEP` and whatever a person wrote below it last time."""
+    old = page.read_text() if page.is_file() else ""
+    kept = old.split(KEEP, 1)[1] if KEEP in old else "\n"
+    page.write_text(text.rstrip("\n") + "\n\n" + KEEP + kept)
+
+
 def report(args: argparse.Namespace) -> dict[str, Any]:
     cells, env = collect(args), environment(args)
     results = Path(args.results)
@@ -513,7 +523,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     doc = {"env": env, "settings": {k: v for k, v in vars(args).items() if k not in ("yardstick",)},
            "method_settings": METHOD_SETTINGS, "cells": cells, "headline": headline(args, cells)}
     (results / "co_atlas.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    (results / "co_atlas.md").write_text(markdown(args, cells, env))
+    write_keeping(results / "co_atlas.md", markdown(args, cells, env))
     heatmap(args, cells, results / "co_atlas.png", env)
     return doc
 

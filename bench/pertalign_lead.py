@@ -83,7 +83,6 @@ def _epochs(path: Path) -> list[dict[str, Any]]:
 
 
 ABSOLUTE = 0.2  # the first rule fastat's PertAlign check had (`--co-drop`'s default): CO at a fall of this much
-KEEP = "<!-- written by hand below this line: pertalign_lead.py keeps it when it rewrites the page -->"
 
 
 def replay(values: list[float | None], is_co) -> list[int]:
@@ -198,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"Step cost ({cost['method']}, batch {cost['batch']}, {cost['steps_each']} steps each, "
                       f"alternating): {1e3 * cost['median_s_without']:.1f} ms without, "
                       f"{1e3 * cost['median_s_with']:.1f} ms with the hand-over ({100 * cost['overhead']:+.1f} %)."]
-    page = res / "pertalign.md"
-    kept = page.read_text().split(KEEP, 1)[1] if page.is_file() and KEEP in page.read_text() else "\n"
-    lines += ["", KEEP]
-    page.write_text("\n".join(lines) + kept)
+    co_atlas.write_keeping(res / "pertalign.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 
