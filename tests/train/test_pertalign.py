@@ -109,3 +109,12 @@ def test_nuat_training_loss_is_the_clean_one(monkeypatch):
     monkeypatch.setattr(NuAT, "train_loss", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     fit(method="nuat", epochs=1, **TINY)
     assert len(calls) == 2  # both batches of the epoch
+
+
+def test_each_co_check_names_its_number_in_the_co_messages():
+    """The CO lines name the check's number by the detector's own label, so a new detector needs no change there."""
+    from fastat.train.co_response import check_text
+    from fastat.train.monitor import CO_CHECKS
+
+    assert {name: check_text(cls, 0.25) for name, cls in CO_CHECKS.items()} == {
+        "test": "check PGD acc 0.250", "wong": "check PGD acc 0.250", "pertalign": "PertAlign 0.250"}

@@ -23,8 +23,8 @@ def strengthen(method: Any, *, q_step: float = 0.1, alpha_factor: float = 0.8) -
 
 
 def check_text(monitor: Any, value: float) -> str:
-    """The CO check's number as the CO messages print it."""
-    return f"check PGD acc {value:.3f}" if monitor.metric == "co_pgd_acc" else f"PertAlign {value:.3f}"
+    """The CO check's number as the CO messages print it, named by the detector (its ``label``)."""
+    return f"{monitor.label} {value:.3f}"
 
 
 def roll_back(trainer: Any, epoch: int, co_acc: float) -> bool:

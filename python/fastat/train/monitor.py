@@ -91,6 +91,7 @@ class COMonitor:
     needs_first_batch: ClassVar[bool] = False
     needs_train_grad: ClassVar[bool] = False
     metric: ClassVar[str] = "co_pgd_acc"  # the metrics row's name for the check's number
+    label: ClassVar[str] = "check PGD acc"  # what the CO messages call it (`co_response.check_text`)
 
     @classmethod
     def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> COMonitor:
@@ -173,6 +174,7 @@ class WongCODetector:
     needs_first_batch: ClassVar[bool] = True
     needs_train_grad: ClassVar[bool] = False
     metric: ClassVar[str] = "co_pgd_acc"
+    label: ClassVar[str] = "check PGD acc"
 
     @classmethod
     def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> WongCODetector:
@@ -267,6 +269,7 @@ class PertAlignDetector:
     needs_first_batch: ClassVar[bool] = False
     needs_train_grad: ClassVar[bool] = True
     metric: ClassVar[str] = "pertalign"
+    label: ClassVar[str] = "PertAlign"
 
     @classmethod
     def from_config(cls, cfg: Any, x_eval: Tensor, y_eval: Tensor) -> PertAlignDetector:
@@ -323,7 +326,7 @@ def relative_fall(value: float, best: float, ratio: float) -> bool:
 
 
 # `--co-check` NAME -> detector class (each with `from_config`, `after_epoch`, `after_rollback`, `needs_first_batch`,
-# `needs_train_grad`, `metric`, state_dict); a new CO detector is one class here and its entry in this table
+# `needs_train_grad`, `metric`, `label`, state_dict); a new CO detector is one class here and its entry in this table
 CO_CHECKS: dict[str, Any] = {"test": COMonitor, "wong": WongCODetector, "pertalign": PertAlignDetector}
 
 
