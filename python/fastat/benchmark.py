@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import inspect
 import json
 import math
 import statistics
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .ops import _dispatch, reference
-from .ops._schemas import HOT_PATHS, SCHEMAS
+from .ops._schemas import HOT_PATHS
 from .ops._specs import SPECS
 
 CUDA_SHAPES = ((512, 3072), (128, 3072), (64, 150528))
@@ -92,11 +93,10 @@ def _cuda_events(fn, reps: int) -> tuple[float, float, float]:
 
 
 def _grad_position(op: str) -> int:
-    """Where ``op``'s per-batch tensor sits in its schema, hence in a sample's args: the gradient (``grad``, or
-    MultiGrad's ``grads``), else ``x`` (``atas_gather``). The copy floor is that tensor's clone, not one of a
-    whole-data-set buffer's."""
-    params = SCHEMAS[op].split("(", 1)[1].rsplit(") ->", 1)[0].split(",")
-    names = [p.split("=")[0].split()[-1] for p in params if p.strip() != "*"]
+    """Where ``op``'s per-batch tensor sits in its arguments (the reference's signature, which a test keeps equal to
+    the schema), hence in a sample's args: the gradient (``grad``, or MultiGrad's ``grads``), else ``x``
+    (``atas_gather``). The copy floor is that tensor's clone, not one of a whole-data-set buffer's."""
+    names = list(inspect.signature(getattr(reference, op)).parameters)
     for wanted in (("grad", "grads"), ("x",)):
         for i, name in enumerate(names):
             if name in wanted:
