@@ -142,13 +142,13 @@ def test_co_atlas_smoke_resume_and_yardstick(tmp_path, capsys):
     doc = json.loads((tmp_path / "res" / "co_atlas.json").read_text())
     fgsm = doc["cells"]["fgsm@0.2"]
     assert len(fgsm["fastat"]) == 1 and 0 <= fgsm["fastat"][0]["final_pgd50"] <= 100
-    assert len(fgsm["yardstick"]) == (1 if yardstick.is_file() else 0)
+    assert len(fgsm["yardstick"]) == len(fgsm["yardstick_box"]) == (1 if yardstick.is_file() else 0)
     assert doc["cells"]["apart@0.2"]["yardstick"] == []  # the yardstick has no APART
     page = (tmp_path / "res" / "co_atlas.md").read_text()
     assert "| fgsm | 0.2 |" in page and "python bench/co_atlas.py" in page and (tmp_path / "res" / "co_atlas.png").is_file()
     capsys.readouterr()
     assert atlas.main(argv) == 0
-    assert capsys.readouterr().out.count("finished before") == (3 if yardstick.is_file() else 2)
+    assert capsys.readouterr().out.count("finished before") == (4 if yardstick.is_file() else 2)
     with pytest.raises(SystemExit):
         atlas.parse_args(["--methods", "nope"])
 
@@ -164,8 +164,11 @@ def test_co_atlas_plan_seeds():
     seeds = lambda kind, eps: sorted({t.seed for t in tasks if t.kind == kind and t.eps == eps})  # noqa: E731
     assert seeds("fastat", 0.25) == [0, 1, 2] and seeds("fastat", 0.1) == [0, 1]
     assert seeds("yardstick", 0.25) == [0, 1, 2] and seeds("yardstick", 0.1) == [0]
-    assert all(t.method == "fgsm" for t in tasks if t.kind == "yardstick")  # the yardstick has no APART
-    assert [t.eps for t in tasks[:9]] == [0.25] * 9  # 3 seeds × (fgsm, apart) + 3 yardstick fgsm
+    assert seeds("yardstick_box", 0.25) == [0, 1, 2] and seeds("yardstick_box", 0.1) == [0]
+    assert all(t.method == "fgsm" for t in tasks if t.kind != "fastat")  # the yardstick has no APART
+    assert [t.eps for t in tasks[:12]] == [0.25] * 12  # 3 seeds × (fgsm, apart) + 3 yardstick fgsm, as written and boxed
+    args = atlas.parse_args(["--methods", "atas", "--eps", "0.25", "--yardstick", __file__])
+    assert {t.kind for t in atlas.plan(args)} == {"fastat", "yardstick"}  # the script's ATAS is a different method
     args = atlas.parse_args(["--methods", "fgsm,pgd", "--eps", "0.1,0.2", "--demo-eps", "0.3", "--no-yardstick"])
     order = [(t.method, t.eps, t.seed) for t in atlas.plan(args)]  # seed 0: the cheap methods at every ε first
     assert order == [("fgsm", 0.1, 0), ("fgsm", 0.2, 0), ("pgd", 0.1, 0), ("pgd", 0.2, 0),
@@ -205,3 +208,23 @@ def test_the_two_pertalign_rules_replayed_on_an_epoch_series():
     # the absolute fall flags a high level drifting down and cannot see a collapse from a low one; the ratio the reverse
     assert lead.replay([0.87, 0.80, 0.63], absolute) == [3] and lead.replay([0.2, 0.05, 0.01], absolute) == []
     assert lead.replay([0.2, 0.05, 0.01], relative) == [2, 3]
+
+
+def test_yardstick_box_patches_every_anchor_once_and_keeps_the_random_draws(tmp_path):
+    """bench/yardstick_box.py on the real yardstick: every patched line found exactly once, the result compiles, takes
+    the same random draws (same number of torch.rand_like / randperm calls, same order) and projects onto the box
+    where the script as written does not; a script that changed fails with the line that moved."""
+    box = _load("yardstick_box")
+    atlas = _load("co_atlas")
+    yardstick = Path(atlas.YARDSTICK_PATH)
+    if not yardstick.is_file():
+        pytest.skip("the yardstick (../shared/reference/fmnist_co_sweep.py) is not beside this checkout")
+    source = yardstick.read_text()
+    patched = box.write_patched(yardstick, tmp_path / "y.py").read_text()
+    compile(patched, "y.py", "exec")
+    draws = lambda text: [line.count("rand_like") + line.count("randperm") for line in text.splitlines()  # noqa: E731
+                          if "rand_like" in line or "randperm" in line]
+    assert draws(patched) == draws(source)
+    assert patched.count("torch.clamp(x + d, 0, 1) - x") == 5 and patched.count("0, 1) - x).requires_grad_") == 1
+    with pytest.raises(box.PatchError, match="d0 = \\(\\(torch.rand_like\\(xs\\)"):
+        box.patch(source.replace("d0 = ((torch.rand_like(xs)", "d0 = ((torch.randn_like(xs)"))

@@ -86,7 +86,7 @@ def test_the_trainer_takes_the_official_step(method, alpha, noise, clip_eps, mon
         theirs = plain.state_dict()
         for name, mine in trainer.model.state_dict().items():  # weights, BN running mean/var and batch counts
             torch.testing.assert_close(mine, theirs[name], rtol=1e-5, atol=1e-6,
-                                       msg=lambda m: f"step {len(compared)}, {name}: {m}")
+                                       msg=lambda m, name=name: f"step {len(compared)}, {name}: {m}")
         compared.append(y.shape[0])
         return out
 
