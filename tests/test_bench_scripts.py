@@ -228,3 +228,15 @@ def test_yardstick_box_patches_every_anchor_once_and_keeps_the_random_draws(tmp_
     assert patched.count("torch.clamp(x + d, 0, 1) - x") == 5 and patched.count("0, 1) - x).requires_grad_") == 1
     with pytest.raises(box.PatchError, match="d0 = \\(\\(torch.rand_like\\(xs\\)"):
         box.patch(source.replace("d0 = ((torch.rand_like(xs)", "d0 = ((torch.randn_like(xs)"))
+
+
+def test_trainer_vs_plain_pairs_the_two_loops(tmp_path):
+    """bench/trainer_vs_plain.py on a tiny cell: one pair, both loops timed, the ratio is theirs."""
+    atlas = _load("co_atlas")
+    if not Path(atlas.YARDSTICK_PATH).is_file():
+        pytest.skip("the yardstick (../shared/reference/fmnist_co_sweep.py) is not beside this checkout")
+    bench = _load("trainer_vs_plain")
+    out = tmp_path / "pair.json"
+    assert bench.main(["--epochs", "1", "--pairs", "1", "--subset", "128", "--out", str(out)]) == 0
+    (pair,) = json.loads(out.read_text())["pairs"]
+    assert pair["fastat"] > 0 and pair["plain"] > 0 and pair["ratio"] == pytest.approx(pair["fastat"] / pair["plain"])
