@@ -29,7 +29,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench")]
-import co_atlas  # noqa: E402  (the atlas's settings, run folders and environment line)
+import co_atlas  # noqa: E402  (the atlas's settings and run folders)
+import co_atlas_report  # noqa: E402  (the environment line and the page writer)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("done", folder, flush=True)
     runs = compare(args)
     cost = step_cost(args) if args.timing_steps else None
-    env = co_atlas.environment(args.atlas)
+    env = co_atlas_report.environment(args.atlas)
     doc = {"env": env, "date": datetime.date.today().isoformat(), "runs": runs, "step_cost": cost}
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"Step cost ({cost['method']}, batch {cost['batch']}, {cost['steps_each']} steps each, "
                       f"alternating): {1e3 * cost['median_s_without']:.1f} ms without, "
                       f"{1e3 * cost['median_s_with']:.1f} ms with the hand-over ({100 * cost['overhead']:+.1f} %)."]
-    co_atlas.write_keeping(res / "pertalign.md", "\n".join(lines))
+    co_atlas_report.write_keeping(res / "pertalign.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench")]
 import co_atlas  # noqa: E402  (the atlas's cell settings and the yardstick's method names)
+import co_atlas_report  # noqa: E402  (the environment line)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(p['plain'] for p in pairs):.2f} s/epoch; {args.threads} thread(s))")
     if args.out:
         Path(args.out).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "child"},
-                                              "env": co_atlas.environment(_atlas_args(args)), "pairs": pairs,
+                                              "env": co_atlas_report.environment(_atlas_args(args)), "pairs": pairs,
                                               "median_ratio": ratio}, indent=1) + "\n")
     return 0
 
