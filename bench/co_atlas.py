@@ -214,20 +214,8 @@ def run_task(args: argparse.Namespace, task: Task) -> tuple[Task, str]:
         if out.is_file():
             return task, "finished before"
         folder.mkdir(parents=True, exist_ok=True)
-        name, alpha_mult, extra = YARDSTICK[task.method]
-        spec = f"{name}:{task.eps:g}:{alpha_mult:g}" + ("" if extra is None else f":{extra:g}")
-        env = {**os.environ, "DEV": "cpu" if args.device == "cpu" else "cuda", "MODEL": "small" if
-               args.model == "small-cnn" else "prn18", "B": str(args.batch_size), "LR": str(args.lr_max),
-               "EVAL_N": str(args.eval_n), "SEED": str(task.seed), "OUT": str(folder),
-               "OMP_NUM_THREADS": str(args.threads)}
-        if args.subset:
-            env["N"] = str(args.subset)
-        from fastat.data.datasets import default_fashion_mnist_root
-
-        env.setdefault("FMNIST_ROOT", str(default_fashion_mnist_root()))
-        script = args.yardstick if task.kind == "yardstick" else box_script(args)
-        proc = subprocess.run([sys.executable, str(script), str(args.epochs), spec], env=env, text=True,
-                              capture_output=True)
+        cmd, env = yardstick_call(args, task, folder)
+        proc = subprocess.run(cmd, env=env, text=True, capture_output=True)
         if proc.returncode:
             return task, f"yardstick failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[-1]}"
         (result,) = json.loads(out.read_text())
@@ -235,6 +223,26 @@ def run_task(args: argparse.Namespace, task: Task) -> tuple[Task, str]:
         return task, f"{time.perf_counter() - t0:.0f} s, last epoch {clean:.1f} / {pgd:.1f} %"
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the atlas
         return task, f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def yardstick_call(args: argparse.Namespace, task: Task, out: Path,
+                   base_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The yardstick's command line and environment for ``task`` (kind "yardstick" or "yardstick_box") on the
+    atlas's cell ``args``, writing its co_fmnist.json to ``out``; ``base_env`` (default: this process's) is
+    extended."""
+    from fastat.data.datasets import default_fashion_mnist_root
+
+    name, alpha_mult, extra = YARDSTICK[task.method]
+    spec = f"{name}:{task.eps:g}:{alpha_mult:g}" + ("" if extra is None else f":{extra:g}")
+    env = {**(os.environ if base_env is None else base_env), "DEV": "cpu" if args.device == "cpu" else "cuda",
+           "MODEL": "small" if args.model == "small-cnn" else "prn18", "B": str(args.batch_size),
+           "LR": str(args.lr_max), "EVAL_N": str(args.eval_n), "SEED": str(task.seed), "OUT": str(out),
+           "OMP_NUM_THREADS": str(args.threads)}
+    if args.subset:
+        env["N"] = str(args.subset)
+    env.setdefault("FMNIST_ROOT", str(default_fashion_mnist_root()))
+    script = args.yardstick if task.kind == "yardstick" else box_script(args)
+    return [sys.executable, str(script), str(args.epochs), spec], env
 
 
 def box_script(args: argparse.Namespace) -> Path:

@@ -114,7 +114,7 @@ def headline(args: argparse.Namespace, cells: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _agrees(cell: dict[str, Any], kind: str = "yardstick") -> bool:
+def _agrees(cell: dict[str, Any], kind: str) -> bool:
     """fastat's mean PGD-20 (last epoch) within max(2 std, 5 points) of the yardstick's (``kind``)."""
     f = statistics.fmean(r["pgd20_last_epoch"] for r in cell["fastat"])
     y, s = _mean_std([r["pgd20_last_epoch"] for r in cell[kind]])

@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _atlas_args(args: argparse.Namespace) -> argparse.Namespace:
     # per-epoch evaluation on 50 images: it is not timed, only kept short
-    return co_atlas.parse_args(["--no-yardstick", "--epochs", str(args.epochs), "--subset", str(args.subset),
-                                "--eval-n", "50"])
+    return co_atlas.parse_args(["--epochs", str(args.epochs), "--subset", str(args.subset), "--eval-n", "50",
+                                "--threads", str(args.threads), "--yardstick", args.yardstick])
 
 
 def child(args: argparse.Namespace) -> int:
@@ -75,21 +75,17 @@ def child(args: argparse.Namespace) -> int:
 
 def _fastat(args: argparse.Namespace, env: dict[str, str]) -> float:
     cmd = [sys.executable, __file__, "--child", "--method", args.method, "--eps", str(args.eps), "--epochs",
-           str(args.epochs), "--subset", str(args.subset), "--threads", str(args.threads)]
+           str(args.epochs), "--subset", str(args.subset), "--threads", str(args.threads),
+           "--yardstick", args.yardstick]
     proc = subprocess.run(cmd, env=env, text=True, capture_output=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])["train_s_per_epoch"]
 
 
 def _plain(args: argparse.Namespace, env: dict[str, str]) -> float:
-    from fastat.data.datasets import default_fashion_mnist_root
-
-    name, alpha_mult, extra = co_atlas.YARDSTICK[args.method]
-    spec = f"{name}:{args.eps:g}:{alpha_mult:g}" + ("" if extra is None else f":{extra:g}")
     with tempfile.TemporaryDirectory() as out:
-        env = {**env, "DEV": "cpu", "MODEL": "small", "B": "64", "LR": "0.05", "EVAL_N": "50", "SEED": "0",
-               "N": str(args.subset), "OUT": out, "FMNIST_ROOT": str(default_fashion_mnist_root())}
-        subprocess.run([sys.executable, args.yardstick, str(args.epochs), spec], env=env, text=True,
-                       capture_output=True, check=True)
+        cmd, env = co_atlas.yardstick_call(_atlas_args(args), co_atlas.Task("yardstick", args.method, args.eps, 0),
+                                           Path(out), env)
+        subprocess.run(cmd, env=env, text=True, capture_output=True, check=True)
         (result,) = json.loads((Path(out) / "co_fmnist.json").read_text())
     return result["train_sec"] / args.epochs
 
