@@ -231,7 +231,7 @@ def write_manifest(t: Trainer) -> dict[str, Any]:
         "train_examples": t.loader.num_examples, "steps_per_epoch": len(t.loader),
         "eval_n": int(t.x_eval.shape[0]), "co_check": t.cfg.co_check,
         "co_batch": int(t.monitor.x.shape[0]) if isinstance(t.monitor, COMonitor) else t.cfg.batch_size,
-        "world_size": t.dist.world_size, "device": device, "ops_backend": ops.get_backend(),
+        "world_size": t.dist.world_size, "device": device, "ops_backend": ops.get_backend(), "malloc": t.malloc,
         "versions": {"fastat": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "cuda": torch.version.cuda},
         "started_at_epoch": t.epoch,
