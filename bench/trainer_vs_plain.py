@@ -69,25 +69,25 @@ def child(args: argparse.Namespace) -> int:
         trainer = fit(dataclasses.replace(cfg, out=out, on_diverge="log"))
     rows = [r for r in trainer.history if r.get("event", "epoch") == "epoch"]
     print(json.dumps({"train_s_per_epoch": statistics.fmean(r["train_seconds"] for r in rows),
-                      "epochs": [r["train_seconds"] for r in rows]}))
+                      "epochs": [r["train_seconds"] for r in rows], "malloc": trainer.malloc}))
     return 0
 
 
-def _fastat(args: argparse.Namespace, env: dict[str, str]) -> float:
+def _fastat(args: argparse.Namespace, env: dict[str, str]) -> dict:
     cmd = [sys.executable, __file__, "--child", "--method", args.method, "--eps", str(args.eps), "--epochs",
            str(args.epochs), "--subset", str(args.subset), "--threads", str(args.threads),
            "--yardstick", args.yardstick]
     proc = subprocess.run(cmd, env=env, text=True, capture_output=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])["train_s_per_epoch"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _plain(args: argparse.Namespace, env: dict[str, str]) -> float:
+def _plain(args: argparse.Namespace, env: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd, env = co_atlas.yardstick_call(_atlas_args(args), co_atlas.Task("yardstick", args.method, args.eps, 0),
                                            Path(out), env)
         subprocess.run(cmd, env=env, text=True, capture_output=True, check=True)
         (result,) = json.loads((Path(out) / "co_fmnist.json").read_text())
-    return result["train_sec"] / args.epochs
+    return {"train_s_per_epoch": result["train_sec"] / args.epochs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.pairs):
         order = (_fastat, _plain) if i % 2 == 0 else (_plain, _fastat)
         got = {f.__name__: f(args, env) for f in order}
-        pairs.append({"fastat": got["_fastat"], "plain": got["_plain"], "ratio": got["_fastat"] / got["_plain"]})
-        print(f"pair {i + 1}: fastat {got['_fastat']:.2f} s/epoch, plain loop {got['_plain']:.2f} s/epoch, "
-              f"ratio {pairs[-1]['ratio']:.3f}", flush=True)
+        fastat, plain = got["_fastat"]["train_s_per_epoch"], got["_plain"]["train_s_per_epoch"]
+        pairs.append({"fastat": fastat, "plain": plain, "ratio": fastat / plain,
+                      "fastat_malloc": got["_fastat"]["malloc"]})
+        print(f"pair {i + 1}: fastat {fastat:.2f} s/epoch, plain loop {plain:.2f} s/epoch, "
+              f"ratio {pairs[-1]['ratio']:.3f} (fastat's malloc: {pairs[-1]['fastat_malloc']})", flush=True)
     ratio = statistics.median(p["ratio"] for p in pairs)
     print(f"{args.method} eps={args.eps:g}: fastat / plain loop training time, median of {len(pairs)} pairs: "
           f"{ratio:.3f} (fastat {statistics.median(p['fastat'] for p in pairs):.2f} s/epoch, plain "

@@ -240,3 +240,4 @@ def test_trainer_vs_plain_pairs_the_two_loops(tmp_path):
     assert bench.main(["--epochs", "1", "--pairs", "1", "--subset", "128", "--out", str(out)]) == 0
     (pair,) = json.loads(out.read_text())["pairs"]
     assert pair["fastat"] > 0 and pair["plain"] > 0 and pair["ratio"] == pytest.approx(pair["fastat"] / pair["plain"])
+    assert pair["fastat_malloc"] and isinstance(pair["fastat_malloc"], str)  # what the trainer's allocator did
