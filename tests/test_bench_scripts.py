@@ -241,3 +241,15 @@ def test_trainer_vs_plain_pairs_the_two_loops(tmp_path):
     (pair,) = json.loads(out.read_text())["pairs"]
     assert pair["fastat"] > 0 and pair["plain"] > 0 and pair["ratio"] == pytest.approx(pair["fastat"] / pair["plain"])
     assert pair["fastat_malloc"] and isinstance(pair["fastat_malloc"], str)  # what the trainer's allocator did
+
+
+def test_yardstick_comparison_is_seed_for_seed():
+    """A cell is judged on fastat's runs of the seeds the yardstick ran (the atlas's FGSM ε = 0.2 cell: fastat's seeds
+    0 and 1 end at 21.8 and 3.6 % PGD-20, the yardstick's seed 0 at 19.2 %)."""
+    report = _load("co_atlas_report")
+    run = lambda seed, pgd: {"seed": seed, "pgd20_last_epoch": pgd}  # noqa: E731
+    cell = {"fastat": [run(0, 21.8), run(1, 3.6)], "yardstick_box": [run(0, 19.2)]}
+    assert report._agrees(cell, "yardstick_box") and report._verdict(cell, "yardstick_box") == "yes (seed 0)"
+    cell["yardstick_box"].append(run(1, 20.0))  # both seeds: 12.7 against 19.6 ± 0.6 — more than 5 points apart
+    assert not report._agrees(cell, "yardstick_box") and report._verdict(cell, "yardstick_box") == "**no**"
+    assert not report._agrees({"fastat": [run(1, 3.6)], "yardstick_box": [run(0, 19.2)]}, "yardstick_box")
