@@ -77,7 +77,7 @@ def headline(args: argparse.Namespace, cells: dict[str, Any]) -> list[str]:
     """Five lines for the README: per ε, which methods collapsed and which held, and the yardstick's agreement."""
     lines = []
     for eps in args.eps:
-        held, fell, never, dead = [], [], [], []
+        held, fell, never, dead, some = [], [], [], [], []
         for method in args.methods:
             runs = cells[f"{method}@{eps:g}"]["fastat"]
             if not runs:
@@ -90,12 +90,17 @@ def headline(args: argparse.Namespace, cells: dict[str, Any]) -> list[str]:
                 (fell if co * 2 > len(runs) else never).append((pgd, method, co, len(runs)))
             else:
                 held.append((pgd, method, co, len(runs)))
+                fallen = [r["final_pgd50"] for r in runs if r["co"] and r["final_pgd50"] < 10]
+                if fallen:  # the mean held, but a seed collapsed: CO at the edge of its ε
+                    some.append(f"{method} ({len(fallen)} of {len(runs)} seeds, to {min(fallen):.0f}%)")
         measured = len(held) + len(fell) + len(never) + len(dead)
         if not measured:
             lines.append(f"- ε = {eps:g}: not run yet")
             continue
         part = "" if measured == len(args.methods) else f" ({measured} of {len(args.methods)} methods so far)"
         fell_txt = ", ".join(f"{m} ({c}/{n} CO, {p:.0f}%)" for p, m, c, n in sorted(fell)) or "none"
+        if some:
+            fell_txt += f"; collapsed in some seeds: {', '.join(some)}"
         best = sorted(held, reverse=True)[:3]
         best_txt = ", ".join(f"{m} {p:.0f}%" for p, m, _, _ in best) or "none"
         never_txt = f"; never robust: {', '.join(f'{m} {p:.0f}%' for p, m, _, _ in sorted(never))}" if never else ""
