@@ -14,6 +14,7 @@ import pytest
 from fastat import _malloc
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+_ENV = ("FASTAT_MALLOC", "LD_PRELOAD", *_malloc._USER_KNOBS)  # every variable `_malloc` reads
 
 # 20 FGSM-RS-shaped training steps of the small CNN at batch 64 (after 3 warm-up steps); minor page faults counted
 _LOOP = """
@@ -47,9 +48,15 @@ def _faults(mode: str, env: dict[str, str]) -> dict:
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in _malloc._USER_KNOBS and k not in ("FASTAT_MALLOC", "LD_PRELOAD")}
-    return {**env, **extra}
+    return {**{k: v for k, v in os.environ.items() if k not in _ENV}, **extra}
+
+
+@pytest.fixture
+def clean(monkeypatch):
+    """This process's environment without the variables `_malloc` reads."""
+    for var in _ENV:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
@@ -69,21 +76,16 @@ def test_opt_out_leaves_the_default():
 
 
 @pytest.mark.parametrize("var", _malloc._USER_KNOBS)
-def test_the_users_own_setting_wins(monkeypatch, var):
-    monkeypatch.delenv("FASTAT_MALLOC", raising=False)
-    monkeypatch.setenv(var, "1")
+def test_the_users_own_setting_wins(clean, var):
+    clean.setenv(var, "1")
     assert _malloc._tune() == f"default + the environment's {var}"
 
 
-def test_another_allocator_is_left_alone(monkeypatch):
-    for var in ("FASTAT_MALLOC", *_malloc._USER_KNOBS):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+def test_another_allocator_is_left_alone(clean):
+    clean.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert _malloc._tune() == "jemalloc (LD_PRELOAD)"
 
 
-def test_not_glibc_is_left_alone(monkeypatch):
-    for var in ("FASTAT_MALLOC", "LD_PRELOAD", *_malloc._USER_KNOBS):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
+def test_not_glibc_is_left_alone(clean):
+    clean.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
     assert _malloc._tune() == "the platform's (not glibc)"
