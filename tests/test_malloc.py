@@ -1,5 +1,6 @@
-"""`fastat._malloc`: the trainer's glibc thresholds for CPU training — when it sets them, when it leaves the process
-alone, and that they do what they are for (page faults of a step-sized allocation, in a process of its own)."""
+"""`fastat._malloc`: the glibc thresholds the trainer and `fastat eval` set on the CPU — when they are set, when
+the process is left alone, and that they do what they are for (page faults of a step-sized allocation, in a process
+of its own)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from fastat import _malloc
 from fastat.models import build_model
 torch.set_num_threads(1)
-done = _malloc.tune_for_cpu_training() if sys.argv[1] == "tuned" else "default"
+done = _malloc.tune_for_cpu() if sys.argv[1] == "tuned" else "default"
 torch.manual_seed(0)
 model = build_model("small-cnn", in_channels=1, num_classes=10, input_size=28)
 opt = torch.optim.SGD(model.parameters(), lr=0.01)

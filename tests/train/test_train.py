@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fastat._malloc import tune_for_cpu_training
+from fastat._malloc import tune_for_cpu
 from fastat.cli import main
 from fastat.train import ConfigError, TrainConfig, Trainer, fit, lr_factor, parse_number
 
@@ -326,7 +326,7 @@ def test_run_manifest(tmp_path):
     assert run["train_examples"] == 128 and run["steps_per_epoch"] == 2 and run["eval_n"] == 32
     assert run["world_size"] == 1 and run["started_at_epoch"] == 0 and run["versions"]["torch"]
     assert run["method"].startswith("zerograd(") and run["parameters"] > 0
-    assert run["malloc"] == tune_for_cpu_training()  # what this process's allocator does (`fastat._malloc`)
+    assert run["malloc"] == tune_for_cpu()  # what this process's allocator does (`fastat._malloc`)
 
 
 @pytest.mark.parametrize("attack_precision, want", [(None, True), ("bf16", True), ("fp32", False)])
@@ -431,7 +431,7 @@ def test_co_needs_the_clean_accuracy_to_hold(monkeypatch):
     y = torch.arange(10).repeat(4)
     for clean_seq, co_at_3 in (((0.6, 0.7, 0.75), True), ((0.6, 0.7, 0.3), False)):
         results = iter([SimpleNamespace(robust_acc=p, clean_acc=c) for p, c in zip((0.3, 0.4, 0.02), clean_seq)])
-        monkeypatch.setattr(fastat.eval, "pgd_robustness", lambda *a, **k: next(results))
+        monkeypatch.setattr(fastat.eval, "pgd_robustness", lambda *a, _it=results, **k: next(_it))
         mon = COMonitor(torch.zeros(40, 1, 4, 4), y, 0.1)
         flags = [mon.check(torch.nn.Identity())[1] for _ in range(3)]
         assert flags == [False, False, co_at_3]

@@ -186,8 +186,11 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
 
 def _evaluate(args: argparse.Namespace, job: _Job, rank: Any) -> dict[str, Any]:
     """PGD (and AutoAttack) on the job's samples; sharded over the process group when ``rank.enabled``."""
+    from .._malloc import tune_for_cpu
     from .pgd import pgd_robustness
 
+    # every PGD iteration frees and re-allocates a pool's activations: keep them in glibc's heap (`fastat._malloc`)
+    malloc = tune_for_cpu() if job.device.type == "cpu" else "not used (CUDA tensors)"
     res = pgd_robustness(job.model, job.x, job.y, job.eps, job.alpha, steps=args.pgd_steps, restarts=args.restarts,
                          early_stop=not args.no_early_stop, precision=args.precision, batch_size=args.batch_size,
                          seed=args.seed, impl=args.impl, device=job.device,
@@ -197,7 +200,7 @@ def _evaluate(args: argparse.Namespace, job: _Job, rank: Any) -> dict[str, Any]:
         "checkpoint": str(Path(args.checkpoint).resolve()), "model": ckpt["model_config"].get("name"),
         "epoch": ckpt["epoch"], "dataset": job.dataset, "split": "test", "n": int(job.x.shape[0]), "eps": job.eps,
         "alpha": job.alpha, "device": str(job.device), "world_size": rank.world_size, "precision": args.precision,
-        "seed": args.seed, "clean_acc": res.clean_acc, "pgd": res.to_dict(), "autoattack": None,
+        "seed": args.seed, "malloc": malloc, "clean_acc": res.clean_acc, "pgd": res.to_dict(), "autoattack": None,
         "versions": {"fastat": _fastat_version(), "torch": torch.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
