@@ -3,7 +3,9 @@ independent plain-PyTorch yardstick (../shared/reference/fmnist_co_sweep.py) run
 
 One command, resumable (a finished run is never re-run; a killed one resumes from its checkpoint):
 
-    python bench/co_atlas.py                        # the CPU atlas (hours on 2 cores), docs/results/co_atlas.*
+    python bench/co_atlas.py                        # the CPU atlas, docs/results/co_atlas.*; the nine methods
+                                                    # (81 runs) take about 3 hours on 2 idle cores, the frontier
+                                                    # methods and the yardstick's runs add to that
     python bench/co_atlas.py --report-only          # redraw the page from the finished runs
 
 Each fastat run trains with `fastat.train.Trainer` (via `fastat.train.sweeps.train_run`) on the cell's setting (the
@@ -273,6 +275,10 @@ def final_evaluation(args: argparse.Namespace, task: Task, folder: Path, res: di
     test = load_dataset_cached("fashion-mnist", None, "test")
     x, y = test.images[:args.final_n].float().div(255), test.labels[:args.final_n].long()
     device = torch.device(args.device)
+    if device.type == "cpu":  # as the trainer does; a resumed run's evaluation has no trainer in its process
+        from fastat._malloc import tune_for_cpu
+
+        tune_for_cpu()
 
     def evaluate(path: Path) -> dict[str, Any]:
         ck = load_checkpoint(path)
