@@ -4,7 +4,7 @@ independent plain-PyTorch yardstick (../shared/reference/fmnist_co_sweep.py) run
 One command, resumable (a finished run is never re-run; a killed one resumes from its checkpoint):
 
     python bench/co_atlas.py                        # the CPU atlas, docs/results/co_atlas.*; the nine methods
-                                                    # (81 runs) take about 3 hours on 2 idle cores, the frontier
+                                                    # (81 runs) take about 3.2 hours on 2 idle cores, the frontier
                                                     # methods and the yardstick's runs add to that
     python bench/co_atlas.py --report-only          # redraw the page from the finished runs
 
