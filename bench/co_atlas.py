@@ -264,6 +264,7 @@ def final_evaluation(args: argparse.Namespace, task: Task, folder: Path, res: di
     folder; reused when there."""
     import torch
 
+    from fastat._malloc import tune_for
     from fastat.checkpoint import load_checkpoint, model_from_checkpoint
     from fastat.data import load_dataset_cached
     from fastat.eval import pgd_robustness
@@ -275,10 +276,7 @@ def final_evaluation(args: argparse.Namespace, task: Task, folder: Path, res: di
     test = load_dataset_cached("fashion-mnist", None, "test")
     x, y = test.images[:args.final_n].float().div(255), test.labels[:args.final_n].long()
     device = torch.device(args.device)
-    if device.type == "cpu":  # as the trainer does; a resumed run's evaluation has no trainer in its process
-        from fastat._malloc import tune_for_cpu
-
-        tune_for_cpu()
+    tune_for(device)  # as the trainer does; a resumed run's evaluation has no trainer in its process
 
     def evaluate(path: Path) -> dict[str, Any]:
         ck = load_checkpoint(path)

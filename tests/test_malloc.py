@@ -26,7 +26,7 @@ _ENV = ("FASTAT_MALLOC", "LD_PRELOAD", *_malloc._USER_KNOBS)  # every variable `
 _PROBE = """
 import ctypes, json, sys, torch
 from fastat import _malloc
-done = _malloc.tune_for_cpu() if sys.argv[1] == "tuned" else "default"
+done = _malloc.tune_for("cpu") if sys.argv[1] == "tuned" else "default"
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                                                "uordblks", "fordblks", "keepcost")]
@@ -89,3 +89,7 @@ def test_another_allocator_is_left_alone(clean):
 def test_not_glibc_is_left_alone(clean):
     clean.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
     assert _malloc._tune() == "the platform's (not glibc)"
+
+
+def test_cuda_runs_are_left_alone(clean):
+    assert _malloc.tune_for("cuda:0") == "not used (CUDA tensors)"  # their tensors are not malloc's

@@ -36,7 +36,9 @@ import ctypes
 import os
 import platform
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_for_cpu"]
+import torch
+
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_for"]
 
 MMAP_THRESHOLD = 64 << 20
 TRIM_THRESHOLD = 128 << 20
@@ -47,10 +49,12 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _done: str | None = None  # what the first call did (the setting is per process: later calls repeat it)
 
 
-def tune_for_cpu() -> str:
-    """Set glibc's mmap and trim thresholds for this process (once); returns what was done, for run.json and
-    eval.json."""
+def tune_for(device: torch.device | str) -> str:
+    """Set glibc's mmap and trim thresholds for this process (once) when ``device`` is the CPU; returns what was
+    done, for run.json and eval.json."""
     global _done
+    if torch.device(device).type != "cpu":
+        return "not used (CUDA tensors)"
     if _done is None:
         _done = _tune()
     return _done

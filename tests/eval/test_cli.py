@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from fastat._malloc import tune_for_cpu
+from fastat._malloc import tune_for
 from fastat.eval import cli
 
 from ._models import save_cli_checkpoint, write_fake_fmnist
@@ -46,7 +46,7 @@ def test_eval_writes_table_and_json(ckpt, fake_fmnist, capsys):
     assert pgd["steps"] == 2 and pgd["restarts"] == 2 and pgd["impl"] == "batched"
     assert 0 <= pgd["robust_acc_any"] <= pgd["robust_acc_max_loss"] <= 1
     assert report["autoattack"] is None
-    assert report["malloc"] == tune_for_cpu()  # a CPU evaluation sets what the trainer sets (`fastat._malloc`)
+    assert report["malloc"] == tune_for("cpu")  # a CPU evaluation sets what the trainer sets (`fastat._malloc`)
 
 
 def test_subcommand_and_out_option(ckpt, fake_fmnist, tmp_path, capsys):

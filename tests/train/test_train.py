@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fastat._malloc import tune_for_cpu
+from fastat._malloc import tune_for
 from fastat.cli import main
 from fastat.train import ConfigError, TrainConfig, Trainer, fit, lr_factor, parse_number
 
@@ -326,7 +326,7 @@ def test_run_manifest(tmp_path):
     assert run["train_examples"] == 128 and run["steps_per_epoch"] == 2 and run["eval_n"] == 32
     assert run["world_size"] == 1 and run["started_at_epoch"] == 0 and run["versions"]["torch"]
     assert run["method"].startswith("zerograd(") and run["parameters"] > 0
-    assert run["malloc"] == tune_for_cpu()  # what this process's allocator does (`fastat._malloc`)
+    assert run["malloc"] == tune_for("cpu")  # what this process's allocator does (`fastat._malloc`)
 
 
 @pytest.mark.parametrize("attack_precision, want", [(None, True), ("bf16", True), ("fp32", False)])

@@ -186,11 +186,11 @@ def _prepare(args: argparse.Namespace, world: int) -> _Job:
 
 def _evaluate(args: argparse.Namespace, job: _Job, rank: Any) -> dict[str, Any]:
     """PGD (and AutoAttack) on the job's samples; sharded over the process group when ``rank.enabled``."""
-    from .._malloc import tune_for_cpu
+    from .._malloc import tune_for
     from .pgd import pgd_robustness
 
     # every PGD iteration frees and re-allocates a pool's activations: keep them in glibc's heap (`fastat._malloc`)
-    malloc = tune_for_cpu() if job.device.type == "cpu" else "not used (CUDA tensors)"
+    malloc = tune_for(job.device)
     res = pgd_robustness(job.model, job.x, job.y, job.eps, job.alpha, steps=args.pgd_steps, restarts=args.restarts,
                          early_stop=not args.no_early_stop, precision=args.precision, batch_size=args.batch_size,
                          seed=args.seed, impl=args.impl, device=job.device,

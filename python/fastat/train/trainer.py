@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import distributed as dist_
-from .._malloc import tune_for_cpu
+from .._malloc import tune_for
 from ..eval import autocast
 from . import evaluation, state
 from .config import ConfigError, TrainConfig
@@ -62,7 +62,7 @@ class Trainer:
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # CUDA-graph capture, cuDNN and the evaluators use the current device
         # a CPU step's activations come from glibc's heap instead of fresh pages faulted in each step (`_malloc`)
-        self.malloc = tune_for_cpu() if self.device.type == "cpu" else "not used (CUDA tensors)"
+        self.malloc = tune_for(self.device)
         try:
             train, test = (load_dataset_cached(cfg.dataset, cfg.data_root, split, cfg.download)
                            for split in ("train", "test"))
